@@ -1,0 +1,23 @@
+"""The executor's typed errors: each says what went wrong and what to do about it."""
+
+from __future__ import annotations
+
+
+class ExecutorError(RuntimeError):
+    """Base class of every error the executor raises on purpose."""
+
+
+class InvalidRequestError(ExecutorError, ValueError):
+    """A generate request the engine must not see (empty, too long, bad sampling params).
+
+    Raised before the engine is called, so the replica keeps serving.
+    """
+
+
+class ReplicaUnavailableError(ExecutorError):
+    """The replica (its actor or its engine) is dead or does not answer."""
+
+    def __init__(self, replica_id: str, reason: str) -> None:
+        super().__init__(f"replica {replica_id} is unavailable: {reason}")
+        self.replica_id = replica_id
+        self.reason = reason

@@ -1,0 +1,128 @@
+"""One model call as data: what goes into a replica and what comes back.
+
+Requests are validated here, before any engine sees them: SGLang's scheduler
+process dies on some bad inputs (an empty prompt kills it), so nothing unchecked
+may reach it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from executor.errors import InvalidRequestError
+
+
+class SamplingParams(BaseModel):
+    """The subset of SGLang's sampling parameters the executor passes through."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_new_tokens: int = Field(128, ge=1)
+    temperature: float = Field(0.0, ge=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = -1
+    min_p: float = Field(0.0, ge=0.0, le=1.0)
+    stop: list[str] | None = None
+    stop_token_ids: list[int] | None = None
+    ignore_eos: bool = False
+    skip_special_tokens: bool = True
+    # Structured output: exactly one of these, or none.
+    json_schema: str | None = None
+    regex: str | None = None
+    ebnf: str | None = None
+
+    @field_validator("top_k")
+    @classmethod
+    def _top_k(cls, value: int) -> int:
+        if value == 0 or value < -1:
+            raise ValueError("top_k must be -1 (disabled) or >= 1")
+        return value
+
+    @field_validator("json_schema", mode="before")
+    @classmethod
+    def _schema_as_text(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return json.dumps(value)
+        if isinstance(value, str):
+            try:
+                json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"json_schema is not valid JSON: {exc}") from exc
+        return value
+
+    @model_validator(mode="after")
+    def _one_constraint(self) -> SamplingParams:
+        given = [n for n in ("json_schema", "regex", "ebnf") if getattr(self, n) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give at most one of json_schema, regex, ebnf (got {given})")
+        return self
+
+    def to_sglang(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+
+class GenerateRequest(BaseModel):
+    """A prompt (token ids or text) and how to sample its continuation."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input_ids: list[int] | None = None
+    text: str | None = None
+    sampling: SamplingParams = Field(default_factory=SamplingParams)
+    rid: str | None = None  # request id, for tracing and abort
+
+    @model_validator(mode="after")
+    def _one_prompt(self) -> GenerateRequest:
+        if (self.input_ids is None) == (self.text is None):
+            raise ValueError("give exactly one of input_ids or text")
+        if self.input_ids is not None and not self.input_ids:
+            raise ValueError("the prompt is empty (input_ids=[])")
+        if self.text is not None and not self.text:
+            raise ValueError("the prompt is empty (text='')")
+        return self
+
+    @classmethod
+    def parse(cls, data: GenerateRequest | dict[str, Any]) -> GenerateRequest:
+        """Validate a request, turning pydantic's error into an InvalidRequestError."""
+        if isinstance(data, GenerateRequest):
+            return data
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or 'request'}: {err['msg']}"
+                for err in exc.errors()
+            )
+            raise InvalidRequestError(f"invalid generate request: {problems}") from None
+
+
+class GenerateResult(BaseModel):
+    """What the engine produced, with SGLang's own token accounting."""
+
+    replica_id: str
+    text: str
+    prompt_ids: list[int]
+    output_ids: list[int]
+    prompt_tokens: int
+    cached_tokens: int  # prompt tokens served from the radix cache (not prefilled)
+    completion_tokens: int
+    finish_reason: str  # "stop", "length", "abort"
+    latency_s: float
+
+    @property
+    def prefilled_tokens(self) -> int:
+        return self.prompt_tokens - self.cached_tokens
+
+
+class Capacity(BaseModel):
+    """A replica's KV pool as the engine reports it (not as we guess it)."""
+
+    replica_id: str
+    max_total_num_tokens: int
+    used_tokens: int
+    token_usage: float
+    running_requests: int
+    waiting_requests: int

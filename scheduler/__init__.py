@@ -1,0 +1,48 @@
+"""The control-plane core of the agent executor: a sans-I/O scheduler (events
+in, decisions out), its policies, the fleet simulator and the capacity planner.
+
+Drive it::
+
+    core = SchedulerCore(SchedulerConfig(max_running_calls=16))
+    core.handle(ReplicaJoined(0.0, "r0", kv_capacity_tokens=500_000))
+    for decision in core.handle(TaskArrived(0.1, "t1", "coder", 20, 30_000)):
+        ...  # RunCall("t1", "r0", cold=True): start the call there
+"""
+
+from scheduler.config import SchedulerConfig
+from scheduler.core import ReplicaView, SchedulerCore, TaskView
+from scheduler.decisions import (
+    Decision,
+    Fail,
+    Queue,
+    Reject,
+    ReleaseKV,
+    Replace,
+    ReplicaDrained,
+    RunCall,
+)
+from scheduler.errors import InvalidEvent, SchedulerError
+from scheduler.events import (
+    CallFailed,
+    CallFinished,
+    Event,
+    NextCall,
+    ReplicaDied,
+    ReplicaDraining,
+    ReplicaJoined,
+    TaskArrived,
+    TaskCancelled,
+    TaskFinished,
+    ToolFinished,
+    ToolStarted,
+)
+from scheduler.states import ReplicaState, TaskState
+
+__all__ = [
+    "SchedulerCore", "SchedulerConfig", "TaskView", "ReplicaView",
+    "Event", "TaskArrived", "CallFinished", "CallFailed", "ToolStarted", "ToolFinished",
+    "NextCall", "TaskFinished", "TaskCancelled", "ReplicaJoined", "ReplicaDraining",
+    "ReplicaDied",
+    "Decision", "RunCall", "Queue", "ReleaseKV", "Replace", "Reject", "Fail", "ReplicaDrained",
+    "SchedulerError", "InvalidEvent", "TaskState", "ReplicaState",
+]

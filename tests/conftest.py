@@ -1,0 +1,34 @@
+"""Shared fixtures: one pool of real SGLang replicas (tiny model) for the whole session.
+
+An engine takes 15-50 s to start on this CPU, so every test that needs one shares
+these; tests that need to kill a replica add their own to the same pool.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+# Two replicas fit the 2-core CI machine with room for one more (kill tests).
+TEST_REPLICA_CPUS = 0.5
+
+
+@pytest.fixture(scope="session")
+def replica_config():  # -> ReplicaConfig
+    from executor.replica_config import ReplicaConfig
+
+    return ReplicaConfig(
+        model="tiny", max_total_tokens=8192, num_cpus=TEST_REPLICA_CPUS, cpu_threads=1
+    )
+
+
+@pytest.fixture(scope="session")
+def pool(replica_config) -> Iterator[object]:
+    from executor.pool import ReplicaPool
+
+    with ReplicaPool(replicas=2, config=replica_config) as p:
+        yield p
