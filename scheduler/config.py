@@ -1,0 +1,56 @@
+"""Knobs of the scheduler core. Policies take the values they need from here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerConfig:
+    # admission
+    kv_headroom: float = 0.05
+    """Fraction of each replica's KV capacity never reserved (growth beyond the
+    expected peak, the shared system prompt, fragmentation)."""
+    admission_queue_limit: int = 10_000
+    """New tasks waiting for admission beyond this are rejected."""
+    # compute
+    max_running_calls: int = 8
+    """Concurrent calls per replica (a replica may override it when it joins)."""
+    # ordering
+    slo_s: float = 60.0
+    """Default task deadline: arrival + slo_s (EDF ordering)."""
+    starvation_s: float = 30.0
+    """A call ready for longer than this runs before any other on its replica."""
+    # KV retention across tool waits
+    prefill_tokens_per_s: float = 11_300.0
+    """Prefill rate used to price a re-prefill (the cost of releasing KV)."""
+    retention_ratio: float = 8.0
+    """Under pressure, release a waiting task's KV when its expected tool wait
+    exceeds retention_ratio x the time to re-prefill its history."""
+    waiting_kv_cap: float = 0.9
+    """Under pressure, at most this fraction of a replica's KV budget is held by
+    tool-waiting tasks."""
+    default_tool_s: float = 1.0
+    """Expected tool duration before a tool has been observed."""
+    tool_ewma_alpha: float = 0.2
+    # failure handling
+    max_migrations: int = 2
+    """Re-placements after replica deaths a task survives; one more fails it."""
+    max_call_retries: int = 2
+    """CallFailed retries on the same replica; one more fails the task."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.kv_headroom < 1.0:
+            raise ValueError("kv_headroom must be in [0, 1)")
+        if self.max_running_calls < 1:
+            raise ValueError("max_running_calls must be >= 1")
+        if self.admission_queue_limit < 0:
+            raise ValueError("admission_queue_limit must be >= 0")
+        if not 0.0 < self.waiting_kv_cap <= 1.0:
+            raise ValueError("waiting_kv_cap must be in (0, 1]")
+        if self.prefill_tokens_per_s <= 0:
+            raise ValueError("prefill_tokens_per_s must be > 0")
+        if not 0.0 < self.tool_ewma_alpha <= 1.0:
+            raise ValueError("tool_ewma_alpha must be in (0, 1]")
+        if self.max_migrations < 0 or self.max_call_retries < 0:
+            raise ValueError("max_migrations and max_call_retries must be >= 0")

@@ -1,0 +1,79 @@
+"""Decisions: what the core tells the runtime to do. Immutable, in the order the
+runtime should apply them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from scheduler.events import ReplicaId, TaskId
+
+
+@dataclass(frozen=True, slots=True)
+class RunCall:
+    """Start the task's next call on ``replica_id`` now. ``cold`` is true when
+    the core does not expect the task's history to be cached there (first call,
+    after a release or a re-placement): the engine will prefill it in full."""
+
+    task_id: TaskId
+    replica_id: ReplicaId
+    cold: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Queue:
+    """The task's call waits: for admission (``where == "admission"``: no replica
+    has KV room) or for a compute slot on its replica (``"replica"``). A later
+    decision (``RunCall``) starts it; the runtime does nothing meanwhile."""
+
+    task_id: TaskId
+    where: Literal["admission", "replica"]
+    replica_id: ReplicaId | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseKV:
+    """The core no longer counts ``tokens`` of the task's history as resident on
+    ``replica_id``; the engine may evict them and the next call re-prefills."""
+
+    task_id: TaskId
+    replica_id: ReplicaId
+    tokens: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Replace:
+    """The task is re-pinned from ``from_replica`` (``None``: it had no replica)
+    to ``to_replica``; its next call replays its history there cold."""
+
+    task_id: TaskId
+    from_replica: ReplicaId | None
+    to_replica: ReplicaId
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """The task is not admitted (queue full, too large for any replica)."""
+
+    task_id: TaskId
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Fail:
+    """An admitted task cannot go on (migration or retry limit reached)."""
+
+    task_id: TaskId
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaDrained:
+    """A draining replica holds no task any more: the runtime may stop it."""
+
+    replica_id: ReplicaId
+
+
+Decision = RunCall | Queue | ReleaseKV | Replace | Reject | Fail | ReplicaDrained

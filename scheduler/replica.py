@@ -1,0 +1,75 @@
+"""The core's record of one replica: its KV book and its compute slots."""
+
+from __future__ import annotations
+
+import heapq
+
+from scheduler.events import ReplicaId, TaskId
+from scheduler.run_queue import RunQueue
+from scheduler.states import ReplicaState, TaskState
+from scheduler.task import Task
+
+
+def _waits_here(task: Task, replica_id: ReplicaId, tool_started: float) -> bool:
+    return (
+        task.state is TaskState.TOOL and task.kv_held and task.replica == replica_id
+        and task.tool_started == tool_started
+    )
+
+
+class Replica:
+    __slots__ = (
+        "id", "state", "seq", "capacity", "budget", "reserved", "max_running", "running",
+        "run_queue", "pinned", "agents", "waiting_tokens", "_waiting_heap", "version",
+    )
+
+    def __init__(self, replica_id: ReplicaId, seq: int, run_queue: RunQueue) -> None:
+        self.id = replica_id
+        self.state = ReplicaState.ABSENT
+        self.seq = seq  # join order: deterministic tie-breaker
+        self.capacity = 0  # KV tokens (engine's max_total_num_tokens)
+        self.budget = 0  # capacity minus headroom
+        self.reserved = 0  # sum of reservations of tasks whose KV is held here
+        self.max_running = 1
+        self.running = 0
+        self.run_queue = run_queue
+        self.pinned: dict[TaskId, Task] = {}  # tasks whose KV is held here
+        self.agents: dict[str, int] = {}  # agent -> pinned tasks (shared-prefix hint)
+        self.waiting_tokens = 0  # reserved tokens of tool-waiting tasks
+        self._waiting_heap: list[tuple[float, int, Task, float]] = []
+        self.version = 0  # bumps when `free` changes (fleet-index staleness)
+
+    @property
+    def free(self) -> int:
+        return self.budget - self.reserved
+
+    @property
+    def load(self) -> int:
+        return self.running + self.run_queue.live
+
+    # tool-waiting tasks that hold KV here, latest expected return first
+    def push_waiting(self, task: Task, seq: int) -> None:
+        self.waiting_tokens += task.reserved
+        heapq.heappush(self._waiting_heap, (-task.expected_return, seq, task, task.tool_started))
+
+    def pop_latest_waiting(self) -> Task | None:
+        """The tool-waiting task (KV held here) expected back last, or None."""
+        heap = self._waiting_heap
+        while heap:
+            _, _, task, started = heapq.heappop(heap)
+            if _waits_here(task, self.id, started):
+                return task
+        return None
+
+    def peek_latest_waiting(self) -> Task | None:
+        heap = self._waiting_heap
+        while heap:
+            _, _, task, started = heap[0]
+            if _waits_here(task, self.id, started):
+                return task
+            heapq.heappop(heap)
+        return None
+
+    def clear_waiting(self) -> None:
+        self._waiting_heap.clear()
+        self.waiting_tokens = 0

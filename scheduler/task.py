@@ -1,0 +1,48 @@
+"""The core's record of one live task (plain slotted class: it is on the hot path)."""
+
+from __future__ import annotations
+
+from scheduler.events import ReplicaId, TaskId
+from scheduler.states import TaskState
+
+
+class Task:
+    __slots__ = (
+        "id", "agent", "state", "arrival", "deadline", "expected_calls", "expected_peak",
+        "replica", "last_replica", "kv_held", "reserved", "history", "calls_done",
+        "attained_s", "migrations", "retries", "tool", "tool_started", "expected_return",
+        "ready_seq", "ready_since", "cold",
+    )
+
+    def __init__(
+        self, task_id: TaskId, agent: str, arrival: float, deadline: float,
+        expected_calls: int, expected_peak: int,
+    ) -> None:
+        self.id = task_id
+        self.agent = agent
+        self.state = TaskState.NEW
+        self.arrival = arrival
+        self.deadline = deadline
+        self.expected_calls = expected_calls
+        self.expected_peak = expected_peak
+        self.replica: ReplicaId | None = None  # pinned replica (KV reserved there)
+        self.last_replica: ReplicaId | None = None  # where its KV was last
+        self.kv_held = False  # reservation counted on `replica`
+        self.reserved = 0  # tokens counted against `replica` while kv_held
+        self.history = 0  # prompt + output of its last call (engine-reported)
+        self.calls_done = 0
+        self.attained_s = 0.0  # least-attained-service key
+        self.migrations = 0
+        self.retries = 0
+        self.tool = ""
+        self.tool_started = 0.0
+        self.expected_return = 0.0
+        self.ready_seq = 0  # invalidates stale run-queue entries
+        self.ready_since = 0.0
+        self.cold = True  # next call expects a full prefill
+
+    def __repr__(self) -> str:
+        return (
+            f"Task({self.id!r}, {self.state.value}, replica={self.replica!r}, "
+            f"kv_held={self.kv_held}, reserved={self.reserved}, history={self.history})"
+        )

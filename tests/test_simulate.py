@@ -1,0 +1,138 @@
+"""Simulator sanity: the engine model, the workload, the loop and the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from scheduler.planner.formulas import PlanInputs, plan
+from scheduler.sim.model import EngineSpec, ModelShape
+from scheduler.sim.simulator import SimConfig, Simulation
+from scheduler.sim.workload import TaskPlan, WorkloadGenerator, WorkloadSpec
+
+ENGINE = EngineSpec(prefill_tokens_per_s=10_000.0, decode_tokens_per_s=50.0)
+
+
+def one_task(calls: int, new: int, out: int, tool_s: float = 0.0) -> TaskPlan:
+    return TaskPlan(
+        task_id="t1", agent="a", arrival=1.0, new_tokens=(new,) * calls,
+        output_tokens=(out,) * calls, tool_s=(tool_s,) * (calls - 1),
+        expected_history=calls * (new + out),
+    )
+
+
+def run_one(task: TaskPlan, engine: EngineSpec, policy: str = "ours") -> Simulation:
+    cfg = SimConfig(replicas=2, rate=1.0, duration_s=10_000, warmup_s=0, drain_s=0,
+                    engine=engine, workload=WorkloadSpec(system_prompt_tokens=0))
+    sim = Simulation(cfg, policy, workload=[task])
+    sim.run()
+    return sim
+
+
+def test_kv_bytes_per_token_of_a_70b_model() -> None:
+    assert ModelShape(80, 8, 128, "bf16").kv_bytes_per_token == 327_680  # 320 KB
+    assert EngineSpec().kv_capacity_tokens == 488_281  # 160 GB / 320 KB
+
+
+@pytest.mark.parametrize("policy", ["ours", "cache_aware", "round_robin"])
+def test_one_task_zero_tools_time_is_the_sum_of_call_times(policy: str) -> None:
+    task = one_task(calls=6, new=700, out=40)
+    sim = run_one(task, ENGINE, policy)
+    st = sim.tasks["t1"]
+    assert st.finished is not None
+    assert st.finished - task.arrival == pytest.approx(sum(st.call_latencies), rel=1e-9)
+    if policy != "round_robin":  # sticky: call k prefills only its new tokens
+        want = sum(ENGINE.call_seconds_alone(700, 40) for _ in range(6))
+        assert st.finished - task.arrival == pytest.approx(want, rel=1e-9)
+
+
+@pytest.mark.parametrize("calls", [5, 10, 20])
+def test_cache_off_latency_grows_with_history_as_the_model_says(calls: int) -> None:
+    new, out = 1_000, 50
+    engine = EngineSpec(prefill_tokens_per_s=10_000.0, decode_tokens_per_s=50.0,
+                        prefix_cache=False)
+    sim = run_one(one_task(calls, new, out), engine)
+    got = sim.tasks["t1"].finished - 1.0  # type: ignore[operator]
+    # call k re-prefills its whole prompt: the history so far plus its new tokens
+    want = sum((k * (new + out) + new) / 10_000 + out / 50 for k in range(calls))
+    assert got == pytest.approx(want, rel=1e-9)
+    # ... which is the planner's model: generation + growing history / prefill
+    history = calls * (new + out)
+    gen = out / 50
+    model = plan(PlanInputs(n_calls=calls, call_median_s=gen, call_p99_s=gen, tool_s=0,
+                            cache=False, prefill_tok_s=10_000, history_tokens=history))
+    assert got == pytest.approx(model["task_median_s"], rel=0.1)
+
+
+def test_workload_is_seeded_and_tool_latency_has_the_median_and_p99() -> None:
+    spec = WorkloadSpec(tool_median_s=2.0, tool_p99_s=6.0)
+    a, b = WorkloadGenerator(spec, 1.0, seed=7), WorkloadGenerator(spec, 1.0, seed=7)
+    assert [a.next_task() for _ in range(5)] == [b.next_task() for _ in range(5)]
+    gen = WorkloadGenerator(spec, 1.0, seed=1)
+    xs = sorted(gen.tool_latency() for _ in range(20_000))
+    assert xs[10_000] == pytest.approx(2.0, rel=0.05)
+    assert xs[19_800] == pytest.approx(6.0, rel=0.1)
+
+
+def small(policy: str, **kw: object) -> dict:
+    cfg = SimConfig(replicas=4, rate=0.6, duration_s=300, warmup_s=60, drain_s=600, seed=3,
+                    **kw)  # type: ignore[arg-type]
+    r = Simulation(cfg, policy).run().to_json()
+    r.pop("wall_s")
+    return r
+
+
+def test_simulation_is_deterministic() -> None:
+    assert small("ours") == small("ours")
+
+
+def test_policies_compare_as_expected_at_moderate_load() -> None:
+    ours, rr = small("ours"), small("round_robin")
+    assert ours["unfinished"] == 0 and ours["rejected"] == 0
+    assert ours["reprefilled_tokens"] == 0  # sticky, nothing released without pressure
+    assert rr["reprefilled_tokens"] > 0
+    assert float(ours["task_p95_s"]) < float(rr["task_p95_s"])  # "inf" when unfinished
+
+
+def test_failover_in_the_simulator_finishes_every_task() -> None:
+    r = small("ours", kills=((150.0, 0),))
+    assert r["unfinished"] == 0 and r["failed"] == 0
+    assert r["reprefilled_tokens"] > 0  # tasks of the dead replica replayed their history
+
+
+def test_cli_json_plot_and_bad_input(tmp_path: Path) -> None:
+    out, png = tmp_path / "sim.json", tmp_path / "sim.png"
+    base = [sys.executable, "-m", "scheduler.simulate", "--replicas", "2", "--rate", "0.2",
+            "--duration", "200", "--warmup", "50", "--quiet"]
+    proc = subprocess.run([*base, "--json", str(out), "--plot", str(png)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(out.read_text())
+    assert [r["policy"] for r in doc["results"]] == ["ours", "cache_aware", "round_robin"]
+    for key in ("task_p50_s", "task_p95_s", "task_p99_s", "tasks_per_hour", "utilization",
+                "kv_occupancy", "reprefilled_tokens", "rejected"):
+        assert key in doc["results"][0]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for bad, msg in [(["--rate", "0"], "must be > 0"), (["--policies", "nope"], "unknown policy"),
+                     (["--kill", "x"], "TIME:REPLICA_INDEX"), (["--warmup", "500"], "shorter")]:
+        proc = subprocess.run([*base, *bad], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2 and msg in proc.stderr, (bad, proc.stderr)
+        assert "Traceback" not in proc.stderr
+
+
+def test_cli_sweep(tmp_path: Path) -> None:
+    out = tmp_path / "sweep.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "scheduler.simulate", "--replicas", "2", "--duration", "240",
+         "--warmup", "60", "--quiet", "--sweep", "--rate-min", "0.05", "--rate-max", "1.5",
+         "--sweep-iters", "2", "--policies", "ours", "--json", str(out)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    s = json.loads(out.read_text())["sweep"][0]
+    assert s["policy"] == "ours" and len(s["points"]) == 4
+    assert "load where task p95 reaches" in proc.stdout

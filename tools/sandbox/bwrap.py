@@ -1,0 +1,272 @@
+"""The ``bwrap`` backend (default): bubblewrap namespaces + cgroup v1 limits + seccomp.
+
+Each ``exec`` is a fresh ``bwrap`` with: every namespace unshared (no network
+at all, own pid namespace whose init dies with the command so that nothing
+outlives the call, own mount namespace), ``/usr`` read-only and nothing else of
+the host but a few harmless ``/etc`` files, the workspace read-write at
+``/workspace``, a private ``/tmp``, a seccomp filter, no capabilities, no
+further user namespaces, and ``--die-with-parent``.
+
+As root the command runs as an unprivileged user (65534 by default) inside
+cgroup v1 groups that cap its memory, processes and CPU: the supervisor shell
+writes its pid into the groups, drops to that user with ``setpriv`` and execs
+bwrap, so nothing is forked before the limits apply. Not as root it runs as
+the calling user with rlimits (``prlimit``): RLIMIT_AS for memory, and
+RLIMIT_NPROC, which counts all of that user's processes (coarser).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from tools.sandbox import cgroup, seccomp
+from tools.sandbox.base import (
+    WORKDIR,
+    ExecResult,
+    Limits,
+    Sandbox,
+    SandboxBackend,
+    SandboxError,
+    SandboxUnavailable,
+    as_bytes,
+    default_env,
+)
+from tools.sandbox.supervise import supervise
+from tools.sandbox.workspace import Workspace, sweep_workspaces
+
+SANDBOX_UID = 65534
+#: host /etc entries a dynamically linked program may need; nothing secret
+ETC_FILES = (
+    "/etc/ld.so.cache",
+    "/etc/ld.so.conf",
+    "/etc/ld.so.conf.d",
+    "/etc/alternatives",
+    "/etc/localtime",
+    "/etc/ssl/certs",
+    "/etc/mime.types",
+)
+ENTER = (
+    'for f in "$@"; do [ "$f" = -- ] && break; echo $$ > "$f" || exit 125; shift; done; '
+    'shift; exec "$@"'
+)
+OOM_HINTS = (b"MemoryError", b"Cannot allocate memory", b"out of memory")
+
+
+class BwrapBackend(SandboxBackend):
+    name = "bwrap"
+
+    def __init__(
+        self,
+        limits: Limits | None = None,
+        *,
+        sandbox_uid: int = SANDBOX_UID,
+        use_cgroups: bool | None = None,
+    ) -> None:
+        super().__init__(limits)
+        self.bwrap = shutil.which("bwrap")
+        if self.bwrap is None:
+            raise SandboxUnavailable(
+                "bubblewrap (bwrap) is not installed: run infra/install_sandbox_deps.sh"
+            )
+        self.privileged = os.geteuid() == 0
+        self.uid = sandbox_uid if self.privileged else os.getuid()
+        self.gid = sandbox_uid if self.privileged else os.getgid()
+        self.wrapper: list[str]
+        if self.privileged:
+            setpriv = shutil.which("setpriv")
+            if setpriv is None:
+                raise SandboxUnavailable("setpriv (util-linux) is needed to drop root for bwrap")
+            self.wrapper = [setpriv, f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups"]
+        else:
+            self.wrapper = []
+        self.cgroups = cgroup.available() if use_cgroups is None else use_cgroups
+        if self.cgroups and not self.privileged:
+            raise SandboxUnavailable("cgroup limits need root")
+        if not self.cgroups and shutil.which("prlimit") is None:
+            raise SandboxUnavailable("prlimit (util-linux) is needed for rlimits without cgroups")
+        seccomp.program()  # fail now, not on the first call
+        sweep_workspaces()
+        if self.cgroups:
+            cgroup.sweep()
+
+    @property
+    def limit_mode(self) -> str:
+        return "cgroup-v1" if self.cgroups else "rlimit"
+
+    async def open(self, task_id: str, limits: Limits | None = None) -> BwrapSandbox:
+        limits = limits or self.limits
+        return await asyncio.to_thread(self._open, task_id, limits)
+
+    def _open(self, task_id: str, limits: Limits) -> BwrapSandbox:
+        ws = Workspace.create(task_id, owner=(self.uid, self.gid))
+        try:
+            etc = ws.base / "etc"
+            etc.mkdir(mode=0o755)
+            (etc / "passwd").write_text(
+                f"root:x:0:0:root:/root:/usr/sbin/nologin\n"
+                f"sandbox:x:{self.uid}:{self.gid}:sandbox:{WORKDIR}:/bin/sh\n"
+            )
+            (etc / "group").write_text(f"root:x:0:\nsandbox:x:{self.gid}:\n")
+            (etc / "hosts").write_text("127.0.0.1 localhost sandbox\n::1 localhost\n")
+            for name in ("passwd", "group", "hosts"):
+                os.chmod(etc / name, 0o644)
+            group = (
+                cgroup.CgroupV1(f"{os.getpid()}-{ws.sandbox_id}", limits) if self.cgroups else None
+            )
+        except BaseException:
+            ws.remove()
+            raise
+        return BwrapSandbox(self, task_id, ws, limits, group)
+
+
+class BwrapSandbox(Sandbox):
+    backend_name = "bwrap"
+
+    def __init__(
+        self,
+        backend: BwrapBackend,
+        task_id: str,
+        ws: Workspace,
+        limits: Limits,
+        group: cgroup.CgroupV1 | None,
+    ) -> None:
+        super().__init__(task_id, ws.path, limits)
+        self._backend = backend
+        self._ws = ws
+        self._group = group
+        self._lock = asyncio.Lock()
+        self.owner = (backend.uid, backend.gid)
+
+    def _command(self, argv: list[str], seccomp_fd: int) -> list[str]:
+        b = self._backend
+        cmd: list[str] = []
+        if self._group is not None:
+            cmd += ["/bin/sh", "-c", ENTER, "sandbox-enter", *self._group.procs_files, "--"]
+        else:
+            lim = self.limits
+            cmd += [
+                "prlimit",
+                f"--as={lim.memory_bytes}",
+                f"--nproc={_nproc_limit(lim.pids)}",
+                "--",
+            ]
+        cmd += b.wrapper
+        cmd += [
+            str(b.bwrap),
+            "--unshare-all",
+            "--unshare-user",
+            "--disable-userns",
+            "--die-with-parent",
+            "--new-session",
+            "--cap-drop", "ALL",
+            "--hostname", "sandbox",
+            "--seccomp", str(seccomp_fd),
+            "--ro-bind", "/usr", "/usr",
+        ]  # fmt: skip
+        for top in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
+            host = Path("/") / top
+            if host.is_symlink():
+                cmd += ["--symlink", os.readlink(host), f"/{top}"]
+            elif host.is_dir():
+                cmd += ["--ro-bind", str(host), f"/{top}"]
+        for path in ETC_FILES:
+            cmd += ["--ro-bind-try", path, path]
+        etc = self._ws.base / "etc"
+        for name in ("passwd", "group", "hosts"):
+            cmd += ["--ro-bind", str(etc / name), f"/etc/{name}"]
+        cmd += [
+            "--proc", "/proc",
+            "--dev", "/dev",
+            "--size", str(self.limits.tmp_bytes), "--tmpfs", "/tmp",
+            "--bind", str(self.workspace), WORKDIR,
+            "--remount-ro", "/",
+            "--chdir", WORKDIR,
+            "--",
+            *argv,
+        ]  # fmt: skip
+        return cmd
+
+    def _kill_tree(self, pid: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+        if self._group is not None:
+            self._group.kill_all()
+
+    async def exec(
+        self,
+        argv: Sequence[str],
+        *,
+        stdin: bytes | str | None = None,
+        timeout: float | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> ExecResult:
+        args = self._check_open(argv)
+        timeout = self.limits.timeout_s if timeout is None else float(timeout)
+        full_env = default_env(WORKDIR, env)
+        async with self._lock:
+            oom_before = self._group.oom_kills() if self._group else 0
+            fd = seccomp.open_filter()
+            try:
+                run = await supervise(
+                    self._command(args, fd),
+                    stdin=as_bytes(stdin),
+                    timeout=timeout,
+                    env=full_env,
+                    max_output_bytes=self.limits.max_output_bytes,
+                    kill_tree=self._kill_tree,
+                    pass_fds=(fd,),
+                )
+            finally:
+                os.close(fd)
+            if self._group is not None:
+                oom = self._group.oom_kills() > oom_before
+            else:
+                oom = any(h in run.stderr.getvalue() for h in OOM_HINTS) and run.exit_code != 0
+        code = run.exit_code
+        if code is not None and code < 0:
+            code = 128 - code
+        if code == 125 and not run.stdout.total and b"sandbox-enter" in run.stderr.getvalue():
+            raise SandboxError(f"could not enter the sandbox's cgroups: {run.stderr.getvalue()!r}")
+        return ExecResult(
+            exit_code=code,
+            stdout=run.stdout.getvalue(),
+            stderr=run.stderr.getvalue(),
+            timed_out=run.timed_out,
+            oom=oom and not run.timed_out,
+            truncated=run.stdout.truncated or run.stderr.truncated,
+            duration_s=run.duration_s,
+            stdout_bytes=run.stdout.total,
+            stderr_bytes=run.stderr.total,
+        )
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        async with self._lock:
+            await asyncio.to_thread(self._cleanup)
+
+    def _cleanup(self) -> None:
+        try:
+            if self._group is not None:
+                self._group.remove()
+        finally:
+            self._ws.remove()
+
+
+def _nproc_limit(pids: int) -> int:
+    """RLIMIT_NPROC counts every process of the user: allow what exists plus ``pids``."""
+    uid = os.getuid()
+    count = 0
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if entry.stat().st_uid == uid:
+                    count += 1
+    return count + pids

@@ -1,0 +1,1 @@
+"""HTTP fetching for the ``web_fetch`` tool (host side: the sandboxes have no network)."""
