@@ -149,5 +149,10 @@ class ReplicaPool:
         return len(self._handles)
 
     @property
+    def handles(self) -> dict[str, ReplicaHandle]:
+        """The live replicas by id (the pool's own dict: replicas added later appear in it)."""
+        return self._handles
+
+    @property
     def ids(self) -> list[str]:
         return list(self._handles)

@@ -1,0 +1,193 @@
+"""The journal: the source of truth of every task (SQLite, WAL, synchronous commits).
+
+A replica's KV is only a cache of what is written here. Every step of a task is
+committed before the next step starts:
+
+- ``call``: a model call's reply (its token ids and text) with SGLang's token
+  counts, the replica that served it and its queue wait;
+- ``tool_start``: the intent to run a tool call, written *before* it runs;
+- ``tool_result``: its result, written after;
+- ``observation``: the token ids appended to the transcript after a reply
+  (a tool result, or an error the model must see).
+
+The token transcript of a task is its prompt ids plus, in order, every call's
+output ids and every observation's ids: replaying it on any replica rebuilds the
+exact prompt of the next call. A ``tool_start`` without its ``tool_result`` is a
+tool whose effects are unknown (the driver died while it ran): it is never run
+again silently; the resume reports it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from executor.errors import ExecutorError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks (
+    task_id     TEXT PRIMARY KEY,
+    agent       TEXT NOT NULL,      -- the agent's definition (JSON)
+    goal        TEXT NOT NULL,
+    prompt_ids  TEXT NOT NULL,      -- the first call's prompt token ids (JSON)
+    status      TEXT NOT NULL,      -- running | succeeded | failed | step_limit
+    output      TEXT,
+    error       TEXT,
+    created_at  REAL NOT NULL,
+    updated_at  REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS steps (
+    task_id     TEXT NOT NULL REFERENCES tasks(task_id),
+    seq         INTEGER NOT NULL,
+    kind        TEXT NOT NULL,      -- call | tool_start | tool_result | observation
+    payload     TEXT NOT NULL,      -- JSON
+    created_at  REAL NOT NULL,
+    PRIMARY KEY (task_id, seq)
+);
+"""
+
+TERMINAL = frozenset({"succeeded", "failed", "step_limit"})
+
+
+def default_path() -> Path:
+    root = os.environ.get("EXECUTOR_HOME")
+    base = Path(root) if root else Path.home() / ".local" / "share" / "agent-executor"
+    return base / "journal.sqlite"
+
+
+class JournalError(ExecutorError):
+    """A task the journal does not have, or a step it cannot take."""
+
+
+@dataclass
+class Step:
+    seq: int
+    kind: str
+    payload: dict[str, Any]
+    created_at: float
+
+
+@dataclass
+class TaskRecord:
+    task_id: str
+    agent: dict[str, Any]
+    goal: str
+    prompt_ids: list[int]
+    status: str
+    output: str | None
+    error: str | None
+    created_at: float
+    updated_at: float
+    steps: list[Step] = field(default_factory=list)
+
+    def transcript_ids(self) -> list[int]:
+        """The prompt of the task's next call: prompt + every reply and observation, in order."""
+        ids = list(self.prompt_ids)
+        for step in self.steps:
+            if step.kind in ("call", "observation"):
+                ids.extend(step.payload["ids"])
+        return ids
+
+    def tool_results(self) -> dict[str, dict[str, Any]]:
+        """Journaled tool results by call id: these are never executed again."""
+        return {s.payload["call_id"]: s.payload for s in self.steps if s.kind == "tool_result"}
+
+    def unfinished_tools(self) -> list[dict[str, Any]]:
+        """Tool calls that started but have no result (effects unknown)."""
+        done = self.tool_results()
+        return [
+            s.payload
+            for s in self.steps
+            if s.kind == "tool_start" and s.payload["call_id"] not in done
+        ]
+
+
+class Journal:
+    """One SQLite file; safe to open from several processes (WAL)."""
+
+    def __init__(self, path: Path | str | None = None) -> None:
+        self.path = Path(path) if path is not None else default_path()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")  # a step is on disk before the next starts
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _write(self, sql: str, args: tuple[Any, ...]) -> None:
+        with self._db:  # one transaction, committed on exit
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute(sql, args)
+
+    def create_task(
+        self, task_id: str, agent: dict[str, Any], goal: str, prompt_ids: list[int]
+    ) -> None:
+        now = time.time()
+        try:
+            self._write(
+                "INSERT INTO tasks VALUES (?, ?, ?, ?, 'running', NULL, NULL, ?, ?)",
+                (task_id, json.dumps(agent), goal, json.dumps(prompt_ids), now, now),
+            )
+        except sqlite3.IntegrityError:
+            raise JournalError(f"task {task_id} already exists in {self.path}") from None
+
+    def append(self, task_id: str, kind: str, payload: dict[str, Any]) -> int:
+        """Commit one step; returns its sequence number."""
+        now = time.time()
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            (seq,) = self._db.execute(
+                "SELECT COALESCE(MAX(seq), -1) + 1 FROM steps WHERE task_id = ?", (task_id,)
+            ).fetchone()
+            self._db.execute(
+                "INSERT INTO steps VALUES (?, ?, ?, ?, ?)",
+                (task_id, seq, kind, json.dumps(payload), now),
+            )
+            self._db.execute("UPDATE tasks SET updated_at = ? WHERE task_id = ?", (now, task_id))
+        return int(seq)
+
+    def finish(
+        self, task_id: str, status: str, output: str | None = None, error: str | None = None
+    ) -> None:
+        if status not in TERMINAL:
+            raise JournalError(f"not a terminal status: {status}")
+        self._write(
+            "UPDATE tasks SET status = ?, output = ?, error = ?, updated_at = ? WHERE task_id = ?",
+            (status, output, error, time.time(), task_id),
+        )
+
+    def get(self, task_id: str) -> TaskRecord:
+        row = self._db.execute(
+            "SELECT task_id, agent, goal, prompt_ids, status, output, error, created_at, "
+            "updated_at FROM tasks WHERE task_id = ?",
+            (task_id,),
+        ).fetchone()
+        if row is None:
+            raise JournalError(f"no task {task_id!r} in {self.path}")
+        record = TaskRecord(row[0], json.loads(row[1]), row[2], json.loads(row[3]), *row[4:])
+        record.steps = [
+            Step(seq, kind, json.loads(payload), created)
+            for seq, kind, payload, created in self._db.execute(
+                "SELECT seq, kind, payload, created_at FROM steps WHERE task_id = ? ORDER BY seq",
+                (task_id,),
+            )
+        ]
+        return record
+
+    def list(self, limit: int = 50) -> list[dict[str, Any]]:
+        rows = self._db.execute(
+            "SELECT t.task_id, json_extract(t.agent, '$.name'), t.goal, t.status, t.created_at, "
+            "t.updated_at, (SELECT COUNT(*) FROM steps s "
+            "WHERE s.task_id = t.task_id AND s.kind = 'call') "
+            "FROM tasks t ORDER BY t.created_at DESC LIMIT ?",
+            (limit,),
+        ).fetchall()
+        keys = ("task_id", "agent", "goal", "status", "created_at", "updated_at", "calls")
+        return [dict(zip(keys, row, strict=True)) for row in rows]

@@ -1,0 +1,130 @@
+"""The one-call SDK: ``run_task(agent, goal)`` on an embedded default executor.
+
+    from executor import Agent, run_task
+    from tools import python
+
+    agent = Agent(name="calc", tools=[python])
+    result = run_task(agent, "What is 1234 * 5678?")
+    print(result.output, result.steps)
+
+The first call starts a local Ray cluster with one replica of the agent's model
+(an :class:`~executor.runtime.Executor` on a private event-loop thread); later
+calls reuse it; it is stopped at interpreter exit (or by :func:`shutdown`).
+``arun_task`` is the same from async code. For many concurrent tasks, or to
+choose replicas, sandbox or journal, use an ``Executor`` directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import threading
+from collections.abc import Coroutine
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+from executor.agent import Agent
+from executor.result import TaskResult
+from executor.runtime import Executor
+
+T = TypeVar("T")
+
+
+class _Embedded:
+    """Executors (one per model) living on one background event loop."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._executors: dict[str, Executor] = {}
+
+    def _ensure_loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                thread = threading.Thread(
+                    target=loop.run_forever, name="agent-executor", daemon=True
+                )
+                thread.start()
+                self._loop, self._thread = loop, thread
+                atexit.register(self.shutdown)
+            return self._loop
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
+        return asyncio.run_coroutine_threadsafe(coro, self._ensure_loop())
+
+    async def executor(self, model: str, options: dict[str, Any]) -> Executor:
+        ex = self._executors.get(model)
+        if ex is None:
+            ex = Executor(model=model, progress=True, **options)
+            self._executors[model] = ex
+            try:
+                await ex.start()
+            except BaseException:
+                del self._executors[model]
+                raise
+        return ex
+
+    async def _run(self, agent: Agent, goal: str, options: dict[str, Any]) -> TaskResult:
+        ex = await self.executor(agent.model, options)
+        return await ex.run(agent, goal)
+
+    async def _resume(self, task_id: str, agent: Agent | None, model: str) -> TaskResult:
+        ex = await self.executor(agent.model if agent else model, {})
+        return await ex.resume(task_id, agent)
+
+    async def _close_all(self) -> None:
+        executors, self._executors = list(self._executors.values()), {}
+        for ex in executors:
+            await ex.close()
+
+    def shutdown(self) -> None:
+        with self._lock:
+            loop, thread = self._loop, self._thread
+            self._loop = self._thread = None
+        if loop is None:
+            return
+        asyncio.run_coroutine_threadsafe(self._close_all(), loop).result(timeout=120)
+        loop.call_soon_threadsafe(loop.stop)
+        if thread is not None:
+            thread.join(timeout=30)
+        loop.close()
+
+
+_EMBEDDED = _Embedded()
+
+
+def run_task(agent: Agent, goal: str, **executor_options: Any) -> TaskResult:
+    """Run one task to its end and return its result (blocking).
+
+    ``executor_options`` (``replicas``, ``sandbox``, ``journal``, ``telemetry``...)
+    apply when the embedded executor for the agent's model is first started.
+    """
+    return _EMBEDDED.submit(_EMBEDDED._run(agent, goal, executor_options)).result()
+
+
+async def arun_task(agent: Agent, goal: str, **executor_options: Any) -> TaskResult:
+    """``run_task`` for async code (the work runs on the embedded executor's loop)."""
+    fut = _EMBEDDED.submit(_EMBEDDED._run(agent, goal, executor_options))
+    return await asyncio.wrap_future(fut)
+
+
+def resume_task(
+    task_id: str, agent: Agent | None = None, *, model: str | None = None
+) -> TaskResult:
+    """Continue a journaled task after its driver died; no journaled tool runs again."""
+    from executor.journal import Journal
+
+    if model is None and agent is None:
+        journal = Journal()
+        try:
+            model = str(journal.get(task_id).agent["model"])
+        finally:
+            journal.close()
+    return _EMBEDDED.submit(_EMBEDDED._resume(task_id, agent, model or "")).result()
+
+
+def shutdown() -> None:
+    """Stop the embedded executors (also done at interpreter exit)."""
+    _EMBEDDED.shutdown()
