@@ -138,6 +138,10 @@ class Bench:
         view = self.core.replica(rid)
         if view is None or view.state.value != "active":
             return
+        for tid in list(self.call_token):  # its calls are lost: drop their completions
+            task = self.core.task(tid)
+            if task is not None and task.replica_id == rid:
+                self.call_token[tid] += 1
         self.send(ReplicaDied(self.now, rid))
         self.push(5.0, _REJOIN, "", rid)
 

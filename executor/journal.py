@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,16 +114,22 @@ class Journal:
     def __init__(self, path: Path | str | None = None) -> None:
         self.path = Path(path) if path is not None else default_path()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+        # One connection shared by the executor's loop thread and its callers' threads,
+        # serialized by a lock (sqlite3 objects are thread-bound unless told otherwise).
+        self._db = sqlite3.connect(
+            self.path, isolation_level=None, timeout=30, check_same_thread=False
+        )
+        self._lock = threading.RLock()
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # a step is on disk before the next starts
         self._db.executescript(SCHEMA)
 
     def close(self) -> None:
-        self._db.close()
+        with self._lock:
+            self._db.close()
 
     def _write(self, sql: str, args: tuple[Any, ...]) -> None:
-        with self._db:  # one transaction, committed on exit
+        with self._lock, self._db:  # one transaction, committed on exit
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute(sql, args)
 
@@ -141,7 +148,7 @@ class Journal:
     def append(self, task_id: str, kind: str, payload: dict[str, Any]) -> int:
         """Commit one step; returns its sequence number."""
         now = time.time()
-        with self._db:
+        with self._lock, self._db:
             self._db.execute("BEGIN IMMEDIATE")
             (seq,) = self._db.execute(
                 "SELECT COALESCE(MAX(seq), -1) + 1 FROM steps WHERE task_id = ?", (task_id,)
@@ -164,6 +171,10 @@ class Journal:
         )
 
     def get(self, task_id: str) -> TaskRecord:
+        with self._lock:
+            return self._get(task_id)
+
+    def _get(self, task_id: str) -> TaskRecord:
         row = self._db.execute(
             "SELECT task_id, agent, goal, prompt_ids, status, output, error, created_at, "
             "updated_at FROM tasks WHERE task_id = ?",
@@ -182,6 +193,10 @@ class Journal:
         return record
 
     def list(self, limit: int = 50) -> list[dict[str, Any]]:
+        with self._lock:
+            return self._list(limit)
+
+    def _list(self, limit: int) -> list[dict[str, Any]]:
         rows = self._db.execute(
             "SELECT t.task_id, json_extract(t.agent, '$.name'), t.goal, t.status, t.created_at, "
             "t.updated_at, (SELECT COUNT(*) FROM steps s "

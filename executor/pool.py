@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,6 +26,7 @@ from executor.replica import Replica
 from executor.replica_config import ReplicaConfig
 from executor.replica_handle import ReplicaHandle
 
+NAMESPACE = "agent-executor"
 # Engine warnings that say nothing actionable on a CPU host (GGUF/Triton availability).
 _ENGINE_ENV = {"PYTHONWARNINGS": "ignore::UserWarning", "TOKENIZERS_PARALLELISM": "false"}
 
@@ -48,6 +50,9 @@ class ReplicaPool:
         self._connection: RayConnection | None = None
         self._handles: dict[str, ReplicaHandle] = {}
         self._next_index = 0
+        self._owns_actors = True
+        # Actors are named (unique per pool) so that another driver can attach to them.
+        self.pool_id = uuid.uuid4().hex[:8]
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -86,6 +91,8 @@ class ReplicaPool:
             self._next_index += 1
             env = dict(_ENGINE_ENV, OMP_NUM_THREADS=str(cfg.threads()))
             new[rid] = actor_cls.options(
+                name=self.actor_name(rid),
+                namespace=NAMESPACE,
                 num_cpus=cfg.num_cpus,
                 num_gpus=cfg.resolved_num_gpus(),
                 max_concurrency=1000,
@@ -115,8 +122,31 @@ class ReplicaPool:
             raise ExecutorError(f"a replica failed to start: {exc}") from exc
         return list(new)
 
+    def actor_name(self, replica_id: str) -> str:
+        return f"aex-{self.pool_id}-{replica_id}"
+
+    @classmethod
+    def attach(cls, address: str, actor_names: list[str]) -> ReplicaPool:
+        """Serve on replicas another driver started on the cluster at ``address`` (their
+        ``actor_name``s). Closing this pool leaves them running: they are not its own."""
+        pool = cls(progress=False)
+        pool._owns_actors = False
+        pool._connection = connect(address)
+        try:
+            for name in actor_names:
+                actor = ray.get_actor(name, namespace=NAMESPACE)
+                info = ray.get(actor.ready.remote(), timeout=60)
+                pool._handles[info["replica_id"]] = ReplicaHandle(info["replica_id"], actor, info)
+        except (ValueError, ray.exceptions.RayError) as exc:
+            pool.shutdown()
+            raise ExecutorError(f"cannot attach to replica actors {actor_names}: {exc}") from None
+        pool.size = len(pool._handles)
+        return pool
+
     def remove(self, replica_id: str) -> None:
         handle = self._handles.pop(replica_id)
+        if not self._owns_actors:
+            return
         with contextlib.suppress(ray.exceptions.RayError):  # already dead: kill is enough
             ray.get(handle.actor.shutdown.remote(), timeout=60)
         ray.kill(handle.actor)

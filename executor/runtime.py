@@ -70,7 +70,11 @@ class Executor:
         kv_reserve_tokens: int | None = None,
         on_step: Callable[[str, Step], None] | None = None,
         progress: bool = False,
+        pool: ReplicaPool | None = None,
+        replica_ids: list[str] | None = None,
     ) -> None:
+        """``pool``: serve on replicas that are already running (the executor does not
+        stop them); ``replica_ids``: only these of the pool's replicas."""
         self.config = replica_config or ReplicaConfig(model=model)
         if replica_config is not None and replica_config.model != model:
             self.config = replica_config.model_copy(update={"model": model})
@@ -85,7 +89,9 @@ class Executor:
         self.kv_reserve_tokens = kv_reserve_tokens
         self.on_step = on_step
         self.progress = progress
-        self.pool: ReplicaPool | None = None
+        self.pool: ReplicaPool | None = pool
+        self._owns_pool = pool is None
+        self.replica_ids = replica_ids
         self._services: Services | None = None
         self._tasks: set[asyncio.Task[TaskResult]] = set()
 
@@ -113,20 +119,24 @@ class Executor:
             if self._telemetry_spec is not None
             else Telemetry.from_env()
         )
-        pool = ReplicaPool(
-            self.replica_count, self.config, address=self.address, progress=self.progress
-        )
-        try:
-            await asyncio.to_thread(pool.start)
-        except BaseException:
-            await sandboxes.close()
-            raise
-        self.pool = pool
+        if self.pool is None:
+            pool = ReplicaPool(
+                self.replica_count, self.config, address=self.address, progress=self.progress
+            )
+            try:
+                await asyncio.to_thread(pool.start)
+            except BaseException:
+                await sandboxes.close()
+                raise
+            self.pool = pool
+        handles = self.pool.handles
+        if self.replica_ids is not None:
+            handles = {rid: self.pool[rid] for rid in self.replica_ids}
         dispatcher = Dispatcher(SchedulerCore(self.scheduler_config))
-        for handle in pool:
+        for handle in handles.values():
             dispatcher.replica_joined(handle.replica_id, int(handle.info["max_total_num_tokens"]))
         self._services = Services(
-            model=self.model, dispatcher=dispatcher, replicas=pool.handles, chat=chat,
+            model=self.model, dispatcher=dispatcher, replicas=handles, chat=chat,
             journal=journal, telemetry=telemetry, sandboxes=sandboxes, web=self.web,
             on_step=self._on_step, kv_reserve_tokens=self.kv_reserve_tokens,
         )  # fmt: skip
@@ -143,7 +153,7 @@ class Executor:
             s.telemetry.shutdown()
             if not isinstance(self._journal_spec, Journal):
                 s.journal.close()
-        if self.pool is not None:
+        if self.pool is not None and self._owns_pool:
             await asyncio.to_thread(self.pool.shutdown)
             self.pool = None
 

@@ -30,29 +30,40 @@ from executor.runtime import Executor
 T = TypeVar("T")
 
 
+class LoopThread:
+    """An event loop on a daemon thread, for driving an Executor from synchronous code."""
+
+    def __init__(self, name: str = "agent-executor") -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
+        self.thread.start()
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        return self.submit(coro).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=30)
+        self.loop.close()
+
+
 class _Embedded:
     """Executors (one per model) living on one background event loop."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._loop: LoopThread | None = None
         self._executors: dict[str, Executor] = {}
 
-    def _ensure_loop(self) -> asyncio.AbstractEventLoop:
+    def submit(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
         with self._lock:
             if self._loop is None:
-                loop = asyncio.new_event_loop()
-                thread = threading.Thread(
-                    target=loop.run_forever, name="agent-executor", daemon=True
-                )
-                thread.start()
-                self._loop, self._thread = loop, thread
+                self._loop = LoopThread()
                 atexit.register(self.shutdown)
-            return self._loop
-
-    def submit(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
-        return asyncio.run_coroutine_threadsafe(coro, self._ensure_loop())
+            return self._loop.submit(coro)
 
     async def executor(self, model: str, options: dict[str, Any]) -> Executor:
         ex = self._executors.get(model)
@@ -81,14 +92,10 @@ class _Embedded:
 
     def shutdown(self) -> None:
         with self._lock:
-            loop, thread = self._loop, self._thread
-            self._loop = self._thread = None
+            loop, self._loop = self._loop, None
         if loop is None:
             return
-        asyncio.run_coroutine_threadsafe(self._close_all(), loop).result(timeout=120)
-        loop.call_soon_threadsafe(loop.stop)
-        if thread is not None:
-            thread.join(timeout=30)
+        loop.run(self._close_all(), timeout=120)
         loop.close()
 
 

@@ -132,7 +132,9 @@ class TaskLoop:
                 if self.agent.reset_tool_choice:
                     self.tool_choice = "auto"
             elif step.kind == "tool_result":
-                self.steps.append(ToolStep(**p["info"], replayed=True))
+                info = p["info"]
+                self.steps.append(ToolStep(**{**info, "replayed": True}))
+                self._remember(ToolCall(info["tool"], info["arguments"]), p["result"]["text"])
             elif step.kind == "observation":
                 pending_call = None
         if pending_call is not None:  # a reply whose observation is not journaled yet
@@ -197,8 +199,8 @@ class TaskLoop:
             if isinstance(reply, FinalAnswer):
                 self.s.dispatcher.finished(self.task_id)
                 return "succeeded", reply.text, None
-            if isinstance(reply, ToolCall) and self.calls >= self.agent.max_steps:
-                # the last call asked for a tool: no call is left to read its result
+            if self.calls >= self.agent.max_steps:
+                # the last call did not answer: no call is left to read an observation
                 self.s.dispatcher.finished(self.task_id)
                 return "step_limit", None, f"no final answer in {self.agent.max_steps} calls"
             if isinstance(reply, InvalidReply):
@@ -291,7 +293,6 @@ class TaskLoop:
             self._emit(step)
             return INTERRUPTED
         if done is not None:  # journaled before a crash: reuse, never run again
-            self._remember(call, str(done["info"]["output"]))
             return str(done["info"]["output"])
         earlier = self.seen.get(_call_key(call))
         if earlier is not None and self.agent.answer_on_repeat:

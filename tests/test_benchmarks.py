@@ -15,7 +15,7 @@ def test_scheduler_benchmark_writes_json(tmp_path: Path) -> None:
 
     out = tmp_path / "sched.json"
     rc = scheduler.main([
-        "--replicas", "20", "--tasks", "200", "--events", "3000", "--kill-every", "1000",
+        "--replicas", "20", "--tasks", "200", "--events", "3000", "--kill-every", "300",
         "--json", str(out),
     ])  # fmt: skip
     assert rc == 0

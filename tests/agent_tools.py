@@ -1,0 +1,56 @@
+"""Tools and agents for the runtime tests (imported by the tests and by resume_driver.py).
+
+The tiny model has random weights: its replies are valid only because the reply
+grammar forces them, so its tools take enums (a free integer or string would run
+to max_new_tokens), and its answers are kept short with max_answer_chars.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any, Literal
+
+from executor import Agent
+from tools import tool
+
+COUNTER_ENV = "AGENT_TEST_COUNTER"
+
+
+@tool
+async def mark(label: Literal["a", "b"]) -> str:
+    """Record a side effect: append a line to the counter file.
+
+    Args:
+        label: what to record
+    """
+    with open(os.environ[COUNTER_ENV], "a") as f:  # the effect happens first ...
+        f.write(f"{label}\n")
+    await asyncio.sleep(0.3)  # ... then the tool takes a while
+    return f"recorded {label}"
+
+
+@tool
+async def wait(label: Literal["a", "b"]) -> str:
+    """Wait for a slow external system (one second).
+
+    Args:
+        label: which system
+    """
+    await asyncio.sleep(1.0)
+    return f"{label} is ready"
+
+
+def tiny_agent(*tools: Any, **overrides: Any) -> Agent:
+    fields: dict[str, Any] = {
+        "name": "tiny-agent", "model": "tiny", "tools": list(tools) or [mark],
+        "tool_choice": "required", "max_steps": 4, "max_answer_chars": 12,
+        "sampling": {"max_new_tokens": 48},
+    }  # fmt: skip
+    fields.update(overrides)
+    return Agent(**fields)
+
+
+def marking_agent() -> Agent:
+    """Calls ``mark`` on every step until its step limit (5 tool runs in 6 calls)."""
+    return tiny_agent(mark, reset_tool_choice=False, answer_on_repeat=False, max_steps=6)

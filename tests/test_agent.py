@@ -1,0 +1,244 @@
+"""The agent runtime's pieces without an engine: agent definitions, the reply grammar,
+the chat format, the journal, the dispatcher on the real scheduler core, the CLI's checks."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Literal
+
+import pytest
+
+from executor.agent import FINAL_ANSWER, Agent, AgentDefinitionError
+from executor.cli import main as cli_main
+from executor.cli_tasks import parse_tools
+from executor.dispatch import Dispatcher, TaskRefused
+from executor.errors import ReplicaUnavailableError
+from executor.journal import Journal, JournalError
+from executor.reply import FinalAnswer, InvalidReply, ToolCall, parse_reply, reply_schema
+from executor.runtime import agent_from_journal
+from scheduler import SchedulerConfig, SchedulerCore
+from tools import python, read_file, tool
+
+
+@tool
+def pick(label: Literal["a", "b"]) -> str:
+    """Pick a label.
+
+    Args:
+        label: which one
+    """
+    return label
+
+
+def make_agent(**kw: object) -> Agent:
+    return Agent(name="t", tools=[pick, python], model="tiny", **kw)  # type: ignore[arg-type]
+
+
+# -- agent definitions ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"name": ""}, "name"),
+        ({"name": "has space"}, "must match"),
+        ({"tools": [print]}, "not a tool"),
+        ({"tools": [pick, pick]}, "share the name 'pick'"),
+        ({"tool_choice": "nope"}, "tool_choice 'nope'"),
+        ({"tool_choice": "required", "tools": []}, "no tools"),
+        ({"max_steps": 0}, "max_steps"),
+        ({"sampling": {"json_schema": "{}"}}, "reply grammar"),
+        ({"sampling": {"temperature": -1}}, "temperature"),
+        ({"unknown_field": 1}, "unknown_field"),
+    ],
+)
+def test_invalid_agents_are_refused_clearly(kwargs: dict[str, object], message: str) -> None:
+    fields: dict[str, object] = {"name": "t", "tools": [pick]}
+    fields.update(kwargs)
+    with pytest.raises(AgentDefinitionError, match=message):
+        Agent(**fields)  # type: ignore[arg-type]
+
+
+def test_final_answer_is_a_reserved_tool_name() -> None:
+    @tool(name=FINAL_ANSWER)
+    def fake(x: str) -> str:
+        """Not allowed."""
+        return x
+
+    with pytest.raises(AgentDefinitionError, match="reserved"):
+        Agent(name="t", tools=[fake])
+
+
+def test_cli_tools_and_journal_agents_name_unknown_tools() -> None:
+    assert [t.name for t in parse_tools("python, read_file")] == ["python", "read_file"]
+    with pytest.raises(AgentDefinitionError, match="unknown tool.*nope.*built-ins are"):
+        parse_tools("python,nope")
+    desc = make_agent().describe()
+    with pytest.raises(AgentDefinitionError, match="not built-ins \\(pick\\)"):
+        agent_from_journal(desc)
+    rebuilt = agent_from_journal({**desc, "tools": ["python", "read_file"]})
+    assert rebuilt.tools == (python, read_file) and rebuilt.max_steps == desc["max_steps"]
+
+
+def test_cli_run_with_an_unknown_tool_fails_before_starting_anything(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert cli_main(["run", "hello", "--tools", "nope"]) == 2
+    assert "unknown tool(s) nope" in capsys.readouterr().err
+
+
+# -- reply grammar ---------------------------------------------------------------------
+
+
+def _names(schema: dict[str, object]) -> list[str]:
+    shapes = schema.get("anyOf", [schema])
+    return [s["properties"]["name"]["const"] for s in shapes]  # type: ignore[index]
+
+
+def test_reply_schema_follows_tool_choice() -> None:
+    agent = make_agent()
+    assert _names(reply_schema(agent, "auto")) == ["pick", "python", FINAL_ANSWER]
+    assert _names(reply_schema(agent, "required")) == ["pick", "python"]
+    assert _names(reply_schema(agent, "pick")) == ["pick"]
+    assert _names(reply_schema(agent, FINAL_ANSWER)) == [FINAL_ANSWER]
+    answer = reply_schema(agent, FINAL_ANSWER)["properties"]["arguments"]  # type: ignore[index]
+    assert answer["properties"]["answer"]["maxLength"] == agent.max_answer_chars
+    json.dumps(reply_schema(agent, "auto"))  # JSON-able, as SGLang gets it
+
+
+def test_parse_reply() -> None:
+    agent = make_agent()
+    assert parse_reply('{"name": "pick", "arguments": {"label": "a"}}', agent) == ToolCall(
+        "pick", {"label": "a"}
+    )
+    assert parse_reply(
+        '{"name": "final_answer", "arguments": {"answer": "42"}}', agent
+    ) == FinalAnswer("42")
+    for bad in (
+        '{"name": "pick", "arguments": {"label": "a"',  # cut by max_new_tokens
+        "[1, 2]",
+        '{"name": "pick"}',
+        '{"name": "pick", "arguments": []}',
+        '{"name": "final_answer", "arguments": {"answer": ""}}',
+    ):
+        assert isinstance(parse_reply(bad, agent), InvalidReply), bad
+
+
+# -- chat format (the tiny model's real tokenizer and template) -------------------------
+
+
+def test_chat_format_is_append_only_and_matches_the_template() -> None:
+    from executor.chat_format import ChatFormat
+    from executor.models import resolve
+
+    chat = ChatFormat.load(resolve("tiny"))
+    specs = [python.openai_spec()]
+    text, ids = chat.prompt("be brief", "add 2 and 2", specs)
+    assert "python" in text and text.endswith("<|im_start|>assistant\n")
+    reply = '{"name": "python", "arguments": {"code": "2+2"}}'
+    eos = chat.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    output = chat.encode(reply) + [eos]  # as the engine returns it: ending with end-of-turn
+    obs_text, obs_ids = chat.observation(output, "4")
+    transcript = chat.tokenizer.decode(ids + output + obs_ids, skip_special_tokens=False)
+    expected = chat.tokenizer.apply_chat_template(
+        [
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": "add 2 and 2"},
+            {"role": "assistant", "content": reply},
+            {"role": "tool", "content": "4"},
+        ],
+        tools=specs, add_generation_prompt=True, tokenize=False,
+    )  # fmt: skip
+    assert transcript == expected
+    # without an end-of-turn token in the output, the observation closes the turn itself
+    assert chat.observation(chat.encode(reply), "4")[0].startswith("<|im_end|>")
+
+
+# -- journal ----------------------------------------------------------------------------
+
+
+def test_journal_round_trip(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    j = Journal(path)
+    j.create_task("t1", {"name": "a"}, "goal", [1, 2])
+    j.append("t1", "call", {"ids": [3, 4], "info": {}})
+    j.append("t1", "tool_start", {"call_id": "t1-1", "tool": "x", "arguments": {}})
+    j.append("t1", "tool_result", {"call_id": "t1-1", "info": {"output": "ok"}})
+    j.append("t1", "observation", {"ids": [5], "text": "ok"})
+    j.append("t1", "call", {"ids": [6], "info": {}})
+    j.append("t1", "tool_start", {"call_id": "t1-2", "tool": "x", "arguments": {}})
+    j.close()
+    j = Journal(path)  # durable: another connection reads it all back
+    record = j.get("t1")
+    assert record.transcript_ids() == [1, 2, 3, 4, 5, 6]
+    assert list(record.tool_results()) == ["t1-1"]
+    assert [u["call_id"] for u in record.unfinished_tools()] == ["t1-2"]
+    assert j.list()[0] | {"created_at": 0, "updated_at": 0} == {
+        "task_id": "t1", "agent": "a", "goal": "goal", "status": "running",
+        "created_at": 0, "updated_at": 0, "calls": 2,
+    }  # fmt: skip
+    with pytest.raises(JournalError, match="already exists"):
+        j.create_task("t1", {}, "g", [1])
+    with pytest.raises(JournalError, match="no task 'nope'"):
+        j.get("nope")
+    with pytest.raises(JournalError, match="not a terminal status"):
+        j.finish("t1", "running")
+    j.finish("t1", "succeeded", output="42")
+    assert j.get("t1").output == "42"
+    j.close()
+
+
+def test_cli_lists_and_shows_journaled_tasks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "j.sqlite"
+    j = Journal(path)
+    j.create_task("t1", {"name": "a"}, "what is 2+2", [1])
+    j.append("t1", "tool_start", {"call_id": "t1-1", "tool": "python", "arguments": {"c": 1}})
+    j.finish("t1", "succeeded", output="4")
+    j.close()
+    assert cli_main(["tasks", "--journal", str(path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["status"] == "succeeded"
+    assert cli_main(["show", "t1", "--journal", str(path), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["output"] == "4" and shown["steps"][0]["tool"] == "python"
+    assert cli_main(["show", "nope", "--journal", str(path)]) == 2
+    assert "no task 'nope'" in capsys.readouterr().err
+
+
+# -- the dispatcher drives the real scheduler core -----------------------------------------
+
+
+def test_dispatcher_queues_under_the_kv_budget_and_admits_later() -> None:
+    async def scenario() -> None:
+        d = Dispatcher(SchedulerCore(SchedulerConfig(kv_headroom=0.0)))
+        d.replica_joined("r0", 1000)
+        first = await d.arrive("a", "agent", 2, 800)
+        assert first.replica_id == "r0" and first.cold
+        second = asyncio.ensure_future(d.arrive("b", "agent", 2, 800))
+        await asyncio.sleep(0)
+        assert not second.done() and d.queue_depth == 1  # no KV room: queued
+        d.call_finished("a", "r0", prompt_tokens=100, cached_tokens=0, output_tokens=10,
+                        latency_s=0.1)  # fmt: skip
+        d.finished("a")  # frees a's KV: b is admitted
+        grant = await asyncio.wait_for(second, 1)
+        assert grant.replica_id == "r0" and d.stats.queued_admission == 1
+        with pytest.raises(TaskRefused, match="rejected"):
+            await d.arrive("huge", "agent", 2, 10_000)  # fits no replica
+        d.cancelled("b", "test")
+        d.cancelled("b", "again")  # a no-op once ended
+
+    asyncio.run(scenario())
+
+
+def test_dispatcher_fails_a_call_whose_last_replica_died() -> None:
+    async def scenario() -> None:
+        d = Dispatcher(SchedulerCore())
+        d.replica_joined("r0", 10_000)
+        await d.arrive("a", "agent", 2, 100)
+        with pytest.raises(ReplicaUnavailableError, match="no live replica is left"):
+            await d.after_replica_death("a", "r0")
+
+    asyncio.run(scenario())
