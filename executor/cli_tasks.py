@@ -194,11 +194,8 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_resume(args: argparse.Namespace, console: Console) -> int:
-    journal = Journal(args.journal)
-    try:
+    with Journal(args.journal) as journal:
         model = str(journal.get(args.task_id).agent["model"])
-    finally:
-        journal.close()
     progress = Progress(console)
     executor = Executor(
         model, 1,
@@ -215,11 +212,8 @@ def cmd_resume(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_tasks(args: argparse.Namespace, console: Console) -> int:
-    journal = Journal(args.journal)
-    try:
+    with Journal(args.journal) as journal:
         rows = journal.list(args.limit)
-    finally:
-        journal.close()
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -236,11 +230,8 @@ def cmd_tasks(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_show(args: argparse.Namespace, console: Console) -> int:
-    journal = Journal(args.journal)
-    try:
+    with Journal(args.journal) as journal:
         record = journal.get(args.task_id)
-    finally:
-        journal.close()
     steps = [
         {"seq": s.seq, "kind": s.kind, **{k: v for k, v in s.payload.items() if k != "ids"}}
         for s in record.steps

@@ -148,9 +148,7 @@ class Dispatcher:
             view = self.core.replica(replica_id)
             if view is not None and view.state is not ReplicaState.DEAD:
                 self.send(ReplicaDied(t0, replica_id))
-            if not fut.done() and all(
-                r.state is ReplicaState.DEAD for r in self.core.replicas()
-            ):
+            if not fut.done() and all(r.state is ReplicaState.DEAD for r in self.core.replicas()):
                 raise ReplicaUnavailableError(replica_id, "it died and no live replica is left")
             run = await fut
         finally:

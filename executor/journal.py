@@ -128,6 +128,12 @@ class Journal:
         with self._lock:
             self._db.close()
 
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def _write(self, sql: str, args: tuple[Any, ...]) -> None:
         with self._lock, self._db:  # one transaction, committed on exit
             self._db.execute("BEGIN IMMEDIATE")

@@ -124,11 +124,8 @@ def resume_task(
     from executor.journal import Journal
 
     if model is None and agent is None:
-        journal = Journal()
-        try:
+        with Journal() as journal:
             model = str(journal.get(task_id).agent["model"])
-        finally:
-            journal.close()
     return _EMBEDDED.submit(_EMBEDDED._resume(task_id, agent, model or "")).result()
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -241,7 +242,7 @@ class TaskLoop:
                         {
                             "input_ids": self.ids,
                             "sampling": sampling,
-                            "rid": f"{self.task_id}-{step}",
+                            "rid": _request_id(self.task_id, step),
                         }
                     )
                 except ReplicaUnavailableError as exc:
@@ -330,6 +331,11 @@ class TaskLoop:
         self.steps.append(step)
         if self.s.on_step is not None:
             self.s.on_step(self.task_id, step)
+
+
+def _request_id(task_id: str, step: int) -> str:
+    """Unique per attempt: a dead driver's call of the same step may still be in the engine."""
+    return f"{task_id}-{step}-{uuid.uuid4().hex[:8]}"
 
 
 def _call_key(call: ToolCall) -> str:

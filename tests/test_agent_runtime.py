@@ -203,7 +203,8 @@ def test_resume_after_the_driver_was_killed(pool: Any, tmp_path: Path, counter: 
         after = r.ex.journal.get(task_id)
     finally:
         r.close()
-    assert result.resumed and result.status == "step_limit" and after.status == "step_limit"
+    assert result.resumed and result.status == "step_limit", result.error
+    assert after.status == "step_limit"
     starts = [s.payload["call_id"] for s in after.steps if s.kind == "tool_start"]
     assert len(starts) == len(set(starts)) == 5  # one start per call that asked for a tool
     lines = len(counter.read_text().splitlines())

@@ -31,9 +31,12 @@ def test_sandbox_benchmark_writes_json(tmp_path: Path, bwrap_backend: object) ->
     from benchmarks import sandbox
 
     out = tmp_path / "sbx.json"
-    assert sandbox.main(
-        ["--backends", "bwrap", "--repeats", "3", "--ready-repeats", "2", "--json", str(out)]
-    ) == 0
+    assert (
+        sandbox.main(
+            ["--backends", "bwrap", "--repeats", "3", "--ready-repeats", "2", "--json", str(out)]
+        )
+        == 0
+    )
     bw = json.loads(out.read_text())["backends"]["bwrap"]
     for key in ("exec_p50_ms", "exec_p99_ms", "ready_p50_ms", "shell_exec_p50_ms"):
         assert bw[key] > 0, key

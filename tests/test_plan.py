@@ -14,8 +14,13 @@ from scheduler.planner.formulas import PlanInputs, plan
 from scheduler.planner.montecarlo import simulate_plan
 
 REQUIRED_KEYS = {
-    "task_median_s", "task_p95_s", "p_hit_p99", "verdict", "prefill_cold_s",
-    "prefill_warm_s", "tasks_per_replica",
+    "task_median_s",
+    "task_p95_s",
+    "p_hit_p99",
+    "verdict",
+    "prefill_cold_s",
+    "prefill_warm_s",
+    "tasks_per_replica",
 }
 
 
@@ -57,7 +62,9 @@ def test_cli_json_has_the_keys(tmp_path: Path) -> None:
     out = tmp_path / "plan.json"
     proc = subprocess.run(
         [sys.executable, "-m", "scheduler.plan", "--mc-tasks", "40", "--json", str(out)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(out.read_text())
@@ -66,15 +73,20 @@ def test_cli_json_has_the_keys(tmp_path: Path) -> None:
     assert "task p95 (formula)" in proc.stdout and "Monte-Carlo" in proc.stdout
 
 
-@pytest.mark.parametrize("args,msg", [
-    (["--calls", "0"], "must be >= 1"),
-    (["--call-median", "3", "--call-p99", "1"], "call median <= call p99"),
-    (["--prefill", "abc"], "not a number"),
-])
+@pytest.mark.parametrize(
+    "args,msg",
+    [
+        (["--calls", "0"], "must be >= 1"),
+        (["--call-median", "3", "--call-p99", "1"], "call median <= call p99"),
+        (["--prefill", "abc"], "not a number"),
+    ],
+)
 def test_cli_bad_input_is_an_argparse_error(args: list[str], msg: str) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "scheduler.plan", "--no-mc", *args],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 2
     assert msg in proc.stderr and "Traceback" not in proc.stderr

@@ -20,8 +20,13 @@ pytestmark = pytest.mark.skipif(
     reason="chromium not installed (bash infra/install_chromium.sh installs it)",
 )
 FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
     "--disable-dev-shm-usage",
 ]
 
@@ -30,7 +35,9 @@ def dump_dom(page: Path, fragment: str, profile: Path) -> str:
     url = page.resolve().as_uri() + ("#" + fragment if fragment else "")
     proc = subprocess.run(
         [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--dump-dom", url],  # type: ignore[list-item]
-        capture_output=True, text=True, timeout=90,
+        capture_output=True,
+        text=True,
+        timeout=90,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout
@@ -42,11 +49,20 @@ def values(dom: str) -> dict[str, str]:
 
 CASES = [
     ("", PlanInputs()),
-    ("n_calls=10&cache=0&tool_s=1.5&call_p99_s=3.3",
-     PlanInputs(n_calls=10, cache=False, tool_s=1.5, call_p99_s=3.3)),
-    ("history_tokens=120000&kv_room_gb=80&slo_s=30&tasks_per_hour=250000&call_median_s=0.123",
-     PlanInputs(history_tokens=120_000, kv_room_gb=80, slo_s=30, tasks_per_hour=250_000,
-                call_median_s=0.123)),
+    (
+        "n_calls=10&cache=0&tool_s=1.5&call_p99_s=3.3",
+        PlanInputs(n_calls=10, cache=False, tool_s=1.5, call_p99_s=3.3),
+    ),
+    (
+        "history_tokens=120000&kv_room_gb=80&slo_s=30&tasks_per_hour=250000&call_median_s=0.123",
+        PlanInputs(
+            history_tokens=120_000,
+            kv_room_gb=80,
+            slo_s=30,
+            tasks_per_hour=250_000,
+            call_median_s=0.123,
+        ),
+    ),
 ]
 
 
@@ -61,8 +77,15 @@ def test_page_numbers_match_the_formulas(
     assert "<script src" not in html and "<link" not in html
     got = values(dump_dom(page, fragment, tmp_path / "profile"))
     want = plan(expected)
-    for key in ("task_median_s", "task_p95_s", "p_hit_p99", "prefill_cold_s",
-                "prefill_warm_s", "tasks_per_replica", "kv_gb_per_task"):
+    for key in (
+        "task_median_s",
+        "task_p95_s",
+        "p_hit_p99",
+        "prefill_cold_s",
+        "prefill_warm_s",
+        "tasks_per_replica",
+        "kv_gb_per_task",
+    ):
         assert float(got[key]) == pytest.approx(want[key], rel=1e-12), key
     assert got["verdict"] == want["verdict"]
     if "replicas_needed" in want:

@@ -37,8 +37,15 @@ def core(**kw: object) -> SchedulerCore:
     return SchedulerCore(SchedulerConfig(**kw))  # type: ignore[arg-type]
 
 
-def finish(c: SchedulerCore, t: float, tid: str, rid: str, prompt: int = 1000,
-           cached: int = 0, out: int = 50) -> list:
+def finish(
+    c: SchedulerCore,
+    t: float,
+    tid: str,
+    rid: str,
+    prompt: int = 1000,
+    cached: int = 0,
+    out: int = 50,
+) -> list:
     return c.handle(CallFinished(t, tid, rid, prompt, cached, out, 0.5))
 
 
@@ -116,9 +123,13 @@ def test_returning_task_runs_before_new_one() -> None:
     assert finish(c, 5, "busy", "r0") == [RunCall("old", "r0", cold=False)]
 
 
-@pytest.mark.parametrize("ordering,first", [
-    (LeastAttainedService(), "light"), (EarliestDeadlineFirst(), "heavy"),
-])
+@pytest.mark.parametrize(
+    "ordering,first",
+    [
+        (LeastAttainedService(), "light"),
+        (EarliestDeadlineFirst(), "heavy"),
+    ],
+)
 def test_las_and_edf_order_returning_tasks(ordering: object, first: str) -> None:
     c = SchedulerCore(SchedulerConfig(max_running_calls=1), ordering=ordering)  # type: ignore[arg-type]
     c.handle(ReplicaJoined(0, "r0", 100_000))
@@ -170,8 +181,10 @@ def test_release_under_pressure_when_wait_is_long_and_readmit() -> None:
     finish(c, 1, "a", "r0", prompt=2_000, out=0)
     # a 10 s tool vs 0.2 s to re-prefill 2,000 tokens: release; b is admitted at once
     d = c.handle(ToolStarted(1, "a", "slow", expected_s=10.0))
-    assert d == [ReleaseKV("a", "r0", 2_000, "long tool wait under KV pressure"),
-                 RunCall("b", "r0", cold=True)]
+    assert d == [
+        ReleaseKV("a", "r0", 2_000, "long tool wait under KV pressure"),
+        RunCall("b", "r0", cold=True),
+    ]
     # a comes back, finds no room: queued ahead of new arrivals
     assert c.handle(ToolFinished(11, "a")) == [Queue("a", "admission")]
     finish(c, 12, "b", "r0")
@@ -200,8 +213,10 @@ def test_waiting_kv_cap_releases_latest_returning_under_pressure() -> None:
     finish(c, 1, "b", "r0")
     d = c.handle(ToolStarted(1, "b", "b", expected_s=1.0))
     # 6,000 waiting > 5,000 cap: a (back last) goes; q takes its room
-    assert d == [ReleaseKV("a", "r0", 1050, "waiting tasks' KV over cap"),
-                 RunCall("q", "r0", cold=True)]
+    assert d == [
+        ReleaseKV("a", "r0", 1050, "waiting tasks' KV over cap"),
+        RunCall("q", "r0", cold=True),
+    ]
     assert c.task("b").kv_held  # type: ignore[union-attr]
     c.check_invariants()
 
@@ -247,8 +262,9 @@ def test_migration_disabled_fails_at_first_death() -> None:
     c.handle(ReplicaJoined(0, "r1", 100_000))
     c.handle(TaskArrived(0, "t", "", 3, 10_000))
     d = c.handle(ReplicaDied(1, "r0"))
-    assert d == [Fail("t", "replica r0 died and the task reached its migration limit "
-                          "(0 migrations)")]
+    assert d == [
+        Fail("t", "replica r0 died and the task reached its migration limit (0 migrations)")
+    ]
 
 
 def test_draining_replica_keeps_tasks_takes_no_new_and_reports_drained() -> None:
@@ -303,25 +319,33 @@ def test_tool_moving_average() -> None:
 
 
 def _snapshot(c: SchedulerCore) -> tuple:
-    return (c.now, c.queued, c.live_tasks, tuple(c.replicas()),
-            tuple(c.task(t) for t in ("a", "b", "zz")))
+    return (
+        c.now,
+        c.queued,
+        c.live_tasks,
+        tuple(c.replicas()),
+        tuple(c.task(t) for t in ("a", "b", "zz")),
+    )
 
 
-@pytest.mark.parametrize("event", [
-    CallFinished(5, "zz", "r0", 1, 0, 1, 0.1),  # unknown task
-    CallFinished(5, "a", "r1", 1, 0, 1, 0.1),  # wrong replica
-    CallFinished(5, "a", "r0", 10, 20, 1, 0.1),  # cached > prompt
-    ToolFinished(5, "a"),  # a is running, not in a tool
-    TaskFinished(5, "a"),
-    NextCall(5, "b"),  # b is queued
-    TaskArrived(5, "a", "", 1, 10),  # duplicate
-    TaskArrived(5, "n", "", 0, 10),  # zero calls
-    ReplicaJoined(5, "r0", 1000),  # already active
-    ReplicaJoined(5, "rx", 0),  # no capacity
-    ReplicaDraining(5, "nope"),
-    ReplicaDied(5, "nope"),
-    TaskArrived(0.5, "late", "", 1, 10),  # time goes backwards
-])
+@pytest.mark.parametrize(
+    "event",
+    [
+        CallFinished(5, "zz", "r0", 1, 0, 1, 0.1),  # unknown task
+        CallFinished(5, "a", "r1", 1, 0, 1, 0.1),  # wrong replica
+        CallFinished(5, "a", "r0", 10, 20, 1, 0.1),  # cached > prompt
+        ToolFinished(5, "a"),  # a is running, not in a tool
+        TaskFinished(5, "a"),
+        NextCall(5, "b"),  # b is queued
+        TaskArrived(5, "a", "", 1, 10),  # duplicate
+        TaskArrived(5, "n", "", 0, 10),  # zero calls
+        ReplicaJoined(5, "r0", 1000),  # already active
+        ReplicaJoined(5, "rx", 0),  # no capacity
+        ReplicaDraining(5, "nope"),
+        ReplicaDied(5, "nope"),
+        TaskArrived(0.5, "late", "", 1, 10),  # time goes backwards
+    ],
+)
 def test_invalid_events_raise_typed_error_and_change_nothing(event: object) -> None:
     c = core(max_running_calls=1)
     c.handle(ReplicaJoined(0, "r0", 100_000))

@@ -46,9 +46,7 @@ from scheduler import (
 )
 from scheduler.policies import LeastAttainedService
 
-SETTINGS = settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 action = st.tuples(st.integers(0, 11), st.integers(0, 1_000), st.integers(0, 1_000))
 actions = st.lists(action, min_size=1, max_size=120)
@@ -252,27 +250,50 @@ def test_determinism(cfg: SchedulerConfig, acts: list[tuple[int, int, int]]) -> 
 
 
 def _snapshot(core: SchedulerCore, tids: list[str]) -> tuple:
-    return (core.now, core.queued, core.live_tasks, tuple(core.replicas()),
-            tuple(core.task(t) for t in tids))
+    return (
+        core.now,
+        core.queued,
+        core.live_tasks,
+        tuple(core.replicas()),
+        tuple(core.task(t) for t in tids),
+    )
 
 
 raw_event = st.one_of(
-    st.builds(CallFinished, st.floats(0, 50), st.sampled_from(["t0", "t1", "t9"]),
-              st.sampled_from(["r0", "r1", "r9"]), st.integers(-5, 5_000),
-              st.integers(-5, 5_000), st.integers(-1, 100), st.floats(-1, 5)),
+    st.builds(
+        CallFinished,
+        st.floats(0, 50),
+        st.sampled_from(["t0", "t1", "t9"]),
+        st.sampled_from(["r0", "r1", "r9"]),
+        st.integers(-5, 5_000),
+        st.integers(-5, 5_000),
+        st.integers(-1, 100),
+        st.floats(-1, 5),
+    ),
     st.builds(ToolStarted, st.floats(0, 50), st.sampled_from(["t0", "t1", "t9"]), st.just("x")),
     st.builds(ToolFinished, st.floats(0, 50), st.sampled_from(["t0", "t1", "t9"])),
     st.builds(NextCall, st.floats(0, 50), st.sampled_from(["t0", "t1", "t9"])),
     st.builds(TaskFinished, st.floats(0, 50), st.sampled_from(["t0", "t1", "t9"])),
     st.builds(TaskCancelled, st.floats(0, 50), st.sampled_from(["t0", "t1", "t9"])),
-    st.builds(CallFailed, st.floats(0, 50), st.sampled_from(["t0", "t1"]),
-              st.sampled_from(["r0", "r1"])),
-    st.builds(ReplicaJoined, st.floats(0, 50), st.sampled_from(["r0", "r1", "r2"]),
-              st.integers(-1, 50_000)),
+    st.builds(
+        CallFailed, st.floats(0, 50), st.sampled_from(["t0", "t1"]), st.sampled_from(["r0", "r1"])
+    ),
+    st.builds(
+        ReplicaJoined,
+        st.floats(0, 50),
+        st.sampled_from(["r0", "r1", "r2"]),
+        st.integers(-1, 50_000),
+    ),
     st.builds(ReplicaDraining, st.floats(0, 50), st.sampled_from(["r0", "r1", "r9"])),
     st.builds(ReplicaDied, st.floats(0, 50), st.sampled_from(["r0", "r1", "r9"])),
-    st.builds(TaskArrived, st.floats(0, 50), st.sampled_from(["t0", "t1", "t2"]),
-              st.just("a"), st.integers(0, 3), st.integers(-1, 60_000)),
+    st.builds(
+        TaskArrived,
+        st.floats(0, 50),
+        st.sampled_from(["t0", "t1", "t2"]),
+        st.just("a"),
+        st.integers(0, 3),
+        st.integers(-1, 60_000),
+    ),
 )
 
 

@@ -19,15 +19,26 @@ ENGINE = EngineSpec(prefill_tokens_per_s=10_000.0, decode_tokens_per_s=50.0)
 
 def one_task(calls: int, new: int, out: int, tool_s: float = 0.0) -> TaskPlan:
     return TaskPlan(
-        task_id="t1", agent="a", arrival=1.0, new_tokens=(new,) * calls,
-        output_tokens=(out,) * calls, tool_s=(tool_s,) * (calls - 1),
+        task_id="t1",
+        agent="a",
+        arrival=1.0,
+        new_tokens=(new,) * calls,
+        output_tokens=(out,) * calls,
+        tool_s=(tool_s,) * (calls - 1),
         expected_history=calls * (new + out),
     )
 
 
 def run_one(task: TaskPlan, engine: EngineSpec, policy: str = "ours") -> Simulation:
-    cfg = SimConfig(replicas=2, rate=1.0, duration_s=10_000, warmup_s=0, drain_s=0,
-                    engine=engine, workload=WorkloadSpec(system_prompt_tokens=0))
+    cfg = SimConfig(
+        replicas=2,
+        rate=1.0,
+        duration_s=10_000,
+        warmup_s=0,
+        drain_s=0,
+        engine=engine,
+        workload=WorkloadSpec(system_prompt_tokens=0),
+    )
     sim = Simulation(cfg, policy, workload=[task])
     sim.run()
     return sim
@@ -53,8 +64,7 @@ def test_one_task_zero_tools_time_is_the_sum_of_call_times(policy: str) -> None:
 @pytest.mark.parametrize("calls", [5, 10, 20])
 def test_cache_off_latency_grows_with_history_as_the_model_says(calls: int) -> None:
     new, out = 1_000, 50
-    engine = EngineSpec(prefill_tokens_per_s=10_000.0, decode_tokens_per_s=50.0,
-                        prefix_cache=False)
+    engine = EngineSpec(prefill_tokens_per_s=10_000.0, decode_tokens_per_s=50.0, prefix_cache=False)
     sim = run_one(one_task(calls, new, out), engine)
     got = sim.tasks["t1"].finished - 1.0  # type: ignore[operator]
     # call k re-prefills its whole prompt: the history so far plus its new tokens
@@ -63,8 +73,17 @@ def test_cache_off_latency_grows_with_history_as_the_model_says(calls: int) -> N
     # ... which is the planner's model: generation + growing history / prefill
     history = calls * (new + out)
     gen = out / 50
-    model = plan(PlanInputs(n_calls=calls, call_median_s=gen, call_p99_s=gen, tool_s=0,
-                            cache=False, prefill_tok_s=10_000, history_tokens=history))
+    model = plan(
+        PlanInputs(
+            n_calls=calls,
+            call_median_s=gen,
+            call_p99_s=gen,
+            tool_s=0,
+            cache=False,
+            prefill_tok_s=10_000,
+            history_tokens=history,
+        )
+    )
     assert got == pytest.approx(model["task_median_s"], rel=0.1)
 
 
@@ -79,8 +98,7 @@ def test_workload_is_seeded_and_tool_latency_has_the_median_and_p99() -> None:
 
 
 def small(policy: str, **kw: object) -> dict:
-    cfg = SimConfig(replicas=4, rate=0.6, duration_s=300, warmup_s=60, drain_s=600, seed=3,
-                    **kw)  # type: ignore[arg-type]
+    cfg = SimConfig(replicas=4, rate=0.6, duration_s=300, warmup_s=60, drain_s=600, seed=3, **kw)  # type: ignore[arg-type]
     r = Simulation(cfg, policy).run().to_json()
     r.pop("wall_s")
     return r
@@ -106,19 +124,44 @@ def test_failover_in_the_simulator_finishes_every_task() -> None:
 
 def test_cli_json_plot_and_bad_input(tmp_path: Path) -> None:
     out, png = tmp_path / "sim.json", tmp_path / "sim.png"
-    base = [sys.executable, "-m", "scheduler.simulate", "--replicas", "2", "--rate", "0.2",
-            "--duration", "200", "--warmup", "50", "--quiet"]
-    proc = subprocess.run([*base, "--json", str(out), "--plot", str(png)],
-                          capture_output=True, text=True, timeout=120)
+    base = [
+        sys.executable,
+        "-m",
+        "scheduler.simulate",
+        "--replicas",
+        "2",
+        "--rate",
+        "0.2",
+        "--duration",
+        "200",
+        "--warmup",
+        "50",
+        "--quiet",
+    ]
+    proc = subprocess.run(
+        [*base, "--json", str(out), "--plot", str(png)], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(out.read_text())
     assert [r["policy"] for r in doc["results"]] == ["ours", "cache_aware", "round_robin"]
-    for key in ("task_p50_s", "task_p95_s", "task_p99_s", "tasks_per_hour", "utilization",
-                "kv_occupancy", "reprefilled_tokens", "rejected"):
+    for key in (
+        "task_p50_s",
+        "task_p95_s",
+        "task_p99_s",
+        "tasks_per_hour",
+        "utilization",
+        "kv_occupancy",
+        "reprefilled_tokens",
+        "rejected",
+    ):
         assert key in doc["results"][0]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    for bad, msg in [(["--rate", "0"], "must be > 0"), (["--policies", "nope"], "unknown policy"),
-                     (["--kill", "x"], "TIME:REPLICA_INDEX"), (["--warmup", "500"], "shorter")]:
+    for bad, msg in [
+        (["--rate", "0"], "must be > 0"),
+        (["--policies", "nope"], "unknown policy"),
+        (["--kill", "x"], "TIME:REPLICA_INDEX"),
+        (["--warmup", "500"], "shorter"),
+    ]:
         proc = subprocess.run([*base, *bad], capture_output=True, text=True, timeout=60)
         assert proc.returncode == 2 and msg in proc.stderr, (bad, proc.stderr)
         assert "Traceback" not in proc.stderr
@@ -127,10 +170,32 @@ def test_cli_json_plot_and_bad_input(tmp_path: Path) -> None:
 def test_cli_sweep(tmp_path: Path) -> None:
     out = tmp_path / "sweep.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "scheduler.simulate", "--replicas", "2", "--duration", "240",
-         "--warmup", "60", "--quiet", "--sweep", "--rate-min", "0.05", "--rate-max", "1.5",
-         "--sweep-iters", "2", "--policies", "ours", "--json", str(out)],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "scheduler.simulate",
+            "--replicas",
+            "2",
+            "--duration",
+            "240",
+            "--warmup",
+            "60",
+            "--quiet",
+            "--sweep",
+            "--rate-min",
+            "0.05",
+            "--rate-max",
+            "1.5",
+            "--sweep-iters",
+            "2",
+            "--policies",
+            "ours",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     s = json.loads(out.read_text())["sweep"][0]
