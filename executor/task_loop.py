@@ -187,15 +187,12 @@ class TaskLoop:
 
     async def _loop(self, sandbox: Any) -> tuple[TaskStatus, str | None, str | None]:
         ctx = ToolContext(sandbox=sandbox, web=self.s.web, task_id=self.task_id)
-        grant: Grant | None = None
         after_tool = False
         while True:
-            if self.pending is None:
+            if self.pending is None:  # (not None when resuming with a reply in hand)
                 if self.calls >= self.agent.max_steps:
                     return "step_limit", None, f"no final answer in {self.agent.max_steps} calls"
-                if grant is None:
-                    grant = await self._grant(after_tool)
-                grant = await self._call(grant)
+                await self._call(await self._grant(after_tool))
             reply, self.pending = self.pending, None
             if isinstance(reply, FinalAnswer):
                 self.s.dispatcher.finished(self.task_id)
@@ -215,7 +212,6 @@ class TaskLoop:
             self.s.journal.append(self.task_id, "observation", {"ids": obs_ids, "text": obs_text})
             self.ids = self.ids + obs_ids
             self.pending_tool = None
-            grant = None
 
     async def _grant(self, after_tool: bool) -> Grant:
         if self.calls == 0 or self.s.dispatcher.core.task(self.task_id) is None:
