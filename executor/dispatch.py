@@ -41,7 +41,7 @@ from scheduler import (
     ToolFinished,
     ToolStarted,
 )
-from scheduler.states import TERMINAL
+from scheduler.states import TERMINAL, TaskState
 
 
 class TaskRefused(ExecutorError):
@@ -131,8 +131,10 @@ class Dispatcher:
             lambda t: TaskArrived(t, task_id, agent, expected_calls, expected_history_tokens),
         )
 
-    async def next_call(self, task_id: str, *, after_tool: bool) -> Grant:
-        if after_tool:
+    async def next_call(self, task_id: str) -> Grant:
+        """The task's next call is ready: after its tool (if one ran) or directly."""
+        view = self.core.task(task_id)
+        if view is not None and view.state is TaskState.TOOL:
             return await self._granted(task_id, lambda t: ToolFinished(t, task_id))
         return await self._granted(task_id, lambda t: NextCall(t, task_id))
 

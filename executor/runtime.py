@@ -181,6 +181,15 @@ class Executor:
     def dispatcher(self) -> Dispatcher:
         return self.services.dispatcher
 
+    async def join(self, replica_id: str) -> None:
+        """Give this executor's scheduler one more of its pool's replicas (a new or a
+        healed one): new calls may be placed there from now on."""
+        if self.pool is None:
+            raise ExecutorError("the executor is not started (await executor.start())")
+        handle = self.pool[replica_id]
+        self.services.replicas[replica_id] = handle
+        self.dispatcher.replica_joined(replica_id, int(handle.info["max_total_num_tokens"]))
+
     # -- tasks --------------------------------------------------------------------
 
     def _check(self, agent: Agent) -> None:

@@ -22,7 +22,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,7 +68,7 @@ class Services:
 
     model: str
     dispatcher: Dispatcher
-    replicas: Mapping[str, ReplicaHandle]
+    replicas: dict[str, ReplicaHandle]
     chat: ChatFormat
     journal: Journal
     telemetry: Telemetry
@@ -187,12 +187,11 @@ class TaskLoop:
 
     async def _loop(self, sandbox: Any) -> tuple[TaskStatus, str | None, str | None]:
         ctx = ToolContext(sandbox=sandbox, web=self.s.web, task_id=self.task_id)
-        after_tool = False
         while True:
             if self.pending is None:  # (not None when resuming with a reply in hand)
                 if self.calls >= self.agent.max_steps:
                     return "step_limit", None, f"no final answer in {self.agent.max_steps} calls"
-                await self._call(await self._grant(after_tool))
+                await self._call(await self._grant())
             reply, self.pending = self.pending, None
             if isinstance(reply, FinalAnswer):
                 self.s.dispatcher.finished(self.task_id)
@@ -203,22 +202,20 @@ class TaskLoop:
                 return "step_limit", None, f"no final answer in {self.agent.max_steps} calls"
             if isinstance(reply, InvalidReply):
                 text = f"error: {reply.reason}. {reply_format()}"
-                after_tool = False
             else:
                 assert isinstance(reply, ToolCall)
                 text = await self._tool(reply, ctx)
-                after_tool = True
             obs_text, obs_ids = self.s.chat.observation(self.last_output, text)
             self.s.journal.append(self.task_id, "observation", {"ids": obs_ids, "text": obs_text})
             self.ids = self.ids + obs_ids
             self.pending_tool = None
 
-    async def _grant(self, after_tool: bool) -> Grant:
+    async def _grant(self) -> Grant:
         if self.calls == 0 or self.s.dispatcher.core.task(self.task_id) is None:
             return await self.s.dispatcher.arrive(
                 self.task_id, self.agent.name, self.agent.max_steps, self._expected_history()
             )
-        return await self.s.dispatcher.next_call(self.task_id, after_tool=after_tool)
+        return await self.s.dispatcher.next_call(self.task_id)
 
     async def _call(self, grant: Grant) -> None:
         """One model call on the granted replica; sets ``self.pending`` to the reply."""

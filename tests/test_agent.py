@@ -233,6 +233,25 @@ def test_dispatcher_queues_under_the_kv_budget_and_admits_later() -> None:
     asyncio.run(scenario())
 
 
+def test_dispatcher_next_call_follows_whether_a_tool_ran() -> None:
+    """A reply answered without running a tool (an invalid reply, a repeat the loop
+    guard caught) is followed by NextCall; a tool that ran, by ToolFinished."""
+
+    async def scenario() -> None:
+        d = Dispatcher(SchedulerCore())
+        d.replica_joined("r0", 10_000)
+        await d.arrive("a", "agent", 3, 100)
+        done = {"prompt_tokens": 10, "cached_tokens": 0, "output_tokens": 5, "latency_s": 0.1}
+        d.call_finished("a", "r0", **done)
+        assert (await d.next_call("a")).replica_id == "r0"  # no tool ran: NextCall
+        d.call_finished("a", "r0", **done)
+        d.tool_started("a", "python")
+        assert (await d.next_call("a")).replica_id == "r0"  # after the tool: ToolFinished
+        assert d.core.task("a").state.value == "running"
+
+    asyncio.run(scenario())
+
+
 def test_dispatcher_fails_a_call_whose_last_replica_died() -> None:
     async def scenario() -> None:
         d = Dispatcher(SchedulerCore())

@@ -5,7 +5,6 @@ resumes with every tool run exactly once, and bad replies end cleanly."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import signal
@@ -17,36 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agent_tools import COUNTER_ENV, mark, marking_agent, tiny_agent, wait
+from agent_tools import COUNTER_ENV, Runner, mark, marking_agent, tiny_agent, wait
 
-from executor import Executor, TaskResult
+from executor import TaskResult
 from executor.journal import Journal
-from executor.sdk import LoopThread
 
 pytestmark = pytest.mark.engine
 ROOT = Path(__file__).resolve().parents[1]
-
-
-class Runner:
-    """An Executor over the session's replicas, driven from a loop thread."""
-
-    def __init__(self, pool: Any, journal: Path, **options: Any) -> None:
-        self.loop = LoopThread("test-executor")
-        self.ex = Executor("tiny", pool=pool, journal=journal, sandbox="bwrap", **options)
-        self.loop.run(self.ex.start(), timeout=120)
-
-    def run(self, agent: Any, goal: str, **kw: Any) -> TaskResult:
-        return self.loop.run(self.ex.run(agent, goal, **kw), timeout=300)
-
-    def gather(self, agent: Any, goals: list[str]) -> list[TaskResult]:
-        async def all_of() -> list[TaskResult]:
-            return list(await asyncio.gather(*(self.ex.run(agent, g) for g in goals)))
-
-        return self.loop.run(all_of(), timeout=600)
-
-    def close(self) -> None:
-        self.loop.run(self.ex.close(), timeout=120)
-        self.loop.close()
 
 
 @pytest.fixture(scope="module")
