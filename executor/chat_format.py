@@ -16,6 +16,7 @@ model) works without special cases.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -70,8 +71,6 @@ class ChatFormat:
         text = self._render(messages, tools, True)
         missing = [t["function"]["name"] for t in tools if t["function"]["name"] not in text]
         if missing:  # a template without tool support: list them in the system turn ourselves
-            import json
-
             listing = "\n".join(json.dumps(t["function"]) for t in tools)
             messages[0]["content"] = f"{system}\n\n# Tools\n{listing}"
             text = self._render(messages, None, True)

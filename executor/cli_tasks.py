@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from rich.console import Console
@@ -169,46 +170,55 @@ def _print_result(result: TaskResult, as_json: bool, console: Console) -> int:
     return 0 if result.ok else 1
 
 
+def _drive(
+    args: argparse.Namespace,
+    console: Console,
+    make: Callable[[Callable[[str, Step], None]], Executor],
+    work: Callable[[Executor], Awaitable[TaskResult]],
+) -> int:
+    """Start an executor (``make`` gets the progress callback), do ``work`` on it under
+    the live progress table, stop it, print the result."""
+    progress = Progress(console)
+    executor = make(progress.on_step)
+
+    async def main() -> TaskResult:
+        async with executor:
+            progress.started = time.perf_counter()
+            with progress.live:
+                return await work(executor)
+
+    return _print_result(asyncio.run(main()), args.json, console)
+
+
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
     agent = Agent(
         name="cli", instructions=args.instructions, tools=parse_tools(args.tools),
         model=args.model, max_steps=args.max_steps,
         sampling={"max_new_tokens": args.max_new_tokens, "temperature": args.temperature},
     )  # fmt: skip
-    progress = Progress(console)
-    executor = Executor(
-        args.model, args.replicas,
-        replica_config=replica_config(args.model, args.max_total_tokens, args.replicas),
-        sandbox=args.sandbox, journal=args.journal, telemetry=args.telemetry,
-        web=WebPolicy(allow_hosts=tuple(args.allow_host)), on_step=progress.on_step,
-        progress=True,
+    return _drive(
+        args, console,
+        lambda on_step: Executor(
+            args.model, args.replicas,
+            replica_config=replica_config(args.model, args.max_total_tokens, args.replicas),
+            sandbox=args.sandbox, journal=args.journal, telemetry=args.telemetry,
+            web=WebPolicy(allow_hosts=tuple(args.allow_host)), on_step=on_step, progress=True,
+        ),
+        lambda ex: ex.run(agent, args.goal),
     )  # fmt: skip
-
-    async def main() -> TaskResult:
-        async with executor:
-            progress.started = time.perf_counter()
-            with progress.live:
-                return await executor.run(agent, args.goal)
-
-    return _print_result(asyncio.run(main()), args.json, console)
 
 
 def cmd_resume(args: argparse.Namespace, console: Console) -> int:
     with Journal(args.journal) as journal:
         model = str(journal.get(args.task_id).agent["model"])
-    progress = Progress(console)
-    executor = Executor(
-        model, 1,
-        replica_config=replica_config(model, args.max_total_tokens, 1),
-        sandbox=args.sandbox, journal=args.journal, on_step=progress.on_step, progress=True,
+    return _drive(
+        args, console,
+        lambda on_step: Executor(
+            model, 1, replica_config=replica_config(model, args.max_total_tokens, 1),
+            sandbox=args.sandbox, journal=args.journal, on_step=on_step, progress=True,
+        ),
+        lambda ex: ex.resume(args.task_id),
     )  # fmt: skip
-
-    async def main() -> TaskResult:
-        async with executor:
-            with progress.live:
-                return await executor.resume(args.task_id)
-
-    return _print_result(asyncio.run(main()), args.json, console)
 
 
 def cmd_tasks(args: argparse.Namespace, console: Console) -> int:

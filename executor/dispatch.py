@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 
 from executor.errors import ExecutorError, ReplicaUnavailableError
 from scheduler import (
-    CallFailed,
     CallFinished,
     Decision,
     Event,
@@ -110,12 +109,13 @@ class Dispatcher:
         elif isinstance(d, ReplicaDrained) and self._on_drained is not None:
             self._on_drained(d.replica_id)
 
-    async def _granted(self, task_id: str, make_event: Callable[[float], Event]) -> Grant:
+    async def _granted(self, task_id: str, report: Callable[[float], None]) -> Grant:
+        """Await the task's next ``RunCall`` after ``report(now)`` has told the core why."""
         fut: asyncio.Future[RunCall] = asyncio.get_running_loop().create_future()
         self._grants[task_id] = fut
         t0 = self.now()
         try:
-            self.send(make_event(t0))
+            report(t0)
             run = await fut
         finally:
             self._grants.pop(task_id, None)
@@ -128,34 +128,30 @@ class Dispatcher:
     ) -> Grant:
         return await self._granted(
             task_id,
-            lambda t: TaskArrived(t, task_id, agent, expected_calls, expected_history_tokens),
+            lambda t: self.send(
+                TaskArrived(t, task_id, agent, expected_calls, expected_history_tokens)
+            ),
         )
 
     async def next_call(self, task_id: str) -> Grant:
         """The task's next call is ready: after its tool (if one ran) or directly."""
         view = self.core.task(task_id)
-        if view is not None and view.state is TaskState.TOOL:
-            return await self._granted(task_id, lambda t: ToolFinished(t, task_id))
-        return await self._granted(task_id, lambda t: NextCall(t, task_id))
-
-    async def retry(self, task_id: str, replica_id: str, reason: str) -> Grant:
-        return await self._granted(task_id, lambda t: CallFailed(t, task_id, replica_id, reason))
+        after_tool = view is not None and view.state is TaskState.TOOL
+        event = ToolFinished if after_tool else NextCall
+        return await self._granted(task_id, lambda t: self.send(event(t, task_id)))
 
     async def after_replica_death(self, task_id: str, replica_id: str) -> Grant:
         """The task's call died with its replica: report the death (once), await a new place."""
-        fut: asyncio.Future[RunCall] = asyncio.get_running_loop().create_future()
-        self._grants[task_id] = fut
-        t0 = self.now()
-        try:
+
+        def report(t: float) -> None:
             view = self.core.replica(replica_id)
             if view is not None and view.state is not ReplicaState.DEAD:
-                self.send(ReplicaDied(t0, replica_id))
+                self.send(ReplicaDied(t, replica_id))
+            fut = self._grants[task_id]
             if not fut.done() and all(r.state is ReplicaState.DEAD for r in self.core.replicas()):
                 raise ReplicaUnavailableError(replica_id, "it died and no live replica is left")
-            run = await fut
-        finally:
-            self._grants.pop(task_id, None)
-        return Grant(run.replica_id, run.cold, self.now() - t0)
+
+        return await self._granted(task_id, report)
 
     def call_finished(
         self,
