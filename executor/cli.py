@@ -9,6 +9,7 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
+from executor.cli_replicas import add_replica_commands
 from executor.cli_tasks import add_task_commands
 from executor.errors import ExecutorError
 
@@ -84,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="also print the figures as JSON")
     p.set_defaults(func=_cmd_demo)
     add_task_commands(sub)
+    add_replica_commands(sub)
     return parser
 
 

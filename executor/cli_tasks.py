@@ -18,7 +18,7 @@ from rich.table import Table
 from executor.agent import DEFAULT_MODEL, Agent, AgentDefinitionError
 from executor.journal import Journal
 from executor.replica_config import ReplicaConfig
-from executor.result import CallStep, Step, TaskResult, ToolStep
+from executor.result import CallStep, FailoverStep, Step, TaskResult, ToolStep
 from executor.runtime import Executor
 from tools.builtin import BUILTIN_TOOLS
 from tools.declare import Tool
@@ -139,6 +139,9 @@ def step_row(step: Step) -> tuple[str, ...]:
             f"{step.prompt_tokens} / {step.cached_tokens} / {step.completion_tokens}",
             f"{step.latency_s:.2f}", _short(step.reply),
         )  # fmt: skip
+    if isinstance(step, FailoverStep):
+        return (str(step.step), "[yellow]failover[/]", "", "", f"replica {step.replica_id}: "
+                f"{_short(step.reason)}; replaying the history elsewhere")  # fmt: skip
     assert isinstance(step, ToolStep)
     flag = " (replayed)" if step.replayed else " (interrupted)" if step.interrupted else ""
     return (
@@ -265,6 +268,8 @@ def cmd_show(args: argparse.Namespace, console: Console) -> int:
             detail = f"{s['tool']} {_short(json.dumps(s['arguments']))}"
         elif s["kind"] == "tool_result":
             detail = _short(info.get("output", ""))
+        elif s["kind"] == "failover":
+            detail = f"replica {info['replica_id']}: {_short(info['reason'])}"
         else:
             detail = _short(s.get("text", ""))
         table.add_row(str(s["seq"]), s["kind"], detail)

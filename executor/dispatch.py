@@ -30,6 +30,7 @@ from scheduler import (
     Replace,
     ReplicaDied,
     ReplicaDrained,
+    ReplicaDraining,
     ReplicaJoined,
     ReplicaState,
     RunCall,
@@ -62,6 +63,7 @@ class Grant:
     replica_id: str
     cold: bool
     waited_s: float
+    moved_from: str | None = None  # the task's replica died: its history replays here
 
 
 class Dispatcher:
@@ -70,13 +72,18 @@ class Dispatcher:
         core: SchedulerCore,
         *,
         clock: Callable[[], float] = time.monotonic,
-        on_drained: Callable[[str], None] | None = None,
     ) -> None:
         self.core = core
         self._clock = clock
-        self._on_drained = on_drained
-        self._grants: dict[str, asyncio.Future[RunCall]] = {}
+        # A task's next outcome (a RunCall, or a refusal): awaited by the task, or
+        # kept until it asks (a re-placement after a replica death can come first).
+        self._outcomes: dict[str, asyncio.Future[RunCall]] = {}
+        self._lost: dict[str, asyncio.Future[str]] = {}
+        self._drained: dict[str, asyncio.Future[None]] = {}
+        self._moved: dict[str, str] = {}  # task -> the dead replica it was moved off
         self.stats = DispatchStats()
+        self.on_death: Callable[[str, str], None] | None = None  # (replica_id, reason)
+        self.replacements_pending = 0  # replicas starting in place of dead ones
 
     def now(self) -> float:
         return max(self._clock(), self.core.now)
@@ -87,16 +94,21 @@ class Dispatcher:
             self._apply(d)
         return decisions
 
+    def _outcome(self, task_id: str, *, fresh: bool = False) -> asyncio.Future[RunCall]:
+        """The task's pending outcome; ``fresh``: a new one if the last is already set
+        (a later decision supersedes one the task has not taken yet)."""
+        fut = self._outcomes.get(task_id)
+        if fut is None or (fresh and fut.done()):
+            fut = self._outcomes[task_id] = asyncio.get_running_loop().create_future()
+        return fut
+
     def _apply(self, d: Decision) -> None:
         if isinstance(d, RunCall):
-            fut = self._grants.get(d.task_id)
-            if fut is not None and not fut.done():
-                fut.set_result(d)
+            self._outcome(d.task_id, fresh=True).set_result(d)
         elif isinstance(d, Reject | Fail):
-            fut = self._grants.get(d.task_id)
             verb = "rejected" if isinstance(d, Reject) else "failed"
-            if fut is not None and not fut.done():
-                fut.set_exception(TaskRefused(f"the scheduler {verb} task {d.task_id}: {d.reason}"))
+            exc = TaskRefused(f"the scheduler {verb} task {d.task_id}: {d.reason}")
+            self._outcome(d.task_id, fresh=True).set_exception(exc)
         elif isinstance(d, Queue):
             if d.where == "admission":
                 self.stats.queued_admission += 1
@@ -106,20 +118,26 @@ class Dispatcher:
             self.stats.released_kv_tokens += d.tokens
         elif isinstance(d, Replace):
             self.stats.replacements.append(d)
-        elif isinstance(d, ReplicaDrained) and self._on_drained is not None:
-            self._on_drained(d.replica_id)
+            if d.reason == "replica died":
+                self._moved[d.task_id] = d.from_replica
+        elif isinstance(d, ReplicaDrained):
+            fut = self._drained.get(d.replica_id)
+            if fut is not None and not fut.done():
+                fut.set_result(None)
 
     async def _granted(self, task_id: str, report: Callable[[float], None]) -> Grant:
-        """Await the task's next ``RunCall`` after ``report(now)`` has told the core why."""
-        fut: asyncio.Future[RunCall] = asyncio.get_running_loop().create_future()
-        self._grants[task_id] = fut
+        """Await the task's next ``RunCall`` after ``report(now)`` has told the core why
+        (unless the core already decided: the task was re-placed after a death)."""
+        fut = self._outcome(task_id)
         t0 = self.now()
         try:
-            report(t0)
+            if not fut.done():
+                report(t0)
             run = await fut
         finally:
-            self._grants.pop(task_id, None)
-        return Grant(run.replica_id, run.cold, self.now() - t0)
+            if self._outcomes.get(task_id) is fut:  # (not a later one parked meanwhile)
+                del self._outcomes[task_id]
+        return Grant(run.replica_id, run.cold, self.now() - t0, self._moved.pop(task_id, None))
 
     # -- a task's lifecycle -------------------------------------------------------
 
@@ -140,15 +158,16 @@ class Dispatcher:
         event = ToolFinished if after_tool else NextCall
         return await self._granted(task_id, lambda t: self.send(event(t, task_id)))
 
-    async def after_replica_death(self, task_id: str, replica_id: str) -> Grant:
+    async def after_replica_death(self, task_id: str, replica_id: str, reason: str) -> Grant:
         """The task's call died with its replica: report the death (once), await a new place."""
 
         def report(t: float) -> None:
-            view = self.core.replica(replica_id)
-            if view is not None and view.state is not ReplicaState.DEAD:
-                self.send(ReplicaDied(t, replica_id))
-            fut = self._grants[task_id]
-            if not fut.done() and all(r.state is ReplicaState.DEAD for r in self.core.replicas()):
+            self.replica_died(replica_id, reason)
+            if (
+                not self._outcome(task_id).done()
+                and not self.live_replicas()
+                and not self.replacements_pending
+            ):
                 raise ReplicaUnavailableError(replica_id, "it died and no live replica is left")
 
         return await self._granted(task_id, report)
@@ -183,11 +202,68 @@ class Dispatcher:
         view = self.core.task(task_id)
         if view is not None and view.state not in TERMINAL:
             self.send(TaskCancelled(self.now(), task_id, reason))
+        self._moved.pop(task_id, None)
+        fut = self._outcomes.pop(task_id, None)
+        if fut is not None and fut.done() and not fut.cancelled():
+            fut.exception()  # retrieved: a refusal nobody took is not an error to log
 
     # -- replicas -----------------------------------------------------------------
 
     def replica_joined(self, replica_id: str, kv_capacity_tokens: int) -> None:
         self.send(ReplicaJoined(self.now(), replica_id, kv_capacity_tokens))
+        lost = self._lost.get(replica_id)
+        if lost is not None and lost.done():  # a replica back under a dead one's id
+            del self._lost[replica_id]
+
+    def replica_died(self, replica_id: str, reason: str) -> bool:
+        """Report a replica's death (its actor died, its engine died, or it stopped
+        answering health checks); its tasks are placed again. False if already known."""
+        view = self.core.replica(replica_id)
+        if view is None or view.state is ReplicaState.DEAD:
+            return False
+        self.send(ReplicaDied(self.now(), replica_id))
+        self.lost(replica_id).set_result(reason)
+        if self.on_death is not None:
+            self.on_death(replica_id, reason)
+        return True
+
+    def death_reason(self, replica_id: str) -> str:
+        fut = self._lost.get(replica_id)
+        return fut.result() if fut is not None and fut.done() else "died"
+
+    def lost(self, replica_id: str) -> asyncio.Future[str]:
+        """Resolves (with the reason) when the replica is declared dead: a call in
+        flight there races it, so a hung replica cannot hold a task forever."""
+        fut = self._lost.get(replica_id)
+        if fut is None:
+            fut = self._lost[replica_id] = asyncio.get_running_loop().create_future()
+        return fut
+
+    def fail_waiting(self, replica_id: str, reason: str) -> None:
+        """Fail every task waiting for a place (no replica is left to give one)."""
+        for fut in self._outcomes.values():
+            if not fut.done():
+                fut.set_exception(ReplicaUnavailableError(replica_id, reason))
+
+    def live_replicas(self) -> list[str]:
+        return [r.replica_id for r in self.core.replicas() if r.state is not ReplicaState.DEAD]
+
+    async def drain(self, replica_id: str) -> None:
+        """Stop placing tasks on the replica and wait until none is left there: running
+        calls finish; tasks move at their next tool wait."""
+        view = self.core.replica(replica_id)
+        if view is None or view.state is ReplicaState.DEAD:
+            raise ExecutorError(f"replica {replica_id} is not serving; nothing to drain")
+        fut = self._drained.get(replica_id)
+        if fut is None:
+            fut = self._drained[replica_id] = asyncio.get_running_loop().create_future()
+            if view.state is ReplicaState.ACTIVE:
+                self.send(ReplicaDraining(self.now(), replica_id))
+        try:
+            await asyncio.shield(fut)
+        finally:
+            if fut.done():
+                self._drained.pop(replica_id, None)
 
     @property
     def queue_depth(self) -> int:

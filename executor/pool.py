@@ -144,12 +144,21 @@ class ReplicaPool:
         return pool
 
     def remove(self, replica_id: str) -> None:
-        handle = self._handles.pop(replica_id)
-        if not self._owns_actors:
+        """Stop the replica: its engine shuts down, then its actor goes (a no-op if gone)."""
+        handle = self._handles.pop(replica_id, None)
+        if handle is None or not self._owns_actors:
             return
         with contextlib.suppress(ray.exceptions.RayError):  # already dead: kill is enough
             ray.get(handle.actor.shutdown.remote(), timeout=60)
         ray.kill(handle.actor)
+
+    def discard(self, replica_id: str) -> None:
+        """Kill a dead or hung replica's actor at once (its engine processes die with
+        it); a no-op if it is gone already."""
+        handle = self._handles.pop(replica_id, None)
+        if handle is not None and self._owns_actors:
+            with contextlib.suppress(ray.exceptions.RayError):
+                ray.kill(handle.actor, no_restart=True)
 
     def shutdown(self) -> None:
         for rid in list(self._handles):

@@ -74,3 +74,6 @@ class ReplicaHandle:
 
     async def acapacity(self) -> Capacity:
         return await self._await(self.actor.capacity.remote())
+
+    async def ahealth(self) -> dict[str, Any]:
+        return await self._await(self.actor.health.remote())

@@ -43,7 +43,16 @@ class ToolStep(BaseModel):
     interrupted: bool = False  # started before a crash, result unknown: never run again
 
 
-Step = CallStep | ToolStep
+class FailoverStep(BaseModel):
+    """A call lost with its replica: the task moved and replays its history elsewhere."""
+
+    kind: Literal["failover"] = "failover"
+    step: int
+    replica_id: str  # the replica that died
+    reason: str
+
+
+Step = CallStep | ToolStep | FailoverStep
 
 
 class TaskResult(BaseModel):
@@ -68,3 +77,7 @@ class TaskResult(BaseModel):
     @property
     def tools(self) -> list[ToolStep]:
         return [s for s in self.steps if isinstance(s, ToolStep)]
+
+    @property
+    def failovers(self) -> list[FailoverStep]:
+        return [s for s in self.steps if isinstance(s, FailoverStep)]

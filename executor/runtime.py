@@ -25,12 +25,16 @@ from typing import Any
 
 from executor.agent import Agent, AgentDefinitionError
 from executor.chat_format import ChatFormat
+from executor.control import ControlChannel
 from executor.dispatch import Dispatcher
 from executor.errors import ExecutorError
+from executor.fleet import Fleet
+from executor.health import HealthConfig
 from executor.journal import Journal, JournalError
 from executor.models import resolve
 from executor.pool import ReplicaPool
 from executor.replica_config import ReplicaConfig
+from executor.replica_handle import ReplicaHandle
 from executor.result import Step, TaskResult
 from executor.task_loop import Services, TaskLoop, run_loop
 from executor.telemetry import Telemetry, TelemetryExporter
@@ -72,9 +76,13 @@ class Executor:
         progress: bool = False,
         pool: ReplicaPool | None = None,
         replica_ids: list[str] | None = None,
+        health: HealthConfig | None = HealthConfig(),  # noqa: B008 (frozen: shared is fine)
+        heal: bool = True,
     ) -> None:
         """``pool``: serve on replicas that are already running (the executor does not
-        stop them); ``replica_ids``: only these of the pool's replicas."""
+        stop them); ``replica_ids``: only these of the pool's replicas. ``health``: how
+        hung replicas are found (None: only deaths a call runs into); ``heal``: start a
+        new replica in place of each dead one."""
         self.config = replica_config or ReplicaConfig(model=model)
         if replica_config is not None and replica_config.model != model:
             self.config = replica_config.model_copy(update={"model": model})
@@ -92,6 +100,9 @@ class Executor:
         self.pool: ReplicaPool | None = pool
         self._owns_pool = pool is None
         self.replica_ids = replica_ids
+        self.health = health
+        self.heal = heal
+        self._fleet: Fleet | None = None
         self._services: Services | None = None
         self._tasks: set[asyncio.Task[TaskResult]] = set()
 
@@ -129,17 +140,21 @@ class Executor:
                 await sandboxes.close()
                 raise
             self.pool = pool
-        handles = self.pool.handles
-        if self.replica_ids is not None:
-            handles = {rid: self.pool[rid] for rid in self.replica_ids}
         dispatcher = Dispatcher(SchedulerCore(self.scheduler_config))
-        for handle in handles.values():
-            dispatcher.replica_joined(handle.replica_id, int(handle.info["max_total_num_tokens"]))
+        replicas: dict[str, ReplicaHandle] = {}
+        fleet = Fleet(
+            self.pool, replicas, dispatcher, heal=self.heal, health=self.health,
+            control=ControlChannel(journal.path),
+        )  # fmt: skip
+        for rid in self.replica_ids if self.replica_ids is not None else self.pool.ids:
+            fleet.join(rid)
         self._services = Services(
-            model=self.model, dispatcher=dispatcher, replicas=handles, chat=chat,
+            model=self.model, dispatcher=dispatcher, replicas=replicas, chat=chat,
             journal=journal, telemetry=telemetry, sandboxes=sandboxes, web=self.web,
             on_step=self._on_step, kv_reserve_tokens=self.kv_reserve_tokens,
         )  # fmt: skip
+        self._fleet = fleet
+        fleet.start()
         return self
 
     async def close(self) -> None:
@@ -147,6 +162,11 @@ class Executor:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        fleet, self._fleet = self._fleet, None
+        if fleet is not None:
+            await fleet.close()
+            if fleet.control is not None:
+                fleet.control.close()
         s, self._services = self._services, None
         if s is not None:
             await s.sandboxes.close()
@@ -181,14 +201,22 @@ class Executor:
     def dispatcher(self) -> Dispatcher:
         return self.services.dispatcher
 
+    @property
+    def fleet(self) -> Fleet:
+        if self._fleet is None:
+            raise ExecutorError("the executor is not started (await executor.start())")
+        return self._fleet
+
     async def join(self, replica_id: str) -> None:
         """Give this executor's scheduler one more of its pool's replicas (a new or a
         healed one): new calls may be placed there from now on."""
-        if self.pool is None:
-            raise ExecutorError("the executor is not started (await executor.start())")
-        handle = self.pool[replica_id]
-        self.services.replicas[replica_id] = handle
-        self.dispatcher.replica_joined(replica_id, int(handle.info["max_total_num_tokens"]))
+        self.fleet.join(replica_id)
+
+    async def drain(self, replica_id: str) -> None:
+        """Take a replica out of service without failing anyone: no new placements
+        there, its running calls finish, its tasks move at their next tool wait; then
+        it is stopped. Returns when it is."""
+        await self.fleet.drain(replica_id)
 
     # -- tasks --------------------------------------------------------------------
 

@@ -30,6 +30,7 @@ from executor.agent import FINAL_ANSWER, Agent
 from executor.chat_format import ChatFormat
 from executor.dispatch import Dispatcher, Grant, TaskRefused
 from executor.errors import ExecutorError, InvalidRequestError, ReplicaUnavailableError
+from executor.generation import GenerateResult
 from executor.journal import Journal, TaskRecord
 from executor.replica_handle import ReplicaHandle
 from executor.reply import (
@@ -42,7 +43,7 @@ from executor.reply import (
     reply_format,
     reply_schema,
 )
-from executor.result import CallStep, Step, TaskResult, TaskStatus, ToolStep
+from executor.result import CallStep, FailoverStep, Step, TaskResult, TaskStatus, ToolStep
 from executor.telemetry import Telemetry
 from tools.context import ToolContext
 from tools.result import ToolResult
@@ -138,6 +139,8 @@ class TaskLoop:
                 self._remember(ToolCall(info["tool"], info["arguments"]), p["result"]["text"])
             elif step.kind == "observation":
                 pending_call = None
+            elif step.kind == "failover":
+                self.steps.append(FailoverStep(**p["info"]))
         if pending_call is not None:  # a reply whose observation is not journaled yet
             self.pending = parse_reply(pending_call["info"]["reply"], self.agent)
             call_id = f"{self.task_id}-{self.calls}"
@@ -166,10 +169,8 @@ class TaskLoop:
             sandbox = await self.s.sandboxes.open(self.task_id)
             try:
                 status, output, error = await self._loop(sandbox)
-            except (TaskRefused, InvalidRequestError) as exc:
+            except (TaskRefused, InvalidRequestError, ReplicaUnavailableError) as exc:
                 error = str(exc)
-            except ReplicaUnavailableError as exc:
-                error = f"{exc} (migration disabled or limit reached)"
             finally:
                 self.s.dispatcher.cancelled(self.task_id, error or "ended")
                 await sandbox.close()
@@ -218,32 +219,31 @@ class TaskLoop:
         return await self.s.dispatcher.next_call(self.task_id)
 
     async def _call(self, grant: Grant) -> None:
-        """One model call on the granted replica; sets ``self.pending`` to the reply."""
+        """One model call on the granted replica; sets ``self.pending`` to the reply.
+
+        If the replica dies under the call (or is declared dead), the task is placed
+        again by the scheduler and the call is retried there: its history is
+        replayed, a cold prefill (up to the migration limit)."""
         schema = json.dumps(reply_schema(self.agent, self.tool_choice))
         sampling = {**self.agent.sampling.model_dump(exclude_none=True), "json_schema": schema}
         step = self.calls + 1
         waited = grant.waited_s
         while True:
-            handle = self.s.replicas.get(grant.replica_id)
+            request = {"input_ids": self.ids, "sampling": sampling,
+                       "rid": _request_id(self.task_id, step)}  # fmt: skip
             with self.s.telemetry.chat_span(
                 model=self.s.model, task_id=self.task_id, step=step
             ) as span:
+                if grant.moved_from is not None:
+                    self._failover(span, step, grant.moved_from)
                 try:
-                    if handle is None:
-                        raise ReplicaUnavailableError(grant.replica_id, "not in the pool")
-                    result = await handle.agenerate(
-                        {
-                            "input_ids": self.ids,
-                            "sampling": sampling,
-                            "rid": _request_id(self.task_id, step),
-                        }
-                    )
+                    result = await self._generate(grant.replica_id, request)
                 except ReplicaUnavailableError as exc:
                     self.s.telemetry.event(
-                        span, "failover", replica=grant.replica_id, reason=str(exc)
+                        span, "replica_lost", replica=grant.replica_id, reason=exc.reason
                     )
                     grant = await self.s.dispatcher.after_replica_death(
-                        self.task_id, grant.replica_id
+                        self.task_id, grant.replica_id, exc.reason
                     )
                     waited += grant.waited_s
                     continue
@@ -273,6 +273,35 @@ class TaskLoop:
         self.last_output = result.output_ids
         self.pending = parse_reply(result.text, self.agent)
         self._emit(info)
+
+    def _failover(self, span: Any, step: int, dead: str) -> None:
+        """Say (journal, trace, result) that the task's replica died and it moved."""
+        failover = FailoverStep(
+            step=step, replica_id=dead, reason=self.s.dispatcher.death_reason(dead)
+        )
+        self.s.telemetry.event(span, "failover", replica=dead, reason=failover.reason)
+        self.s.journal.append(self.task_id, "failover", {"info": failover.model_dump()})
+        self._emit(failover)
+
+    async def _generate(self, replica_id: str, request: dict[str, Any]) -> GenerateResult:
+        """The call on the replica, abandoned as soon as the replica is declared dead
+        (by a health check, or by another task's call): a hung engine holds no task."""
+        handle = self.s.replicas.get(replica_id)
+        lost = self.s.dispatcher.lost(replica_id)
+        if handle is None:
+            raise ReplicaUnavailableError(replica_id, "not in the pool")
+        if not lost.done():
+            call = asyncio.ensure_future(handle.agenerate(request))
+            try:
+                await asyncio.wait({call, lost}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if not call.done():
+                    call.cancel()
+            if not lost.done():
+                return call.result()
+            if not call.cancelled():
+                call.exception()  # retrieved: the replica's death is what counts
+        raise ReplicaUnavailableError(replica_id, lost.result())
 
     async def _tool(self, call: ToolCall, ctx: ToolContext) -> str:
         call_id = f"{self.task_id}-{self.calls}"

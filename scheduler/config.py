@@ -34,7 +34,7 @@ class SchedulerConfig:
     """Expected tool duration before a tool has been observed."""
     tool_ewma_alpha: float = 0.2
     # failure handling
-    max_migrations: int = 2
+    max_migrations: int = 3
     """Re-placements after replica deaths a task survives; one more fails it."""
     max_call_retries: int = 2
     """CallFailed retries on the same replica; one more fails the task."""

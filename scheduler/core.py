@@ -79,6 +79,7 @@ from scheduler.tool_stats import ToolStats
 _READY = TaskState.READY
 _ACTIVE = ReplicaState.ACTIVE
 _DEAD = ReplicaState.DEAD
+_DRAINING = ReplicaState.DRAINING
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,6 +326,10 @@ class SchedulerCore:
 
     # ready / dispatch ---------------------------------------------------
 
+    def _on_draining(self, task: Task) -> bool:
+        """The task holds KV on a draining replica (it should move at its next wait)."""
+        return task.kv_held and self._replicas[task.replica].state is _DRAINING  # type: ignore[index]
+
     def _make_ready(self, task: Task, r: Replica) -> None:
         task.state = next_task_state(task.state, TaskTrigger.PLACE)
         task.ready_seq += 1
@@ -516,7 +521,9 @@ class SchedulerCore:
         expected = self._tools.expected(e.tool, e.expected_s)
         task.expected_return = e.time + expected
         pressure = len(self._queue) > 0
-        if task.kv_held and not self.retention.keep(task, expected, pressure):
+        if self._on_draining(task):
+            self._release(task, "replica draining", out)  # it moves at its tool wait
+        elif task.kv_held and not self.retention.keep(task, expected, pressure):
             self._release(task, "long tool wait under KV pressure", out)
         task.state = next_task_state(task.state, TaskTrigger.START_TOOL)
         if not task.kv_held:
@@ -543,6 +550,8 @@ class SchedulerCore:
 
     def _on_next_call(self, e: NextCall, out: list[Decision]) -> None:
         task = self._get_task(e, e.task_id)
+        if self._on_draining(task):
+            self._release(task, "replica draining", out)
         if task.kv_held:
             r = self._replicas[task.replica]  # type: ignore[index]
             self._make_ready(task, r)
@@ -589,6 +598,10 @@ class SchedulerCore:
         r.state = next_replica_state(r.state, ReplicaTrigger.DRAIN)
         self._fleet.remove(r)
         self._budget_count(r.budget, -1)
+        # tasks waiting on a tool move now (placed elsewhere when their tool returns);
+        # ready and running calls finish here
+        for task in [t for t in r.pinned.values() if t.state is TaskState.TOOL]:
+            self._release(task, "replica draining", out)
         if not r.pinned:
             out.append(ReplicaDrained(r.id))
 

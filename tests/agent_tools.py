@@ -94,6 +94,7 @@ class Runner:
 
     def __init__(self, pool: Any, journal: Path, **options: Any) -> None:
         self.loop = LoopThread("test-executor")
+        options.setdefault("heal", False)  # the session's pool is shared: no replacements
         self.ex = Executor("tiny", pool=pool, journal=journal, sandbox="bwrap", **options)
         self.loop.run(self.ex.start(), timeout=120)
 

@@ -14,7 +14,7 @@ from executor.agent import FINAL_ANSWER, Agent, AgentDefinitionError
 from executor.cli import main as cli_main
 from executor.cli_tasks import parse_tools
 from executor.dispatch import Dispatcher, TaskRefused
-from executor.errors import ReplicaUnavailableError
+from executor.errors import ExecutorError, ReplicaUnavailableError
 from executor.journal import Journal, JournalError
 from executor.reply import FinalAnswer, InvalidReply, ToolCall, parse_reply, reply_schema
 from executor.runtime import agent_from_journal
@@ -210,6 +210,8 @@ def test_cli_lists_and_shows_journaled_tasks(
 
 # -- the dispatcher drives the real scheduler core -----------------------------------------
 
+DONE = {"prompt_tokens": 10, "cached_tokens": 0, "output_tokens": 5, "latency_s": 0.1}
+
 
 def test_dispatcher_queues_under_the_kv_budget_and_admits_later() -> None:
     async def scenario() -> None:
@@ -241,10 +243,9 @@ def test_dispatcher_next_call_follows_whether_a_tool_ran() -> None:
         d = Dispatcher(SchedulerCore())
         d.replica_joined("r0", 10_000)
         await d.arrive("a", "agent", 3, 100)
-        done = {"prompt_tokens": 10, "cached_tokens": 0, "output_tokens": 5, "latency_s": 0.1}
-        d.call_finished("a", "r0", **done)
+        d.call_finished("a", "r0", **DONE)
         assert (await d.next_call("a")).replica_id == "r0"  # no tool ran: NextCall
-        d.call_finished("a", "r0", **done)
+        d.call_finished("a", "r0", **DONE)
         d.tool_started("a", "python")
         assert (await d.next_call("a")).replica_id == "r0"  # after the tool: ToolFinished
         assert d.core.task("a").state.value == "running"
@@ -258,6 +259,67 @@ def test_dispatcher_fails_a_call_whose_last_replica_died() -> None:
         d.replica_joined("r0", 10_000)
         await d.arrive("a", "agent", 2, 100)
         with pytest.raises(ReplicaUnavailableError, match="no live replica is left"):
-            await d.after_replica_death("a", "r0")
+            await d.after_replica_death("a", "r0", "actor died")
+
+    asyncio.run(scenario())
+
+
+def test_dispatcher_keeps_a_replacement_for_the_task_that_did_not_report_the_death() -> None:
+    """Two calls die with their replica; the first task to notice reports the death and
+    both are placed again: the second task's new place waits for it (no lost grant)."""
+
+    async def scenario() -> None:
+        d = Dispatcher(SchedulerCore())
+        d.replica_joined("r0", 10_000)
+        await d.arrive("a", "agent", 3, 100)
+        await d.arrive("b", "agent", 3, 100)
+        d.replica_joined("r1", 10_000)
+        lost = d.lost("r0")
+        grant_a = await d.after_replica_death("a", "r0", "actor died")
+        assert grant_a.replica_id == "r1" and grant_a.cold
+        assert lost.done() and lost.result() == "actor died"
+        grant_b = await asyncio.wait_for(d.after_replica_death("b", "r0", "actor died"), 1)
+        assert grant_b.replica_id == "r1"
+        assert d.replica_died("r0", "again") is False  # reported once
+        assert d.live_replicas() == ["r1"]
+
+    asyncio.run(scenario())
+
+
+def test_dispatcher_death_found_by_health_check_fails_a_pinned_task_at_its_next_call() -> None:
+    """A death reported while the task waits on its tool (no call in flight): with
+    migration disabled, its next call fails with the reason instead of starting over."""
+
+    async def scenario() -> None:
+        d = Dispatcher(SchedulerCore(SchedulerConfig(max_migrations=0)))
+        d.replica_joined("r0", 10_000)
+        d.replica_joined("r1", 10_000)
+        await d.arrive("a", "agent", 3, 100)
+        d.call_finished("a", "r0", **DONE)
+        d.tool_started("a", "python")
+        assert d.replica_died("r0", "no health answer in 5 s")
+        with pytest.raises(TaskRefused, match="replica r0 died .* migration limit"):
+            await d.arrive("a", "agent", 3, 100)  # (the core forgot it: the loop re-arrives)
+        assert d.core.task("a") is None
+
+    asyncio.run(scenario())
+
+
+def test_dispatcher_drain_waits_for_running_calls_and_moves_tool_waits() -> None:
+    async def scenario() -> None:
+        d = Dispatcher(SchedulerCore())
+        d.replica_joined("r0", 10_000)
+        await d.arrive("a", "agent", 3, 100)  # running on r0
+        d.replica_joined("r1", 10_000)
+        drained = asyncio.ensure_future(d.drain("r0"))
+        await asyncio.sleep(0)
+        assert not drained.done()  # a's call still runs there
+        assert (await d.arrive("n", "agent", 3, 100)).replica_id == "r1"
+        d.call_finished("a", "r0", **DONE)
+        d.tool_started("a", "python")  # a lets go of r0 at its tool wait
+        await asyncio.wait_for(drained, 1)
+        assert (await d.next_call("a")).replica_id == "r1"
+        with pytest.raises(ExecutorError, match="not serving"):
+            await d.drain("nope")
 
     asyncio.run(scenario())

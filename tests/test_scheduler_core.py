@@ -267,22 +267,44 @@ def test_migration_disabled_fails_at_first_death() -> None:
     ]
 
 
-def test_draining_replica_keeps_tasks_takes_no_new_and_reports_drained() -> None:
+def test_draining_replica_finishes_calls_moves_tasks_at_tool_waits_and_reports_drained() -> None:
+    c = core()
+    c.handle(ReplicaJoined(0, "r0", 100_000))
+    c.handle(ReplicaJoined(0, "r1", 100_000))
+    c.handle(TaskArrived(0, "t", "", 3, 10_000))  # r0, its call running
+    c.handle(TaskArrived(0, "w", "", 3, 10_000))  # r1
+    c.handle(TaskArrived(0, "v", "", 3, 10_000))  # r0
+    finish(c, 1, "v", "r0")
+    c.handle(ToolStarted(1, "v", "x"))  # v waits on a tool on r0
+    # draining: the tool-waiting task lets go of r0 at once; the running call stays
+    assert c.handle(ReplicaDraining(1, "r0")) == [ReleaseKV("v", "r0", 1_050, "replica draining")]
+    assert c.handle(TaskArrived(1, "n", "", 3, 10_000))[0].replica_id == "r1"
+    finish(c, 2, "t", "r0")  # the running call finished on r0 ...
+    d = c.handle(ToolStarted(2, "t", "x"))  # ... and the task moves at its tool wait
+    assert d == [ReleaseKV("t", "r0", 1_050, "replica draining"), ReplicaDrained("r0")]
+    assert c.handle(ToolFinished(3, "t")) == [
+        Replace("t", "r0", "r1", "kv released"),
+        RunCall("t", "r1", cold=True),
+    ]
+    assert c.handle(ToolFinished(3, "v"))[-1] == RunCall("v", "r1", cold=True)
+    assert c.replica("r0").state is ReplicaState.DRAINING  # type: ignore[union-attr]
+    c.check_invariants()
+    c.handle(ReplicaDied(5, "r0"))
+    c.handle(ReplicaJoined(6, "r0", 50_000))  # rejoin under the same id
+    assert c.replica("r0").kv_capacity_tokens == 50_000  # type: ignore[union-attr]
+
+
+def test_draining_replica_moves_a_task_whose_next_call_needs_no_tool() -> None:
     c = core()
     c.handle(ReplicaJoined(0, "r0", 100_000))
     c.handle(ReplicaJoined(0, "r1", 100_000))
     c.handle(TaskArrived(0, "t", "", 3, 10_000))
-    assert c.handle(ReplicaDraining(1, "r0")) == []
-    assert c.handle(TaskArrived(1, "n", "", 3, 10_000))[0].replica_id == "r1"
+    c.handle(ReplicaDraining(1, "r0"))
     finish(c, 2, "t", "r0")
-    c.handle(ToolStarted(2, "t", "x"))
-    assert c.handle(ToolFinished(3, "t")) == [RunCall("t", "r0", cold=False)]
-    finish(c, 4, "t", "r0")
-    assert c.handle(TaskFinished(4, "t"))[-1] == ReplicaDrained("r0")
-    assert c.replica("r0").state is ReplicaState.DRAINING  # type: ignore[union-attr]
-    c.handle(ReplicaDied(5, "r0"))
-    c.handle(ReplicaJoined(6, "r0", 50_000))  # rejoin under the same id
-    assert c.replica("r0").kv_capacity_tokens == 50_000  # type: ignore[union-attr]
+    d = c.handle(NextCall(2, "t"))
+    assert d[0] == ReleaseKV("t", "r0", 1_050, "replica draining")
+    assert d[-1] == RunCall("t", "r1", cold=True)
+    assert ReplicaDrained("r0") in d
 
 
 def test_call_failed_retries_then_fails() -> None:

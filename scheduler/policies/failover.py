@@ -16,7 +16,7 @@ class FailoverPolicy(Protocol):
 
 
 class MigrationLimitedFailover:
-    def __init__(self, max_migrations: int = 2) -> None:
+    def __init__(self, max_migrations: int = 3) -> None:
         if max_migrations < 0:
             raise ValueError("max_migrations must be >= 0")
         self.max_migrations = max_migrations
