@@ -35,9 +35,7 @@ def cmd_drain(args: argparse.Namespace, console: Console) -> int:
     with ControlChannel(args.journal) as control:
         command_id = control.request("drain", args.replica)
         console.print(f"drain of {args.replica} requested; waiting for the executor ...")
-        done = control.wait(
-            command_id, claim_timeout_s=args.claim_timeout, timeout_s=args.timeout
-        )
+        done = control.wait(command_id, claim_timeout_s=args.claim_timeout, timeout_s=args.timeout)
     if done.ok:
         console.print(f"[green]{done.result}[/]")
         return 0

@@ -63,7 +63,7 @@ class HealthMonitor:
     async def _probe(self, handle: ReplicaHandle) -> None:
         rid, c = handle.replica_id, self.config
         try:
-            await asyncio.wait_for(handle.ahealth(), c.timeout_s)
+            await handle.ahealth(c.timeout_s)
         except ReplicaUnavailableError as exc:
             self._dead(rid, exc.reason)
         except (TimeoutError, Exception) as exc:  # no answer, or an answer that is an error

@@ -12,6 +12,7 @@ The class is plain Python; ``executor.pool`` wraps it with ``ray.remote``.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import sys
@@ -94,12 +95,16 @@ class Replica:
             "engine_pids": self.engine_pids,
         }
 
-    async def health(self) -> dict[str, Any]:
+    async def health(self, timeout_s: float = 10.0) -> dict[str, Any]:
+        """Raise ``ReplicaUnavailableError`` if an engine process is gone, ``TimeoutError``
+        if the engine's scheduler does not answer in time (a round trip through it: the
+        load snapshot would not do, the tokenizer side serves it from shared memory)."""
         dead = [pid for pid in self.engine_pids if not _alive(pid)]
         if dead:
             raise ReplicaUnavailableError(self.replica_id, f"engine processes {dead} are gone")
-        load = await self._load()
-        return {"replica_id": self.replica_id, "ok": True, "load_timestamp": load.timestamp}
+        started = time.perf_counter()
+        await asyncio.wait_for(self._engine.tokenizer_manager.get_internal_state(), timeout_s)
+        return {"replica_id": self.replica_id, "ok": True, "rtt_s": time.perf_counter() - started}
 
     def pids(self) -> dict[str, Any]:
         return {"actor": os.getpid(), "engine": self.engine_pids}

@@ -7,6 +7,7 @@ Callers never see Ray's exception types: a dead or unreachable actor becomes
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
@@ -23,7 +24,7 @@ _DEAD = RayActorError  # ActorDiedError, ActorUnavailableError
 def _unwrap(exc: RayTaskError) -> BaseException:
     """The executor's own error raised inside the actor, without Ray's wrapper."""
     cause = exc.cause
-    return cause if isinstance(cause, ExecutorError) else exc
+    return cause if isinstance(cause, ExecutorError | TimeoutError) else exc
 
 
 class ReplicaHandle:
@@ -62,8 +63,8 @@ class ReplicaHandle:
     def flush_cache(self, timeout: float | None = 60) -> bool:
         return self._get(self.actor.flush_cache.remote(), timeout)
 
-    def health(self, timeout: float | None = 10) -> dict[str, Any]:
-        return self._get(self.actor.health.remote(), timeout)
+    def health(self, timeout: float = 10) -> dict[str, Any]:
+        return self._get(self.actor.health.remote(timeout), timeout + 5)
 
     def pids(self, timeout: float | None = 10) -> dict[str, Any]:
         return self._get(self.actor.pids.remote(), timeout)
@@ -75,5 +76,6 @@ class ReplicaHandle:
     async def acapacity(self) -> Capacity:
         return await self._await(self.actor.capacity.remote())
 
-    async def ahealth(self) -> dict[str, Any]:
-        return await self._await(self.actor.health.remote())
+    async def ahealth(self, timeout: float) -> dict[str, Any]:
+        """The engine must answer within ``timeout`` (``TimeoutError`` otherwise)."""
+        return await asyncio.wait_for(self._await(self.actor.health.remote(timeout)), timeout + 1)

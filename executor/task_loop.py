@@ -299,8 +299,8 @@ class TaskLoop:
                     call.cancel()
             if not lost.done():
                 return call.result()
-            if not call.cancelled():
-                call.exception()  # retrieved: the replica's death is what counts
+            # the replica's death is what counts: the call's own error is not reported
+            call.add_done_callback(lambda c: c.cancelled() or c.exception())
         raise ReplicaUnavailableError(replica_id, lost.result())
 
     async def _tool(self, call: ToolCall, ctx: ToolContext) -> str:

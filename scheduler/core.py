@@ -315,6 +315,7 @@ class SchedulerCore:
         else:
             del r.agents[task.agent]
         out.append(ReleaseKV(task.id, r.id, task.history, reason))
+        task.lost_kv = "kv released"
         task.kv_held = False
         task.reserved = 0
         task.replica = None
@@ -354,9 +355,7 @@ class SchedulerCore:
         """Pin a task that holds no KV on ``r`` and make its call ready there."""
         last = task.last_replica
         if last is not None and last != r.id:
-            lr = self._replicas.get(last)
-            reason = "replica died" if lr is None or lr.state is _DEAD else "kv released"
-            out.append(Replace(task.id, last, r.id, reason))
+            out.append(Replace(task.id, last, r.id, task.lost_kv))
         task.last_replica = r.id
         self._reserve(task, r, need)
         self._make_ready(task, r)
@@ -624,6 +623,7 @@ class SchedulerCore:
             task.reserved = 0
             task.replica = None
             task.cold = True
+            task.lost_kv = "replica died"
             task.migrations += 1
         for task in lost:
             if not self.failover.may_migrate(task):
