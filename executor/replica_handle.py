@@ -76,6 +76,9 @@ class ReplicaHandle:
     async def acapacity(self) -> Capacity:
         return await self._await(self.actor.capacity.remote())
 
+    async def aflush_cache(self) -> bool:
+        return await self._await(self.actor.flush_cache.remote())
+
     async def ahealth(self, timeout: float) -> dict[str, Any]:
         """The engine must answer within ``timeout`` (``TimeoutError`` otherwise)."""
         return await asyncio.wait_for(self._await(self.actor.health.remote(timeout)), timeout + 1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -61,3 +62,28 @@ def test_prefill_measure_proves_warm_hit(pool: object) -> None:
     assert row["cached_tokens"] >= 400
     assert row["warm_hit"] is True
     assert row["new_tokens"] == 200
+
+
+@pytest.mark.engine
+def test_failover_benchmark_scenario_loses_nothing(pool: Any) -> None:
+    """The benchmark's scenario on the session's pool: a replica of its own is killed
+    under two tasks' in-flight calls; r1 takes them over."""
+    import asyncio
+
+    from rich.console import Console
+
+    from benchmarks import failover
+
+    victim = pool.add(1)[0]
+    args = failover.parse_args(["--tasks", "2", "--history-tokens", "600"])
+    try:
+        report = asyncio.run(failover.scenario(pool, victim, "r1", args, Console(quiet=True)))
+    finally:
+        pool.remove(victim)
+    assert report["affected_tasks"] == 2
+    assert report["lost_tasks"] == 0 and report["duplicate_tool_runs"] == 0
+    assert report["tool_runs"] == 6  # 2 tasks x 3 tools (4 calls, the last one answers none)
+    assert 0 < report["detection_s"] < report["recovery_s"]
+    assert report["reprefill_s"] > 0 and report["history_tokens"] > 300
+    # each task's first completed call after the kill was its replay on the survivor
+    assert all(row["replay_cached_tokens"] < row["history_tokens"] for row in report["per_task"])
