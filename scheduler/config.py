@@ -16,12 +16,6 @@ class SchedulerConfig:
     # compute
     max_running_calls: int = 8
     """Concurrent calls per replica (a replica may override it when it joins)."""
-    max_replays: int = 1
-    """Concurrent replays per replica: calls whose history is not resident (after a
-    failover or a KV release) and is prefilled whole. They are compute-bound, so running
-    them together delays every one of them to the end of the batch; one at a time, the
-    first finishes after one prefill (measured on this CPU: 4 replays of 4K tokens
-    batched took 2.9 s, 0.34 s each alone; see benchmarks/failover.py)."""
     # ordering
     slo_s: float = 60.0
     """Default task deadline: arrival + slo_s (EDF ordering)."""
@@ -48,8 +42,8 @@ class SchedulerConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.kv_headroom < 1.0:
             raise ValueError("kv_headroom must be in [0, 1)")
-        if self.max_running_calls < 1 or self.max_replays < 1:
-            raise ValueError("max_running_calls and max_replays must be >= 1")
+        if self.max_running_calls < 1:
+            raise ValueError("max_running_calls must be >= 1")
         if self.admission_queue_limit < 0:
             raise ValueError("admission_queue_limit must be >= 0")
         if not 0.0 < self.waiting_kv_cap <= 1.0:

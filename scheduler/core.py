@@ -223,19 +223,12 @@ class SchedulerCore:
         """O(tasks + replicas) self-check for tests; raises AssertionError."""
         running: dict[ReplicaId, int] = {}
         ready: dict[ReplicaId, int] = {}
-        replaying: dict[ReplicaId, int] = {}
-        held_replays: dict[ReplicaId, int] = {}
         for t in self._tasks.values():
             assert t.state is not TaskState.NEW, t
             if t.state in (TaskState.READY, TaskState.RUNNING):
                 assert t.kv_held and t.replica is not None, t
                 bucket = running if t.state is TaskState.RUNNING else ready
                 bucket[t.replica] = bucket.get(t.replica, 0) + 1
-                if t.replaying:
-                    assert t.state is TaskState.RUNNING, t
-                    replaying[t.replica] = replaying.get(t.replica, 0) + 1
-                elif t.state is _READY and t.cold and t.calls_done > 0:
-                    held_replays[t.replica] = held_replays.get(t.replica, 0) + 1
             if t.kv_held:
                 assert t.replica is not None, t
                 r = self._replicas[t.replica]
@@ -254,11 +247,9 @@ class SchedulerCore:
             ), r.id
             if r.state is _DEAD:
                 assert not r.pinned and r.reserved == 0 and r.running == 0, r.id
-            assert r.replays == replaying.get(r.id, 0) <= self.config.max_replays, r.id
-            # a free slot never sits beside a ready call (but a replay over the limit)
+            # a free slot never sits beside a ready call
             if r.state is not _DEAD and r.running < r.max_running:
-                held = held_replays.get(r.id, 0) if r.replays >= self.config.max_replays else 0
-                assert r.run_queue.live == held, r.id
+                assert r.run_queue.live == 0, r.id
 
     # -------------------------------------------------------------- helpers
 
@@ -351,31 +342,14 @@ class SchedulerCore:
         """Start ready calls while the replica has free compute slots."""
         rq = r.run_queue
         starvation = self.config.starvation_s
-        held: list[Task] = []  # replays over the replay limit: back in the queue after
-        while r.running < r.max_running and rq.live > len(held):
+        while r.running < r.max_running and rq.live:
             task = rq.pop(self._now, starvation)
             if task is None:  # pragma: no cover - live count and heap disagree
                 raise AssertionError(f"replica {r.id}: run queue out of sync")
-            replay = task.cold and task.calls_done > 0
-            if replay and r.replays >= self.config.max_replays:
-                held.append(task)
-                continue
             rq.live -= 1
             task.state = next_task_state(task.state, TaskTrigger.START_CALL)
             r.running += 1
-            if replay:
-                r.replays += 1
-                task.replaying = True
             out.append(RunCall(task.id, r.id, task.cold))
-        for task in held:
-            rq.push(self.ordering.key(task), self._next_seq(), task, task.ready_since)
-
-    def _call_ended(self, task: Task, r: Replica) -> None:
-        """Free the compute slot (and the replay slot) of the task's running call."""
-        r.running -= 1
-        if task.replaying:
-            r.replays -= 1
-            task.replaying = False
 
     def _place(self, task: Task, r: Replica, need: int, out: list[Decision]) -> None:
         """Pin a task that holds no KV on ``r`` and make its call ready there."""
@@ -436,7 +410,7 @@ class SchedulerCore:
         elif state is _READY and r is not None:
             r.run_queue.live -= 1
         elif state is TaskState.RUNNING and r is not None:
-            self._call_ended(task, r)
+            r.running -= 1
         if task.kv_held:
             self._release(task, reason, out)
         task.state = next_task_state(state, trigger)
@@ -499,7 +473,7 @@ class SchedulerCore:
         ):
             raise InvalidEvent("token counts and latency must be >= 0, cached <= prompt", e)
         r = self._replicas[e.replica_id]
-        self._call_ended(task, r)
+        r.running -= 1
         task.history = e.prompt_tokens + e.output_tokens
         task.calls_done += 1
         task.attained_s += e.latency_s
@@ -535,7 +509,7 @@ class SchedulerCore:
             ), out)
             return
         r = self._replicas[e.replica_id]
-        self._call_ended(task, r)
+        r.running -= 1
         self._make_ready(task, r)
         self._dispatch(r, out)
 
@@ -642,7 +616,6 @@ class SchedulerCore:
         r.agents = {}
         r.reserved = 0
         r.running = 0
-        r.replays = 0
         r.run_queue.clear()
         r.clear_waiting()
         for task in lost:
@@ -651,7 +624,6 @@ class SchedulerCore:
             task.replica = None
             task.cold = True
             task.lost_kv = "replica died"
-            task.replaying = False
             task.migrations += 1
         for task in lost:
             if not self.failover.may_migrate(task):

@@ -20,7 +20,6 @@ def _waits_here(task: Task, replica_id: ReplicaId, tool_started: float) -> bool:
 class Replica:
     __slots__ = (
         "id", "state", "seq", "capacity", "budget", "reserved", "max_running", "running",
-        "replays",
         "run_queue", "pinned", "agents", "waiting_tokens", "_waiting_heap", "version",
     )
 
@@ -33,7 +32,6 @@ class Replica:
         self.reserved = 0  # sum of reservations of tasks whose KV is held here
         self.max_running = 1
         self.running = 0
-        self.replays = 0  # running calls that replay a history (full prefills)
         self.run_queue = run_queue
         self.pinned: dict[TaskId, Task] = {}  # tasks whose KV is held here
         self.agents: dict[str, int] = {}  # agent -> pinned tasks (shared-prefix hint)

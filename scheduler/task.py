@@ -12,7 +12,6 @@ class Task:
         "replica", "last_replica", "kv_held", "reserved", "history", "calls_done",
         "attained_s", "migrations", "retries", "tool", "tool_started", "expected_return",
         "ready_seq", "ready_since", "cold", "lost_kv",
-        "replaying",
     )
 
     def __init__(
@@ -41,7 +40,6 @@ class Task:
         self.ready_seq = 0  # invalidates stale run-queue entries
         self.ready_since = 0.0
         self.cold = True  # next call expects a full prefill
-        self.replaying = False  # its running call replays its history (a full prefill)
         self.lost_kv = ""  # why its KV left last_replica: "kv released" | "replica died"
 
     def __repr__(self) -> str:

@@ -286,9 +286,7 @@ def test_draining_replica_finishes_calls_moves_tasks_at_tool_waits_and_reports_d
         Replace("t", "r0", "r1", "kv released"),
         RunCall("t", "r1", cold=True),
     ]
-    # v replays too: it waits until t's replay is done (one replay at a time)
-    assert c.handle(ToolFinished(3, "v")) == [Replace("v", "r0", "r1", "kv released")]
-    assert finish(c, 4, "t", "r1")[-1] == RunCall("v", "r1", cold=True)
+    assert c.handle(ToolFinished(3, "v"))[-1] == RunCall("v", "r1", cold=True)
     assert c.replica("r0").state is ReplicaState.DRAINING  # type: ignore[union-attr]
     c.check_invariants()
     c.handle(ReplicaDied(5, "r0"))
@@ -307,28 +305,6 @@ def test_draining_replica_moves_a_task_whose_next_call_needs_no_tool() -> None:
     assert d[0] == ReleaseKV("t", "r0", 1_050, "replica draining")
     assert d[-1] == RunCall("t", "r1", cold=True)
     assert ReplicaDrained("r0") in d
-
-
-def test_replays_run_one_at_a_time_per_replica_warm_calls_pass_them() -> None:
-    """Replays are compute-bound full prefills: batched, each would end with the last."""
-    c = core()
-    c.handle(ReplicaJoined(1, "r0", 100_000))
-    for t in ("a", "b", "c"):
-        c.handle(TaskArrived(1, t, "", 3, 10_000))
-        finish(c, 1, t, "r0", prompt=4_000)
-        c.handle(ToolStarted(1, t, "x"))
-    c.handle(ReplicaJoined(1, "r1", 100_000))
-    c.handle(TaskArrived(1, "w", "", 3, 10_000))  # r1 (most free): its first call runs
-    c.handle(ReplicaDied(2, "r0"))
-    runs = [d for t in ("a", "b", "c") for d in c.handle(ToolFinished(3, t))
-            if isinstance(d, RunCall)]  # fmt: skip
-    assert runs == [RunCall("a", "r1", cold=True)]  # b and c wait behind a's replay
-    finish(c, 4, "w", "r1")
-    assert c.handle(NextCall(4, "w")) == [RunCall("w", "r1", cold=False)]  # warm: not held
-    c.check_invariants()
-    assert finish(c, 5, "a", "r1", prompt=4_100)[-1] == RunCall("b", "r1", cold=True)
-    assert finish(c, 6, "b", "r1", prompt=4_100)[-1] == RunCall("c", "r1", cold=True)
-    c.check_invariants()
 
 
 def test_call_failed_retries_then_fails() -> None:
