@@ -1,21 +1,21 @@
 """Failover under load: kill the replica serving K tasks while their calls are in it.
 
-K agent tasks with long histories run on replica r0 of a 2-replica pool (real
-SGLang engines in Ray actors). Each task's first call runs on r0, then its tool
-runs. While the tools run, r0's engine is paused (SIGSTOP) and r1 joins; the
-tools return, every task's next call goes to r0 (sticky) and waits inside the
-paused engine, so all K calls are surely in flight; then the engine process is
-killed (SIGKILL). The replica's watchdog sees its engine die and exits the
-actor, the failed calls report the death, the scheduler re-places the tasks on
-r1, and each replays its journaled history there (a cold prefill).
+K agent tasks with long histories run on a victim replica, r1 (a real SGLang
+engine in a Ray actor). Each task's first call runs there, then its tool runs. While
+the tools run, the victim's engine is paused (SIGSTOP) and the survivor r0
+joins; the tools return, every task's next call goes to the victim (sticky) and
+waits inside the paused engine, so all K calls are surely in flight; then the
+engine process is killed (SIGKILL). The replica's watchdog sees its engine die
+and exits the actor, the failed calls report the death, the scheduler re-places
+the tasks on r0, and each replays its journaled history there (a cold prefill).
 
 Reported, per affected task and summarised:
 
 - ``recovery_s``: from the kill to the task's next completed call;
 - ``reprefill_s``: the cold prefill time of that call's prompt (its history),
-  measured afterwards on r1 with the radix cache flushed, alone;
-- ``reprefill_batch_s``: the same for all K histories submitted at once (what
-  the survivor really had to do: they replay together);
+  measured afterwards on the survivor with the radix cache flushed, alone;
+- ``reprefill_batch_s``: the same for all K histories submitted at once (the
+  work the survivor had to do, however it orders it);
 - ``detection_s``: from the kill to the scheduler core hearing of the death;
 - ``lost_tasks`` (tasks that did not finish) and ``duplicate_tool_runs`` (tool
   side effects counted in a file, minus the tool steps the tasks report).
@@ -111,7 +111,7 @@ async def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     pool = ReplicaPool(2, replica_config(args), progress=True)
     await asyncio.to_thread(pool.start)
     try:
-        return await scenario(pool, "r0", "r1", args, console)
+        return await scenario(pool, "r1", "r0", args, console)
     finally:
         await asyncio.to_thread(pool.shutdown)
 

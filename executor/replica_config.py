@@ -68,8 +68,11 @@ class ReplicaConfig(BaseModel):
         if device == "cpu":
             # The CPU recipe (see infra/): torch-native attention, no CUDA graphs,
             # fp32 weights (bf16 matmuls are slow on CPUs without AMX).
+            # An idle scheduler busy-polls a whole core unless it sleeps on idle: on a
+            # 2-core host, two idle replicas would leave nothing for the busy one.
             kwargs.update(
-                attention_backend="torch_native", disable_cuda_graph=True, dtype="float32"
-            )
+                attention_backend="torch_native", disable_cuda_graph=True, dtype="float32",
+                sleep_on_idle=True,
+            )  # fmt: skip
         kwargs.update(self.engine_args)
         return kwargs
