@@ -232,6 +232,7 @@ async def measure(
             "replay_cached_tokens": replay.cached_tokens,
             "recovery_s": round(t - killed, 3), "reprefill_s": round(cold.latency_s, 3),
             "replay_call_s": round(replay.latency_s, 3),
+            "replay_completion_tokens": replay.completion_tokens,
         })  # fmt: skip
     await survivor.aflush_cache()
     started = time.monotonic()
