@@ -51,9 +51,12 @@ class Bench:
         peak = 30_000
         per_replica = -(-tasks // replicas) + 2  # room for every task, a little spare
         self.capacity = int(per_replica * peak / 0.95) + 1
-        self.core = SchedulerCore(SchedulerConfig(
-            max_running_calls=8, admission_queue_limit=tasks * 2,
-        ))
+        self.core = SchedulerCore(
+            SchedulerConfig(
+                max_running_calls=8,
+                admission_queue_limit=tasks * 2,
+            )
+        )
         self.heap: list[tuple[float, int, int, str, str, int]] = []
         self.seq = 0
         self.now = 0.0
@@ -146,8 +149,9 @@ class Bench:
         self.push(5.0, _REJOIN, "", rid)
 
 
-def run(replicas: int, tasks: int, events: int, calls: int, seed: int,
-        kill_every: int) -> dict[str, Any]:
+def run(
+    replicas: int, tasks: int, events: int, calls: int, seed: int, kill_every: int
+) -> dict[str, Any]:
     b = Bench(replicas, tasks, calls, seed)
     t_setup = time.perf_counter()
     b.setup(tasks)
@@ -177,7 +181,10 @@ def run(replicas: int, tasks: int, events: int, calls: int, seed: int,
         "events_per_s": len(lat) / core_s,
         "events_per_s_with_driver": len(lat) / wall,
         "decision_latency_us": {
-            "p50": pct(0.50), "p99": pct(0.99), "p999": pct(0.999), "max": lat[-1] / 1e3,
+            "p50": pct(0.50),
+            "p99": pct(0.99),
+            "p999": pct(0.999),
+            "max": lat[-1] / 1e3,
             "mean": core_s / len(lat) * 1e6,
         },
         "setup_s": setup_s,
@@ -186,25 +193,32 @@ def run(replicas: int, tasks: int, events: int, calls: int, seed: int,
         "meets_targets": len(lat) / core_s >= 50_000 and pct(0.99) < 1_000,
         "python": platform.python_version(),
         "machine": platform.machine(),
-        "cpu_affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+        "cpu_affinity": sorted(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
         else None,
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m benchmarks.scheduler", description=__doc__,
+        prog="python -m benchmarks.scheduler",
+        description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--replicas", type=int, default=1_000, help="replicas (1,000)")
     p.add_argument("--tasks", type=int, default=20_000, help="live tasks (20,000)")
     p.add_argument("--events", type=int, default=300_000, help="measured events (300,000)")
     p.add_argument("--calls", type=int, default=20, help="calls per task (20)")
-    p.add_argument("--kill-every", type=int, default=20_000,
-                   help="a replica dies every this many events; 0: never (20,000)")
+    p.add_argument(
+        "--kill-every",
+        type=int,
+        default=20_000,
+        help="a replica dies every this many events; 0: never (20,000)",
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cpu", type=int, default=None,
-                   help="pin to this CPU (default: the first one allowed)")
+    p.add_argument(
+        "--cpu", type=int, default=None, help="pin to this CPU (default: the first one allowed)"
+    )
     p.add_argument("--json", type=Path, default=None, metavar="PATH", help="write JSON here")
     a = p.parse_args(argv)
     if min(a.replicas, a.tasks, a.events, a.calls) < 1 or a.kill_every < 0:

@@ -1,0 +1,150 @@
+"""The contestants of the end-to-end benchmark: where each call of a task goes.
+
+- ``ours``: the platform's scheduler core (sticky placement, KV budget,
+  tool-wait-aware retention, ordering), driven through the runtime's
+  :class:`~executor.dispatch.Dispatcher`, calling the Ray replica actors;
+- ``round_robin``: a stateless balancer, each call to the next replica;
+- ``sglang_router``: SGLang's own router (``cache_aware``) in front of SGLang
+  HTTP servers on loopback (:mod:`benchmarks.sglang_http`);
+- ``no_cache``: ours on replicas started with SGLang's radix cache disabled.
+
+Each answers ``call(task, k, ids, out)`` with SGLang's own token counts, and
+hears of the task's tool waits and end (only ``ours`` uses them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import uuid
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import httpx
+
+from benchmarks.agent_workload import ReplayTask
+from executor.dispatch import Dispatcher
+from executor.replica_handle import ReplicaHandle
+from scheduler import SchedulerConfig, SchedulerCore
+
+
+@dataclass(frozen=True)
+class CallResult:
+    replica_id: str
+    output_ids: list[int]
+    prompt_tokens: int
+    cached_tokens: int
+    latency_s: float  # in the engine (ours, round_robin) or the HTTP round trip
+    queued_s: float = 0.0  # waiting for the scheduler's grant (ours)
+
+
+def sampling(out: int) -> dict[str, Any]:
+    return {"max_new_tokens": out, "ignore_eos": True, "temperature": 0.0}
+
+
+class Contestant(Protocol):
+    name: str
+
+    async def call(self, task: ReplayTask, k: int, ids: list[int], out: int) -> CallResult: ...
+
+    def tool_started(self, task_id: str) -> None: ...
+
+    def finished(self, task_id: str) -> None: ...
+
+
+class Ours:
+    """Every call asks the scheduler core where and when it may run."""
+
+    def __init__(
+        self, replicas: dict[str, ReplicaHandle], config: SchedulerConfig, name: str = "ours"
+    ) -> None:
+        self.name = name
+        self.replicas = replicas
+        self.dispatcher = Dispatcher(SchedulerCore(config))
+        for rid, handle in replicas.items():
+            self.dispatcher.replica_joined(rid, int(handle.info["max_total_num_tokens"]))
+
+    async def call(self, task: ReplayTask, k: int, ids: list[int], out: int) -> CallResult:
+        d, plan = self.dispatcher, task.plan
+        if k == 0:
+            grant = await d.arrive(task.task_id, plan.agent, plan.calls, plan.expected_history)
+        else:
+            grant = await d.next_call(task.task_id)
+        r = await self.replicas[grant.replica_id].agenerate(
+            {"input_ids": ids, "sampling": sampling(out), "rid": f"{task.task_id}-{k}"}
+        )
+        d.call_finished(
+            task.task_id, r.replica_id, prompt_tokens=r.prompt_tokens,
+            cached_tokens=r.cached_tokens, output_tokens=len(r.output_ids),
+            latency_s=r.latency_s,
+        )  # fmt: skip
+        return CallResult(
+            r.replica_id, r.output_ids, r.prompt_tokens, r.cached_tokens, r.latency_s,
+            grant.waited_s,
+        )  # fmt: skip
+
+    def tool_started(self, task_id: str) -> None:
+        self.dispatcher.tool_started(task_id, "shell")
+
+    def finished(self, task_id: str) -> None:
+        self.dispatcher.finished(task_id)
+
+
+class RoundRobin:
+    """Each call to the next replica in turn, wherever the task's KV is."""
+
+    name = "round_robin"
+
+    def __init__(self, replicas: dict[str, ReplicaHandle]) -> None:
+        self.replicas = replicas
+        self._next = itertools.cycle(sorted(replicas))
+
+    async def call(self, task: ReplayTask, k: int, ids: list[int], out: int) -> CallResult:
+        handle = self.replicas[next(self._next)]
+        r = await handle.agenerate(
+            {"input_ids": ids, "sampling": sampling(out), "rid": f"{task.task_id}-{k}"}
+        )
+        return CallResult(r.replica_id, r.output_ids, r.prompt_tokens, r.cached_tokens, r.latency_s)
+
+    def tool_started(self, task_id: str) -> None:
+        pass
+
+    def finished(self, task_id: str) -> None:
+        pass
+
+
+class SGLangRouter:
+    """SGLang's router in front of SGLang HTTP servers: POST /generate with token ids."""
+
+    name = "sglang_router"
+
+    def __init__(self, url: str, workers: dict[str, str]) -> None:
+        self.url = url
+        self._worker_of = {u.rstrip("/"): rid for rid, u in workers.items()}
+        self._client = httpx.AsyncClient(timeout=600.0)
+
+    async def call(self, task: ReplayTask, k: int, ids: list[int], out: int) -> CallResult:
+        body = {"input_ids": ids, "sampling_params": sampling(out), "rid": uuid.uuid4().hex}
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        resp = await self._client.post(f"{self.url}/generate", json=body)
+        latency = loop.time() - t0
+        resp.raise_for_status()
+        data = resp.json()
+        meta = data["meta_info"]
+        return CallResult(
+            replica_id=self._worker_of.get(resp.headers.get("x-worker", ""), "?"),
+            output_ids=list(data["output_ids"]),
+            prompt_tokens=int(meta["prompt_tokens"]),
+            cached_tokens=int(meta.get("cached_tokens", 0)),
+            latency_s=latency,
+        )
+
+    def tool_started(self, task_id: str) -> None:
+        pass
+
+    def finished(self, task_id: str) -> None:
+        pass
+
+    async def close(self) -> None:
+        await self._client.aclose()

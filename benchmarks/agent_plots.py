@@ -1,0 +1,61 @@
+"""The end-to-end benchmark's pictures: task latency CDF per contestant, and a
+timeline of tasks on replicas (thinking, tool waits, queueing)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from benchmarks.agent_replay import RunTrace
+from scheduler.sim.plot import _plt
+
+COLORS = {"ours": "tab:green", "round_robin": "tab:red", "sglang_router": "tab:blue",
+          "no_cache": "tab:orange"}  # fmt: skip
+
+
+def plot_cdf(runs: list[RunTrace], path: Path) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for run in runs:
+        lat = sorted(t.latency_s for t in run.tasks)
+        ys = [(i + 1) / len(lat) for i in range(len(lat))]
+        ax.step(lat, ys, where="post", label=run.contestant, color=COLORS.get(run.contestant))
+    ax.axhline(0.95, color="grey", lw=0.8, ls=":")
+    ax.set_xlabel("task latency (s)")
+    ax.set_ylabel("fraction of tasks")
+    ax.set_title("Task latency CDF (same tasks, same engines)")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_timeline(runs: list[RunTrace], path: Path) -> None:
+    """One panel per contestant; a row per task: calls coloured by replica, tool waits
+    grey, time waiting for the scheduler's grant red."""
+    plt = _plt()
+    height = 2.2 + 0.16 * len(runs[0].tasks) * len(runs)
+    fig, axes = plt.subplots(len(runs), 1, figsize=(11, height), sharex=True, squeeze=False)
+    palette = ["tab:blue", "tab:green", "tab:purple", "tab:brown", "tab:olive", "tab:cyan"]
+    for ax, run in zip(axes[:, 0], runs, strict=True):
+        replicas = sorted({c.replica_id for t in run.tasks for c in t.calls})
+        color = {r: palette[i % len(palette)] for i, r in enumerate(replicas)}
+        for row, task in enumerate(sorted(run.tasks, key=lambda t: t.started)):
+            for c in task.calls:
+                if c.started > c.submitted:
+                    ax.broken_barh([(c.submitted, c.started - c.submitted)], (row, 0.8),
+                                   color="tab:red")  # fmt: skip
+                ax.broken_barh([(c.started, c.ended - c.started)], (row, 0.8),
+                               color=color[c.replica_id])  # fmt: skip
+            for t0, t1 in task.tools:
+                ax.broken_barh([(t0, t1 - t0)], (row, 0.8), color="lightgrey")
+        handles = [plt.Rectangle((0, 0), 1, 1, color=color[r]) for r in replicas]
+        handles += [plt.Rectangle((0, 0), 1, 1, color=c) for c in ("lightgrey", "tab:red")]
+        labels = [f"call on {r}" for r in replicas] + ["tool", "queued (grant)"]
+        ax.legend(handles, labels, fontsize=7, loc="upper right", ncol=len(labels))
+        ax.set_ylabel(f"{run.contestant}\ntasks")
+        ax.set_yticks([])
+    axes[-1, 0].set_xlabel("time (s)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

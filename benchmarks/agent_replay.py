@@ -1,0 +1,120 @@
+"""Replay a workload through one contestant, ``concurrency`` tasks at a time, and
+record every call, tool run and wait on a common clock."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from benchmarks.agent_contestants import CallResult, Contestant
+from benchmarks.agent_workload import ReplayTask
+from tools.sandbox.base import SandboxBackend
+
+
+@dataclass
+class CallTrace:
+    k: int
+    replica_id: str
+    submitted: float  # the task asked for the call (then waited for its grant, if any)
+    started: float  # granted: the request went to the engine
+    ended: float
+    prompt_tokens: int
+    cached_tokens: int
+
+
+@dataclass
+class TaskTrace:
+    task_id: str
+    started: float
+    ended: float = 0.0
+    calls: list[CallTrace] = field(default_factory=list)
+    tools: list[tuple[float, float]] = field(default_factory=list)
+
+    @property
+    def latency_s(self) -> float:
+        return self.ended - self.started
+
+
+@dataclass
+class RunTrace:
+    contestant: str
+    started: float
+    ended: float
+    tasks: list[TaskTrace]
+    kv: list[tuple[float, str, int, int]]  # (t, replica, used tokens, capacity)
+
+
+async def replay_task(
+    task: ReplayTask, contestant: Contestant, sandboxes: SandboxBackend, clock: Callable[[], float]
+) -> TaskTrace:
+    trace = TaskTrace(task.task_id, clock())
+    sandbox = await sandboxes.open(task.task_id)
+    try:
+        ids = list(task.system_ids) + list(task.new_ids[0])
+        out: list[int] = []
+        for k in range(task.calls):
+            if k:
+                ids += out + list(task.new_ids[k])
+            submitted = clock()
+            r: CallResult = await contestant.call(task, k, ids, task.plan.output_tokens[k])
+            ended = clock()
+            started = min(ended, submitted + r.queued_s)
+            trace.calls.append(CallTrace(
+                k, r.replica_id, submitted, started, ended, r.prompt_tokens, r.cached_tokens
+            ))  # fmt: skip
+            out = r.output_ids
+            if k < task.calls - 1:
+                contestant.tool_started(task.task_id)
+                t0 = clock()
+                result = await sandbox.exec(task.tool_argv(k), timeout=60)
+                if result.exit_code != 0:
+                    raise RuntimeError(f"{task.task_id}: tool failed: {result.stderr[-300:]!r}")
+                trace.tools.append((t0, clock()))
+        contestant.finished(task.task_id)
+    finally:
+        await sandbox.close()
+    trace.ended = clock()
+    return trace
+
+
+async def replay(
+    workload: list[ReplayTask],
+    contestant: Contestant,
+    sandboxes: SandboxBackend,
+    concurrency: int,
+    kv_probe: Callable[[], Awaitable[list[tuple[str, int, int]]]] | None = None,
+    on_task: Callable[[TaskTrace], None] | None = None,
+) -> RunTrace:
+    """Every task of ``workload``, at most ``concurrency`` at once, in order."""
+    t0 = time.monotonic()
+
+    def clock() -> float:
+        return time.monotonic() - t0
+
+    gate = asyncio.Semaphore(concurrency)
+    kv: list[tuple[float, str, int, int]] = []
+
+    async def one(task: ReplayTask) -> TaskTrace:
+        async with gate:
+            trace = await replay_task(task, contestant, sandboxes, clock)
+        if on_task is not None:
+            on_task(trace)
+        return trace
+
+    async def sample() -> None:
+        assert kv_probe is not None
+        while True:
+            now = clock()
+            for rid, used, cap in await kv_probe():
+                kv.append((now, rid, used, cap))
+            await asyncio.sleep(0.5)
+
+    sampler = asyncio.ensure_future(sample()) if kv_probe is not None else None
+    try:
+        traces = await asyncio.gather(*(one(t) for t in workload))
+    finally:
+        if sampler is not None:
+            sampler.cancel()
+    return RunTrace(contestant.name, 0.0, clock(), list(traces), kv)

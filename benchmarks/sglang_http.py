@@ -1,0 +1,126 @@
+"""SGLang HTTP servers and SGLang's router on loopback: the deployment a user would
+run today without this platform (``sglang.launch_server`` x N behind
+``sglang_router.launch_router --policy cache_aware``).
+
+Each server gets the same engine settings as the platform's replicas
+(:meth:`ReplicaConfig.engine_kwargs`, as command-line flags) and the same
+threads. Every process is started in its own session and stopped with its
+process group.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+from executor.errors import ExecutorError
+from executor.models import resolve
+from executor.replica_config import ReplicaConfig
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def server_argv(config: ReplicaConfig, port: int) -> list[str]:
+    """``launch_server`` flags for the engine kwargs of a replica with ``config``."""
+    kwargs = config.engine_kwargs(str(resolve(config.model)), config.resolved_device(), port)
+    argv = [sys.executable, "-m", "sglang.launch_server", "--host", "127.0.0.1"]
+    for key, value in kwargs.items():
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            argv.append(flag)
+        elif value is not False and value is not None:
+            argv += [flag, str(value)]
+    return argv
+
+
+def _wait_ready(url: str, proc: subprocess.Popen[bytes], what: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ExecutorError(f"{what} exited with {proc.returncode} while starting")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        time.sleep(0.5)
+    raise ExecutorError(f"{what} not ready after {timeout_s:.0f} s ({url})")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def router_deployment(
+    config: ReplicaConfig, servers: int, log_dir: Path, policy: str = "cache_aware"
+) -> Iterator[tuple[str, dict[str, str]]]:
+    """Start ``servers`` SGLang HTTP servers and the router; yield the router's URL and
+    the workers' URLs by name (``s0``, ``s1``, ...); stop them all at exit."""
+    procs: list[subprocess.Popen[bytes]] = []
+    env = dict(os.environ, SGLANG_USE_CPU_ENGINE="1", OMP_NUM_THREADS=str(config.threads()))
+    if config.resolved_device() != "cpu":
+        env.pop("SGLANG_USE_CPU_ENGINE")
+    log_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        workers: dict[str, str] = {}
+        for i in range(servers):
+            port = free_port()
+            log = open(log_dir / f"server{i}.log", "wb")  # noqa: SIM115 (the process keeps it)
+            procs.append(subprocess.Popen(
+                server_argv(config, port), env=env, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            ))  # fmt: skip
+            workers[f"s{i}"] = f"http://127.0.0.1:{port}"
+        for (name, url), proc in zip(workers.items(), procs, strict=True):
+            _wait_ready(f"{url}/health", proc, f"SGLang server {name}", 600)
+        port = free_port()
+        log = open(log_dir / "router.log", "wb")  # noqa: SIM115
+        argv = [sys.executable, "-m", "sglang_router.launch_router", "--host", "127.0.0.1",
+                "--port", str(port), "--policy", policy, "--worker-startup-check-interval", "1",
+                "--log-level", "warn", "--worker-urls", *workers.values()]  # fmt: skip
+        router = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        procs.append(router)
+        url = f"http://127.0.0.1:{port}"
+        _wait_workers(url, router, len(workers))
+        yield url, workers
+    finally:
+        for proc in reversed(procs):
+            _stop(proc)
+
+
+def _wait_workers(
+    url: str, router: subprocess.Popen[bytes], n: int, timeout_s: float = 120
+) -> None:
+    """The router answers /health before it knows any worker: wait for all of them."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if router.poll() is not None:
+            raise ExecutorError(f"the SGLang router exited with {router.returncode}")
+        with contextlib.suppress(httpx.HTTPError, ValueError):
+            body = httpx.get(f"{url}/workers", timeout=2).json()
+            healthy = [w for w in body.get("workers", []) if w.get("is_healthy")]
+            if len(healthy) >= n:
+                return
+        time.sleep(0.5)
+    raise ExecutorError(f"the SGLang router did not register {n} workers in {timeout_s:.0f} s")
