@@ -31,9 +31,11 @@ SIM_POLICY = {
 }
 
 
-async def measure_engine(handle: ReplicaHandle, batch: int = 4) -> dict[str, float]:
+async def measure_engine(
+    handle: ReplicaHandle, prompt_tokens: int = 4000, batch: int = 4
+) -> dict[str, float]:
     """Prefill and decode rates of one replica (the cache flushed before each)."""
-    ids = [100 + (i * 37) % 3800 for i in range(4000)]
+    ids = [100 + (i * 37) % 3800 for i in range(prompt_tokens)]
     one = {"max_new_tokens": 1, "temperature": 0.0}
     await handle.aflush_cache()
     cold = await handle.agenerate({"input_ids": ids, "sampling": one})

@@ -158,7 +158,7 @@ async def run_all(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         try:
             handles = dict(pool.handles)
             if not rates:
-                rates.update(await calib.measure_engine(handles["r0"]))
+                rates.update(await calib.measure_engine(handles["r0"], min(4000, longest)))
                 console.print(f"engine rates: {rates}")
 
             async def probe() -> list[tuple[str, int, int]]:
