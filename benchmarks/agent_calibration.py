@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import statistics
 import time
 from typing import Any
 
@@ -32,45 +33,68 @@ SIM_POLICY = {
 
 
 async def measure_engine(
-    handle: ReplicaHandle, prompt_tokens: int = 4000, batch: int = 4
+    handle: ReplicaHandle, prompt_tokens: int = 4000, context_tokens: int = 2000, batch: int = 4
 ) -> dict[str, float]:
-    """Prefill and decode rates of one replica (the cache flushed before each)."""
+    """Prefill and decode rates of one replica. Decode is timed with ``context_tokens``
+    of cached history behind each sequence (on a CPU, attention over the history makes
+    a decode step slower as it grows), alone and ``batch`` at a time."""
     ids = [100 + (i * 37) % 3800 for i in range(prompt_tokens)]
     one = {"max_new_tokens": 1, "temperature": 0.0}
     await handle.aflush_cache()
     cold = await handle.agenerate({"input_ids": ids, "sampling": one})
     prefill = len(ids) / cold.latency_s
-    short = {"max_new_tokens": 64, "ignore_eos": True, "temperature": 0.0}
+    steps = 64
+    many = {"max_new_tokens": steps, "ignore_eos": True, "temperature": 0.0}
+    contexts = [[200 + i] + ids[: context_tokens - 1] for i in range(batch)]
+    for ctx in contexts:  # cached: the timed calls below only decode
+        await handle.agenerate({"input_ids": ctx, "sampling": one})
 
-    async def decode(n: int) -> float:
-        await handle.aflush_cache()
-        t0 = time.perf_counter()
-        await asyncio.gather(*(
-            handle.agenerate({"input_ids": [200 + i, 201, 202, 203], "sampling": short})
-            for i in range(n)
-        ))  # fmt: skip
-        return (time.perf_counter() - t0) / 64  # seconds per decode step
+    async def step_s(n: int) -> float:
+        async def timed(sampling: dict[str, Any]) -> float:
+            t0 = time.perf_counter()
+            await asyncio.gather(*(
+                handle.agenerate({"input_ids": c, "sampling": sampling}) for c in contexts[:n]
+            ))  # fmt: skip
+            return time.perf_counter() - t0
 
-    step1, stepn = await decode(1), await decode(batch)
+        return max(1e-6, (await timed(many) - await timed(one)) / (steps - 1))
+
+    step1, stepn = await step_s(1), await step_s(batch)
     d1 = max(0.0, (stepn - step1) / (batch - 1))
     d0 = max(1e-6, step1 - d1)
     return {
         "prefill_tokens_per_s": round(prefill, 1),
         "decode_tokens_per_s": round(1.0 / step1, 2),
         "decode_batch_slowdown": round(d1 / d0, 4),
+        "decode_context_tokens": context_tokens,
     }
+
+
+def tool_overhead(run: RunTrace, workload: list[ReplayTask]) -> float:
+    """Median seconds a real tool run took beyond its planned sleep (the sandbox's
+    start, the command, the exit): measured, and added to the simulator's tools."""
+    planned = {w.task_id: w.plan.tool_s for w in workload}
+    extra = [(b - a) - planned[t.task_id][k] for t in run.tasks for k, (a, b) in enumerate(t.tools)]
+    return max(0.0, statistics.median(extra)) if extra else 0.0
 
 
 def simulate(
     contestant: str, run: RunTrace, workload: list[ReplayTask], spec: WorkloadSpec,
     rates: dict[str, float], replicas: int, kv_tokens: int, scheduler: SchedulerConfig,
+    tool_overhead_s: float = 0.0,
 ) -> dict[str, float]:  # fmt: skip
     policy, cache = SIM_POLICY[contestant]
     starts = {t.task_id: t.started for t in run.tasks}
     plans = sorted(
-        (dataclasses.replace(w.plan, arrival=starts[w.task_id]) for w in workload),
+        (
+            dataclasses.replace(
+                w.plan, arrival=starts[w.task_id],
+                tool_s=tuple(s + tool_overhead_s for s in w.plan.tool_s),
+            )
+            for w in workload
+        ),
         key=lambda p: p.arrival,
-    )
+    )  # fmt: skip
     engine = EngineSpec(
         prefill_tokens_per_s=rates["prefill_tokens_per_s"],
         decode_tokens_per_s=rates["decode_tokens_per_s"],

@@ -49,7 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
     p.add_argument("--tasks", type=int, default=24, help="tasks per contestant (default: 24)")
-    p.add_argument("--concurrency", type=int, default=8, help="tasks at once (default: 8)")
+    p.add_argument("--concurrency", type=int, default=12, help="tasks at once (default: 12)")
     p.add_argument("--replicas", type=int, default=2, help="engine replicas (default: 2)")
     p.add_argument("--model", default="tiny", help="registered model (default: tiny)")
     p.add_argument("--contestants", type=_names, default=list(CONTESTANTS),
@@ -58,16 +58,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     w.add_argument("--calls", type=int, default=20, help="mean calls per task (default: 20)")
     w.add_argument("--calls-spread", type=float, default=0.5,
                    help="calls uniform in calls x [1-s, 1+s] (default: 0.5: 10-30)")  # fmt: skip
-    w.add_argument("--history-tokens", type=int, default=5000,
-                   help="mean final history per task (default: 5000)")  # fmt: skip
+    w.add_argument("--history-tokens", type=int, default=6000,
+                   help="mean final history per task (default: 6000)")  # fmt: skip
     w.add_argument("--system-tokens", type=int, default=600, help="shared system prompt")
     w.add_argument("--first-tokens", type=int, default=200, help="task's first message")
     w.add_argument("--output-tokens", type=int, default=24, help="mean output per call")
-    w.add_argument("--tool-median", type=float, default=0.6, help="tool latency median (s)")
-    w.add_argument("--tool-p99", type=float, default=4.0, help="tool latency p99 (s)")
+    w.add_argument("--tool-median", type=float, default=0.3, help="tool latency median (s)")
+    w.add_argument("--tool-p99", type=float, default=2.0, help="tool latency p99 (s)")
     w.add_argument("--agents", type=int, default=2, help="agents (system prompts)")
-    p.add_argument("--max-total-tokens", type=int, default=32768,
-                   help="KV pool per replica in tokens (default: 32768)")  # fmt: skip
+    p.add_argument("--max-total-tokens", type=int, default=16384,
+                   help="KV pool per replica in tokens (default: 16384: the tasks' histories "
+                   "fit the fleet once, not twice)")  # fmt: skip
     p.add_argument("--sandbox", default="bwrap", help="sandbox backend of the tools")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="write the report here (and PNGs)")
@@ -93,6 +94,7 @@ def summarize(run: Any) -> dict[str, Any]:
 
     lat = [t.latency_s for t in run.tasks]
     calls = [c for t in run.tasks for c in t.calls]
+    tools = [b - a for t in run.tasks for a, b in t.tools]
     prompt = sum(c.prompt_tokens for c in calls)
     cached = sum(c.cached_tokens for c in calls)
     kv_by_replica: dict[str, list[float]] = {}
@@ -108,6 +110,9 @@ def summarize(run: Any) -> dict[str, Any]:
         "prefill_tokens": prompt - cached,
         "cache_hit_ratio": round(cached / prompt, 3) if prompt else 0.0,
         "queued_s_total": round(sum(c.started - c.submitted for c in calls), 1),
+        "call_s_mean": round(statistics.mean(c.ended - c.started for c in calls), 3),
+        "tool_s_mean": round(statistics.mean(tools), 3) if tools else 0.0,
+        "time_in_calls": round(sum(c.ended - c.started for c in calls) / sum(lat), 3),
         "kv_occupancy_mean": {
             r: round(statistics.mean(v), 3) for r, v in sorted(kv_by_replica.items())
         },
@@ -158,7 +163,9 @@ async def run_all(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         try:
             handles = dict(pool.handles)
             if not rates:
-                rates.update(await calib.measure_engine(handles["r0"], min(4000, longest)))
+                rates.update(await calib.measure_engine(
+                    handles["r0"], min(4000, longest), context_tokens=args.history_tokens // 2
+                ))  # fmt: skip
                 console.print(f"engine rates: {rates}")
 
             async def probe() -> list[tuple[str, int, int]]:
@@ -208,8 +215,9 @@ async def run_all(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     }
     calibration = {}
     for name, run in runs.items():
+        overhead = calib.tool_overhead(run, workload)
         sim = calib.simulate(name, run, workload, spec, rates, args.replicas,
-                             args.max_total_tokens, sched)  # fmt: skip
+                             args.max_total_tokens, sched, overhead)  # fmt: skip
         calibration[name] = calib.compare(report["contestants"][name], sim)
     report["calibration"] = calibration
     report["targets"] = targets(report["contestants"])
