@@ -66,13 +66,12 @@ class HealthMonitor:
             await handle.ahealth(c.timeout_s)
         except ReplicaUnavailableError as exc:
             self._dead(rid, exc.reason)
-        except (TimeoutError, Exception) as exc:  # no answer, or an answer that is an error
+        except Exception as exc:  # no answer in time, or an answer that is an error
+            if isinstance(exc, TimeoutError):
+                what = f"no health answer in {c.timeout_s:g} s"
+            else:
+                what = f"health check failed: {exc}"
             misses = self._misses[rid] = self._misses.get(rid, 0) + 1
-            what = (
-                f"no health answer in {c.timeout_s:g} s"
-                if isinstance(exc, TimeoutError)
-                else (f"health check failed: {exc}")
-            )
             log.warning("replica %s: %s (%d of %d)", rid, what, misses, c.failures)
             if misses >= c.failures:
                 self._dead(rid, f"{what}, {misses} times in a row")
