@@ -4,9 +4,11 @@ record every call, tool run and wait on a common clock."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from benchmarks.agent_contestants import CallResult, Contestant
 from benchmarks.agent_workload import ReplayTask
@@ -44,6 +46,21 @@ class RunTrace:
     ended: float
     tasks: list[TaskTrace]
     kv: list[tuple[float, str, int, int]]  # (t, replica, used tokens, capacity)
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RunTrace:
+        tasks = [
+            TaskTrace(
+                t["task_id"], t["started"], t["ended"], [CallTrace(**c) for c in t["calls"]],
+                [tuple(x) for x in t["tools"]],  # type: ignore[misc]
+            )
+            for t in data["tasks"]
+        ]  # fmt: skip
+        kv = [tuple(x) for x in data["kv"]]
+        return cls(data["contestant"], data["started"], data["ended"], tasks, kv)  # type: ignore[arg-type]
 
 
 async def replay_task(

@@ -72,6 +72,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sandbox", default="bwrap", help="sandbox backend of the tools")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="write the report here (and PNGs)")
+    p.add_argument(
+        "--calibrate", type=Path, default=None, metavar="REPORT",
+        help="only redo the calibration from a saved report's traces (no engines)",
+    )  # fmt: skip
     args = p.parse_args(argv)
     if min(args.tasks, args.concurrency, args.replicas) < 1:
         p.error("--tasks, --concurrency and --replicas must be >= 1")
@@ -209,20 +213,46 @@ async def run_all(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         await sandboxes.close()
 
     report: dict[str, Any] = {
-        "settings": {k: v for k, v in vars(args).items() if k != "json"} | {"json": None},
+        "settings": {k: v for k, v in vars(args).items() if k not in ("json", "calibrate")},
         "engine_rates": rates,
         "contestants": {n: summarize(runs[n]) for n in args.contestants if n in runs},
     }
-    calibration = {}
+    report["calibration"] = calibrate(args, rates, runs, report["contestants"])
+    report["targets"] = targets(report["contestants"])
+    report["traces"] = {n: run.to_json() for n, run in runs.items()}
+    report["_runs"] = [runs[n] for n in args.contestants if n in runs]
+    return report
+
+
+def calibrate(
+    args: argparse.Namespace, rates: dict[str, float], runs: dict[str, Any],
+    measured: dict[str, dict[str, Any]],
+) -> dict[str, Any]:  # fmt: skip
+    """The simulator on the run's own tasks (rebuilt from the seed) and arrivals."""
+    from benchmarks import agent_calibration as calib
+    from benchmarks.agent_workload import make_workload
+    from scheduler import SchedulerConfig
+
+    spec = workload_spec(args)
+    workload = make_workload(spec, args.tasks, args.seed)
+    out = {}
     for name, run in runs.items():
         overhead = calib.tool_overhead(run, workload)
         sim = calib.simulate(name, run, workload, spec, rates, args.replicas,
-                             args.max_total_tokens, sched, overhead)  # fmt: skip
-        calibration[name] = calib.compare(report["contestants"][name], sim)
-    report["calibration"] = calibration
-    report["targets"] = targets(report["contestants"])
-    report["_runs"] = [runs[n] for n in args.contestants if n in runs]
-    return report
+                             args.max_total_tokens, SchedulerConfig(), overhead)  # fmt: skip
+        out[name] = calib.compare(measured[name], sim)
+    return out
+
+
+def recalibrate(path: Path) -> dict[str, Any]:
+    """Calibration again from a report's saved traces (no engine needed)."""
+    from benchmarks.agent_replay import RunTrace
+
+    report = json.loads(path.read_text())
+    settings = report["settings"]
+    args = argparse.Namespace(**settings)
+    runs = {n: RunTrace.from_json(t) for n, t in report["traces"].items()}
+    return calibrate(args, report["engine_rates"], runs, report["contestants"])
 
 
 def targets(c: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -242,6 +272,14 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(stderr=True)
     from benchmarks.agent_plots import plot_cdf, plot_timeline
     from executor.errors import ExecutorError
+
+    if args.calibrate is not None:
+        try:
+            print(json.dumps(recalibrate(args.calibrate), indent=2))
+        except (OSError, KeyError, ValueError) as exc:
+            console.print(f"[red]error:[/] {args.calibrate} is not a report with traces: {exc}")
+            return 2
+        return 0
 
     try:
         report = asyncio.run(run_all(args, console))

@@ -72,6 +72,28 @@ def test_calibration_replays_the_same_tasks_in_the_simulator() -> None:
     assert c["within_25pct"] is False and c["error"]["p50"] < -0.25
 
 
+def test_calibration_is_redone_from_a_saved_report(tmp_path: Path) -> None:
+    args = agents.parse_args(SMALL)
+    workload = make_workload(agents.workload_spec(args), 3, seed=0)
+    tasks = [TaskTrace(w.task_id, started=float(i), ended=float(i) + 2.0,
+                       calls=[CallTrace(0, "r0", 0.0, 0.0, 0.1, 400, 0)], tools=[(0.2, 0.5)])
+             for i, w in enumerate(workload)]  # fmt: skip
+    run = RunTrace("ours", 0.0, 5.0, tasks, [(0.5, "r0", 100, 1000)])
+    assert RunTrace.from_json(json.loads(json.dumps(run.to_json()))) == run
+    report = {
+        "settings": {k: v for k, v in vars(args).items() if k not in ("json", "calibrate")},
+        "engine_rates": {"prefill_tokens_per_s": 10_000.0, "decode_tokens_per_s": 100.0,
+                         "decode_batch_slowdown": 0.1},
+        "contestants": {"ours": {"p50_s": 2.0, "p95_s": 2.0}},
+        "traces": {"ours": run.to_json()},
+    }  # fmt: skip
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(report))
+    again = agents.recalibrate(path)
+    assert set(again) == {"ours"} and again["ours"]["simulated"]["completed"] == 3
+    assert agents.main(["--calibrate", str(tmp_path / "missing.json")]) == 2
+
+
 @pytest.mark.engine
 def test_small_run_of_all_four_contestants(pool: Any, tmp_path: Path) -> None:
     """One replica (beside the session's), 3 tasks of 4 calls, every contestant."""
@@ -90,6 +112,7 @@ def test_small_run_of_all_four_contestants(pool: Any, tmp_path: Path) -> None:
     assert c["ours"]["kv_occupancy"], "KV occupancy sampled over time"
     assert report["engine_rates"]["prefill_tokens_per_s"] > 0
     assert set(report["calibration"]) == set(c) and "ours_lowest_p95" in report["targets"]
+    assert set(report["traces"]) == set(c)  # saved: calibration can be redone without engines
     json.dumps(report)  # the report is JSON as it is
     from benchmarks.agent_plots import plot_cdf, plot_timeline
 
