@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,13 +23,8 @@ import httpx
 
 from executor.errors import ExecutorError
 from executor.models import resolve
+from executor.replica import free_port
 from executor.replica_config import ReplicaConfig
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def server_argv(config: ReplicaConfig, port: int) -> list[str]:

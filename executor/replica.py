@@ -29,7 +29,8 @@ from executor.replica_config import ReplicaConfig
 WATCH_INTERVAL_S = 0.5
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A free TCP port on loopback."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -57,7 +58,7 @@ class Replica:
 
         torch.set_num_threads(config.threads())
         started = time.perf_counter()
-        self._engine = sglang.Engine(**config.engine_kwargs(model_path, device, _free_port()))
+        self._engine = sglang.Engine(**config.engine_kwargs(model_path, device, free_port()))
         self.start_s = time.perf_counter() - started
         # get_server_info() runs its own event loop and fails inside an async actor;
         # the scheduler's start-up record holds the same figures.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -32,3 +33,14 @@ def pool(replica_config) -> Iterator[object]:
 
     with ReplicaPool(replicas=2, config=replica_config) as p:
         yield p
+
+
+@pytest.fixture
+def counter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A file the runtime tests' tools append a line to per run: tool effects, counted."""
+    from agent_tools import COUNTER_ENV
+
+    path = tmp_path / "counter"
+    path.touch()
+    monkeypatch.setenv(COUNTER_ENV, str(path))
+    return path

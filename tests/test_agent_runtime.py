@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agent_tools import COUNTER_ENV, Runner, mark, marking_agent, tiny_agent, wait
+from agent_tools import Runner, mark, marking_agent, tiny_agent, wait
 
 from executor import TaskResult
 from executor.journal import Journal
@@ -30,14 +30,6 @@ def runner(pool: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runn
     r = Runner(pool, tmp_path_factory.mktemp("journal") / "j.sqlite", telemetry="memory")
     yield r
     r.close()
-
-
-@pytest.fixture
-def counter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = tmp_path / "counter"
-    path.touch()
-    monkeypatch.setenv(COUNTER_ENV, str(path))
-    return path
 
 
 def test_task_runs_a_tool_and_answers(runner: Runner, counter: Path) -> None:

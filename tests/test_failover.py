@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import ray
-from agent_tools import COUNTER_ENV, GATE, Runner, gated, marking_agent, tiny_agent, wait
+from agent_tools import GATE, Runner, gated, marking_agent, tiny_agent, wait
 from chaos_tools import core_state, engine_pids, replica_state, running_on, signal_all, wait_until
 
 from executor.cli import main as cli_main
@@ -28,14 +28,6 @@ from scheduler import ReplicaState, SchedulerConfig
 
 pytestmark = pytest.mark.engine
 FINISHED = ("succeeded", "step_limit")  # answered, or spent its steps: the random model's choice
-
-
-@pytest.fixture
-def counter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = tmp_path / "counter"
-    path.touch()
-    monkeypatch.setenv(COUNTER_ENV, str(path))
-    return path
 
 
 @pytest.fixture
