@@ -10,18 +10,25 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import random
 import statistics
 import time
 from typing import Any
+
+import numpy as np
+from scipy.optimize import nnls
 
 from benchmarks.agent_replay import RunTrace
 from benchmarks.agent_workload import ReplayTask
 from executor.replica_handle import ReplicaHandle
 from scheduler import SchedulerConfig
 from scheduler.sim.metrics import percentile
-from scheduler.sim.model import EngineSpec
+from scheduler.sim.model import EngineSpec, attention_units
 from scheduler.sim.simulator import SimConfig, Simulation
 from scheduler.sim.workload import WorkloadSpec
+
+#: SGLang's chunked_prefill_size on this CPU backend
+CHUNK_TOKENS = 4096
 
 #: contestant -> (simulator policy, prefix cache)
 SIM_POLICY = {
@@ -33,64 +40,133 @@ SIM_POLICY = {
 
 
 async def measure_engine(
-    handle: ReplicaHandle, prompt_tokens: int = 4000, context_tokens: int = 2000, batch: int = 4
-) -> dict[str, float]:
-    """Prefill and decode rates of one replica. Decode is timed with ``context_tokens``
-    of cached history behind each sequence (on a CPU, attention over the history makes
-    a decode step slower as it grows), alone and ``batch`` at a time."""
-    ids = [100 + (i * 37) % 3800 for i in range(prompt_tokens)]
+    handle: ReplicaHandle, prompt_tokens: int = 4000, context_tokens: int = 3000,
+    batch: int = 4, chunk_tokens: int = CHUNK_TOKENS, repeats: int = 5,
+) -> dict[str, Any]:  # fmt: skip
+    """Timed probes of one replica, as the client sees them, and the simulator's
+    engine terms fitted to them (:func:`fit_prefill`, :func:`fit_decode`):
+
+    - prefills (one output token) of cold prompts of 1/4, 1/2 and all of
+      ``prompt_tokens``, and of new tokens behind a cached prefix (1/16 behind
+      1/4, 1/16 and 1/4 behind 3/4);
+    - decode steps of 1 and ``batch`` sequences with 1/8 of ``prompt_tokens`` and
+      ``context_tokens`` of cached history each.
+
+    Each probe's time is the median of ``repeats``. Run it on every replica at once
+    to measure them as loaded as a benchmark loads them (they share the CPU)."""
     one = {"max_new_tokens": 1, "temperature": 0.0}
-    await handle.aflush_cache()
-    cold = await handle.agenerate({"input_ids": ids, "sampling": one})
-    prefill = len(ids) / cold.latency_s
+    salt = iter(range(200, 10_000))
+
+    def ids(n: int) -> list[int]:  # a first token no other probe has: nothing shared
+        return [next(salt)] + [100 + (i * 37) % 3800 for i in range(n - 1)]
+
+    async def seconds(prompts: list[list[int]], sampling: dict[str, Any]) -> float:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(
+            handle.agenerate({"input_ids": p, "sampling": sampling}) for p in prompts
+        ))  # fmt: skip
+        return time.perf_counter() - t0
+
+    p = prompt_tokens
+    prefill: list[tuple[int, int, float]] = []  # (new tokens, prompt tokens, seconds)
+    for cached, new in ((0, p // 4), (0, p // 2), (0, p), (p // 4, p // 16),
+                        (p * 3 // 4, p // 16), (p * 3 // 4, p // 4)):  # fmt: skip
+        runs = []
+        for _ in range(repeats):
+            await handle.aflush_cache()
+            prefix = ids(cached) if cached else []
+            if prefix:
+                await seconds([prefix], one)  # cached now
+            runs.append(await seconds([prefix + ids(new)], one))
+        prefill.append((new, cached + new, round(statistics.median(runs), 5)))
+
     steps = 64
-    many = {"max_new_tokens": steps, "ignore_eos": True, "temperature": 0.0}
-    contexts = [[200 + i] + ids[: context_tokens - 1] for i in range(batch)]
-    for ctx in contexts:  # cached: the timed calls below only decode
-        await handle.agenerate({"input_ids": ctx, "sampling": one})
-
-    async def step_s(n: int) -> float:
-        async def timed(sampling: dict[str, Any]) -> float:
-            t0 = time.perf_counter()
-            await asyncio.gather(*(
-                handle.agenerate({"input_ids": c, "sampling": sampling}) for c in contexts[:n]
-            ))  # fmt: skip
-            return time.perf_counter() - t0
-
-        return max(1e-6, (await timed(many) - await timed(one)) / (steps - 1))
-
-    step1, stepn = await step_s(1), await step_s(batch)
-    d1 = max(0.0, (stepn - step1) / (batch - 1))
-    d0 = max(1e-6, step1 - d1)
+    many = {"max_new_tokens": steps + 1, "ignore_eos": True, "temperature": 0.0}
+    decode: list[tuple[int, int, float]] = []  # (sequences, context each, step seconds)
+    for ctx in (p // 8, context_tokens):
+        await handle.aflush_cache()
+        prompts = [ids(ctx) for _ in range(batch)]
+        await seconds(prompts, one)  # cached: the timed calls below only decode
+        for m in (1, batch):
+            runs = [
+                (await seconds(prompts[:m], many) - await seconds(prompts[:m], one)) / steps
+                for _ in range(repeats)
+            ]  # fmt: skip
+            decode.append((m, ctx, round(max(1e-6, statistics.median(runs)), 6)))
     return {
-        "prefill_tokens_per_s": round(prefill, 1),
-        "decode_tokens_per_s": round(1.0 / step1, 2),
-        "decode_batch_slowdown": round(d1 / d0, 4),
-        "decode_context_tokens": context_tokens,
+        **fit_prefill(prefill, chunk_tokens),
+        **fit_decode(decode),
+        "probes": {"prefill": prefill, "decode": decode},
     }
 
 
-def tool_overhead(run: RunTrace, workload: list[ReplayTask]) -> float:
-    """Median seconds a real tool run took beyond its planned sleep (the sandbox's
-    start, the command, the exit): measured, and added to the simulator's tools."""
-    planned = {w.task_id: w.plan.tool_s for w in workload}
-    extra = [(b - a) - planned[t.task_id][k] for t in run.tasks for k, (a, b) in enumerate(t.tools)]
-    return max(0.0, statistics.median(extra)) if extra else 0.0
+def fit_prefill(points: list[tuple[int, int, float]], chunk_tokens: int) -> dict[str, float]:
+    """``seconds = call_overhead_s + new / prefill_tokens_per_s +
+    first_chunk_attention_s x first + prefill_attention_s x behind`` (non-negative
+    least squares; ``first, behind`` from :func:`attention_units`) over
+    ``(new tokens, prompt tokens, seconds)`` points."""
+    rows = [(1.0, n, *attention_units(n, prompt, chunk_tokens)) for n, prompt, _ in points]
+    coef, _ = nnls(np.array(rows, dtype=float), np.array([t for *_, t in points]))
+    overhead, per_token, first, behind = (float(c) for c in coef)
+    return {
+        "call_overhead_s": round(overhead, 5),
+        "prefill_tokens_per_s": round(1.0 / max(per_token, 1e-7), 1),  # 1e7: no linear term
+        "first_chunk_attention_s": float(f"{first:.4g}"),
+        "prefill_attention_s": float(f"{behind:.4g}"),
+    }
+
+
+def fit_decode(points: list[tuple[int, int, float]]) -> dict[str, float]:
+    """``step seconds = d0 + d1 x sequences + decode_context_s x their contexts``
+    (non-negative least squares) over ``(sequences, context each, step seconds)``
+    points, as :class:`EngineSpec`'s rate, batch slowdown and context term."""
+    rows = [(1.0, m, m * ctx) for m, ctx, _ in points]
+    coef, _ = nnls(np.array(rows, dtype=float), np.array([t for *_, t in points]))
+    d0, d1, per_context = max(float(coef[0]), 1e-6), float(coef[1]), float(coef[2])
+    return {
+        "decode_tokens_per_s": round(1.0 / (d0 + d1), 2),
+        "decode_batch_slowdown": round(d1 / d0, 4),
+        "decode_context_s": float(f"{per_context:.4g}"),
+    }
+
+
+#: the engine terms of a measurement (the rest of it is its probes)
+RATE_KEYS = (
+    "call_overhead_s", "prefill_tokens_per_s", "first_chunk_attention_s", "prefill_attention_s",
+    "decode_tokens_per_s", "decode_batch_slowdown", "decode_context_s",
+)  # fmt: skip
+
+
+def mean_rates(per_replica: list[dict[str, Any]]) -> dict[str, float]:
+    """The replicas' engine terms, averaged."""
+    return {k: float(f"{statistics.mean(r[k] for r in per_replica):.5g}") for k in RATE_KEYS}
 
 
 def simulate(
     contestant: str, run: RunTrace, workload: list[ReplayTask], spec: WorkloadSpec,
     rates: dict[str, float], replicas: int, kv_tokens: int, scheduler: SchedulerConfig,
-    tool_overhead_s: float = 0.0,
+    jitter_s: float = 0.0, seed: int = 0,
 ) -> dict[str, float]:  # fmt: skip
+    """The simulator on the run's tasks: each arrives when the real one started, and
+    each tool takes as long as its real run did (the sandbox's start included),
+    moved by up to ``jitter_s`` either way (uniform, seeded)."""
     policy, cache = SIM_POLICY[contestant]
-    starts = {t.task_id: t.started for t in run.tasks}
+    real = {t.task_id: t for t in run.tasks}
+    rnd = random.Random(seed)
+
+    def tools(w: ReplayTask) -> tuple[float, ...]:
+        measured = real[w.task_id].tools
+        if len(measured) != len(w.plan.tool_s):
+            raise ValueError(f"{w.task_id}: the trace has {len(measured)} tool runs, "
+                             f"the plan {len(w.plan.tool_s)}")  # fmt: skip
+        return tuple(
+            max(0.0, end - start + (rnd.uniform(-jitter_s, jitter_s) if jitter_s else 0.0))
+            for start, end in measured
+        )
+
     plans = sorted(
         (
-            dataclasses.replace(
-                w.plan, arrival=starts[w.task_id],
-                tool_s=tuple(s + tool_overhead_s for s in w.plan.tool_s),
-            )
+            dataclasses.replace(w.plan, arrival=real[w.task_id].started, tool_s=tools(w))
             for w in workload
         ),
         key=lambda p: p.arrival,
@@ -99,9 +175,13 @@ def simulate(
         prefill_tokens_per_s=rates["prefill_tokens_per_s"],
         decode_tokens_per_s=rates["decode_tokens_per_s"],
         decode_batch_slowdown=rates["decode_batch_slowdown"],
-        chunk_tokens=4096,  # SGLang's chunked_prefill_size on this CPU backend
+        chunk_tokens=CHUNK_TOKENS,
         kv_room_bytes=float(kv_tokens), kv_bytes_per_token=1,
         max_running_requests=64, prefix_cache=cache,
+        prefill_attention_s=rates.get("prefill_attention_s", 0.0),
+        first_chunk_attention_s=rates.get("first_chunk_attention_s", 0.0),
+        decode_context_s=rates.get("decode_context_s", 0.0),
+        call_overhead_s=rates.get("call_overhead_s", 0.0),
     )  # fmt: skip
     cfg = SimConfig(
         replicas=replicas, rate=1.0, duration_s=plans[-1].arrival + 1.0, warmup_s=0.0,
@@ -117,7 +197,32 @@ def simulate(
     }
 
 
-def compare(measured: dict[str, float], simulated: dict[str, float]) -> dict[str, Any]:
+def simulate_trials(
+    contestant: str, run: RunTrace, workload: list[ReplayTask], spec: WorkloadSpec,
+    rates: dict[str, float], replicas: int, kv_tokens: int, scheduler: SchedulerConfig,
+    trials: int = 9, jitter_s: float = 0.03,
+) -> dict[str, Any]:  # fmt: skip
+    """:func:`simulate` once on the measured times and ``trials - 1`` times with the
+    tools moved by up to ``jitter_s``: the median p50/p95 and their range.
+
+    A real run is one draw of a system that is sensitive to timing where KV pools
+    overflow (which task's history is evicted first decides which replica
+    falls behind), so one simulated trajectory is a noisy estimate of it."""
+    runs = [
+        simulate(contestant, run, workload, spec, rates, replicas, kv_tokens, scheduler,
+                 jitter_s=jitter_s if i else 0.0, seed=i)
+        for i in range(max(1, trials))
+    ]  # fmt: skip
+    out: dict[str, Any] = {"trials": len(runs), "jitter_s": jitter_s}
+    for key in ("p50_s", "p95_s"):
+        xs = [r[key] for r in runs]
+        out[key] = round(statistics.median(xs), 2)
+        out[key.replace("_s", "_range_s")] = [min(xs), max(xs)]
+    out["completed"] = min(r["completed"] for r in runs)
+    return out
+
+
+def compare(measured: dict[str, float], simulated: dict[str, Any]) -> dict[str, Any]:
     def err(key: str) -> float:
         return round(simulated[key] / measured[key] - 1.0, 3) if measured[key] else float("nan")
 

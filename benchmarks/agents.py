@@ -74,7 +74,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, default=None, help="write the report here (and PNGs)")
     p.add_argument(
         "--calibrate", type=Path, default=None, metavar="REPORT",
-        help="only redo the calibration from a saved report's traces (no engines)",
+        help="only redo the calibration from a saved report's traces (no engines); "
+        "with --json, write the report with it there",
     )  # fmt: skip
     args = p.parse_args(argv)
     if min(args.tasks, args.concurrency, args.replicas) < 1:
@@ -151,6 +152,7 @@ async def run_all(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     sandboxes = await asyncio.to_thread(create_backend, args.sandbox)
     runs: dict[str, Any] = {}
     rates: dict[str, float] = {}
+    probes: dict[str, Any] = {}
 
     def progress(name: str) -> Any:
         done = [0]
@@ -161,16 +163,28 @@ async def run_all(args: argparse.Namespace, console: Console) -> dict[str, Any]:
 
         return on_task
 
-    async def pool_runs(names: list[str], cfg: ReplicaConfig) -> None:
+    measured: list[dict[str, Any]] = []
+
+    async def measure(handles: dict[str, Any], when: str) -> None:
+        """Probe every replica at once (loaded as the runs load them); the rates are
+        the mean over every replica and every time they were probed."""
+        console.print(f"measuring the engines {when} the runs (prefill and decode probes)")
+        per = await asyncio.gather(*(
+            calib.measure_engine(h, min(4000, longest), args.history_tokens // 2)
+            for h in handles.values()
+        ))  # fmt: skip
+        probes[when] = {r: m["probes"] for r, m in zip(handles, per, strict=True)}
+        measured.extend(per)
+        rates.update(calib.mean_rates(measured))
+        console.print(f"engine rates: {rates}")
+
+    async def pool_runs(names: list[str], cfg: ReplicaConfig, probe_engines: bool) -> None:
         pool = ReplicaPool(args.replicas, cfg, progress=True)
         await asyncio.to_thread(pool.start)
         try:
             handles = dict(pool.handles)
-            if not rates:
-                rates.update(await calib.measure_engine(
-                    handles["r0"], min(4000, longest), context_tokens=args.history_tokens // 2
-                ))  # fmt: skip
-                console.print(f"engine rates: {rates}")
+            if probe_engines:
+                await measure(handles, "before")
 
             async def probe() -> list[tuple[str, int, int]]:
                 caps = await asyncio.gather(*(h.acapacity() for h in handles.values()))
@@ -187,16 +201,19 @@ async def run_all(args: argparse.Namespace, console: Console) -> dict[str, Any]:
                 runs[name] = await replay(
                     workload, contestant, sandboxes, args.concurrency, probe, progress(name)
                 )
+            if probe_engines and names:  # again: the machine's speed drifts
+                await measure(handles, "after")
         finally:
             await asyncio.to_thread(pool.shutdown)
 
     try:
-        on_pool = [n for n in args.contestants if n in ("ours", "round_robin")]
-        if on_pool:
-            await pool_runs(on_pool, config)
+        # this pool (radix cache on) is also where the engines are probed, so it
+        # starts even when neither of its contestants runs
+        await pool_runs([n for n in args.contestants if n in ("ours", "round_robin")],
+                        config, probe_engines=True)  # fmt: skip
         if "no_cache" in args.contestants:
             nocache = config.model_copy(update={"engine_args": {"disable_radix_cache": True}})
-            await pool_runs(["no_cache"], nocache)
+            await pool_runs(["no_cache"], nocache, probe_engines=False)
         if "sglang_router" in args.contestants:
             console.print("[bold]sglang_router[/] (starting SGLang HTTP servers and the router)")
             logs = Path(tempfile.mkdtemp(prefix="aex-router-"))
@@ -215,6 +232,7 @@ async def run_all(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     report: dict[str, Any] = {
         "settings": {k: v for k, v in vars(args).items() if k not in ("json", "calibrate")},
         "engine_rates": rates,
+        "engine_probes": probes,
         "contestants": {n: summarize(runs[n]) for n in args.contestants if n in runs},
     }
     report["calibration"] = calibrate(args, rates, runs, report["contestants"])
@@ -237,9 +255,8 @@ def calibrate(
     workload = make_workload(spec, args.tasks, args.seed)
     out = {}
     for name, run in runs.items():
-        overhead = calib.tool_overhead(run, workload)
-        sim = calib.simulate(name, run, workload, spec, rates, args.replicas,
-                             args.max_total_tokens, SchedulerConfig(), overhead)  # fmt: skip
+        sim = calib.simulate_trials(name, run, workload, spec, rates, args.replicas,
+                                    args.max_total_tokens, SchedulerConfig())  # fmt: skip
         out[name] = calib.compare(measured[name], sim)
     return out
 
@@ -275,10 +292,16 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.calibrate is not None:
         try:
-            print(json.dumps(recalibrate(args.calibrate), indent=2))
+            report = json.loads(args.calibrate.read_text())
+            report["calibration"] = recalibrate(args.calibrate)
         except (OSError, KeyError, ValueError) as exc:
             console.print(f"[red]error:[/] {args.calibrate} is not a report with traces: {exc}")
             return 2
+        print(json.dumps(report["calibration"], indent=2))
+        if args.json:  # the report again, with this calibration
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(report, indent=2) + "\n")
+            console.print(f"wrote {args.json}")
         return 0
 
     try:

@@ -12,12 +12,22 @@ import pytest
 from rich.console import Console
 
 from benchmarks import agents
-from benchmarks.agent_calibration import compare, simulate
+from benchmarks.agent_calibration import (
+    CHUNK_TOKENS,
+    RATE_KEYS,
+    compare,
+    fit_decode,
+    fit_prefill,
+    mean_rates,
+    simulate,
+    simulate_trials,
+)
 from benchmarks.agent_replay import CallTrace, RunTrace, TaskTrace
 from benchmarks.agent_workload import ID_RANGE, make_workload
 from benchmarks.sglang_http import server_argv
 from executor.replica_config import ReplicaConfig
 from scheduler import SchedulerConfig
+from scheduler.sim.model import EngineSpec
 
 SMALL = ["--tasks", "3", "--concurrency", "2", "--replicas", "1", "--calls", "4",
          "--calls-spread", "0", "--history-tokens", "1500", "--system-tokens", "300",
@@ -59,24 +69,66 @@ def test_calibration_replays_the_same_tasks_in_the_simulator() -> None:
     spec = agents.workload_spec(args)
     workload = make_workload(spec, 3, seed=0)
     tasks = [TaskTrace(w.task_id, started=float(i), ended=float(i) + 5.0,
-                       calls=[CallTrace(0, "r0", 0.0, 0.0, 0.1, 400, 0)])
+                       calls=[CallTrace(0, "r0", 0.0, 0.0, 0.1, 400, 0)],
+                       tools=[(0.0, 0.2)] * (w.calls - 1))
              for i, w in enumerate(workload)]  # fmt: skip
     run = RunTrace("ours", 0.0, 8.0, tasks, [])
     rates = {"prefill_tokens_per_s": 10_000.0, "decode_tokens_per_s": 100.0,
              "decode_batch_slowdown": 0.1}  # fmt: skip
     sim = simulate("ours", run, workload, spec, rates, 1, 32768, SchedulerConfig())
     assert sim["completed"] == 3 and 0 < sim["p50_s"] <= sim["p95_s"]
-    # 4 calls of ~8 tokens at 100 tok/s + 3 tools of ~0.1 s: a task takes about a second
-    assert 0.3 < sim["p50_s"] < 5
+    # 4 calls of ~8 tokens at 100 tok/s + 3 measured tools of 0.2 s: under a second
+    assert 0.6 < sim["p50_s"] < 1.5
     c = compare({"p50_s": 5.0, "p95_s": 5.0}, sim)
     assert c["within_25pct"] is False and c["error"]["p50"] < -0.25
+    # the tools take what the trace measured: longer tools, longer tasks
+    slow = RunTrace("ours", 0.0, 8.0, [
+        TaskTrace(t.task_id, t.started, t.ended, t.calls, [(0.0, 1.2)] * len(t.tools))
+        for t in tasks
+    ], [])  # fmt: skip
+    slower = simulate("ours", slow, workload, spec, rates, 1, 32768, SchedulerConfig())
+    assert slower["p50_s"] == pytest.approx(sim["p50_s"] + 3 * 1.0, abs=0.05)
+    # trials: the exact replay and jittered ones; the median lies in their range
+    trials = simulate_trials("ours", run, workload, spec, rates, 1, 32768, SchedulerConfig(),
+                             trials=5, jitter_s=0.05)  # fmt: skip
+    assert trials["trials"] == 5 and trials["completed"] == 3
+    lo, hi = trials["p50_range_s"]
+    assert lo <= trials["p50_s"] <= hi and lo <= sim["p50_s"] <= hi and lo < hi
+    torn = RunTrace("ours", 0.0, 8.0, [TaskTrace(t.task_id, t.started, t.ended, t.calls, [])
+                                       for t in tasks], [])  # fmt: skip
+    with pytest.raises(ValueError, match="tool runs"):
+        simulate("ours", torn, workload, spec, rates, 1, 32768, SchedulerConfig())
+
+
+def test_engine_terms_are_recovered_from_probe_times() -> None:
+    """The fits behind measure_engine give back the terms that made the times."""
+    true = EngineSpec(prefill_tokens_per_s=20_000.0, prefill_attention_s=5e-8,
+                      first_chunk_attention_s=1.5e-8, call_overhead_s=0.03,
+                      chunk_tokens=CHUNK_TOKENS)  # fmt: skip
+    probes = [(1000, 1000), (2000, 2000), (4000, 4000), (250, 1250), (250, 3250), (1000, 4000)]
+    fitted = fit_prefill([(n, p, true.prefill_seconds(n, p)) for n, p in probes], CHUNK_TOKENS)
+    assert fitted["prefill_tokens_per_s"] == pytest.approx(20_000.0, rel=1e-3)
+    assert fitted["prefill_attention_s"] == pytest.approx(5e-8, rel=1e-3)
+    assert fitted["first_chunk_attention_s"] == pytest.approx(1.5e-8, rel=1e-3)
+    assert fitted["call_overhead_s"] == pytest.approx(0.03, rel=1e-3)
+    d0, d1, per_ctx = 0.005, 0.001, 2e-6  # step = d0 + d1 x sequences + per_ctx x contexts
+    points = [(m, c, d0 + d1 * m + per_ctx * m * c) for m in (1, 4) for c in (500, 3000)]
+    dec = fit_decode(points)
+    assert dec["decode_tokens_per_s"] == pytest.approx(1 / (d0 + d1), rel=1e-3)
+    assert dec["decode_batch_slowdown"] == pytest.approx(d1 / d0, rel=1e-3)
+    assert dec["decode_context_s"] == pytest.approx(per_ctx, rel=1e-3)
+    # what the simulator is given: the replicas' terms averaged, probes left out
+    both = mean_rates([{**fitted, **dec, "probes": {}}, {**fitted, **dec, "probes": {}}])
+    assert set(both) == set(RATE_KEYS)
+    assert both["prefill_attention_s"] == fitted["prefill_attention_s"]
 
 
 def test_calibration_is_redone_from_a_saved_report(tmp_path: Path) -> None:
     args = agents.parse_args(SMALL)
     workload = make_workload(agents.workload_spec(args), 3, seed=0)
     tasks = [TaskTrace(w.task_id, started=float(i), ended=float(i) + 2.0,
-                       calls=[CallTrace(0, "r0", 0.0, 0.0, 0.1, 400, 0)], tools=[(0.2, 0.5)])
+                       calls=[CallTrace(0, "r0", 0.0, 0.0, 0.1, 400, 0)],
+                       tools=[(0.2, 0.5)] * (w.calls - 1))
              for i, w in enumerate(workload)]  # fmt: skip
     run = RunTrace("ours", 0.0, 5.0, tasks, [(0.5, "r0", 100, 1000)])
     assert RunTrace.from_json(json.loads(json.dumps(run.to_json()))) == run
@@ -91,6 +143,11 @@ def test_calibration_is_redone_from_a_saved_report(tmp_path: Path) -> None:
     path.write_text(json.dumps(report))
     again = agents.recalibrate(path)
     assert set(again) == {"ours"} and again["ours"]["simulated"]["completed"] == 3
+    out = tmp_path / "again.json"
+    assert agents.main(["--calibrate", str(path), "--json", str(out)]) == 0
+    written = json.loads(out.read_text())
+    assert written["calibration"] == again
+    assert written["traces"] == json.loads(json.dumps(report["traces"]))
     assert agents.main(["--calibrate", str(tmp_path / "missing.json")]) == 2
 
 
@@ -111,6 +168,9 @@ def test_small_run_of_all_four_contestants(pool: Any, tmp_path: Path) -> None:
     assert c["no_cache"]["prefill_tokens"] > c["ours"]["prefill_tokens"]
     assert c["ours"]["kv_occupancy"], "KV occupancy sampled over time"
     assert report["engine_rates"]["prefill_tokens_per_s"] > 0
+    assert set(report["engine_rates"]) == set(RATE_KEYS)
+    probes = report["engine_probes"]  # before and after the runs on the cached replicas
+    assert set(probes) == {"before", "after"} and probes["after"]["r0"]["decode"]
     assert set(report["calibration"]) == set(c) and "ours_lowest_p95" in report["targets"]
     assert set(report["traces"]) == set(c)  # saved: calibration can be redone without engines
     json.dumps(report)  # the report is JSON as it is

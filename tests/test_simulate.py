@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from scheduler import SchedulerConfig
 from scheduler.planner.formulas import PlanInputs, plan
-from scheduler.sim.model import EngineSpec, ModelShape
+from scheduler.sim.model import EngineSpec, ModelShape, attention_units
 from scheduler.sim.simulator import SimConfig, Simulation
 from scheduler.sim.workload import TaskPlan, WorkloadGenerator, WorkloadSpec
 
@@ -85,6 +86,42 @@ def test_cache_off_latency_grows_with_history_as_the_model_says(calls: int) -> N
         )
     )
     assert got == pytest.approx(model["task_median_s"], rel=0.1)
+
+
+def test_attention_units_split_a_prompt_into_its_chunks() -> None:
+    # cold 6000 in chunks of 4096: a first chunk from 0, then 1904 behind 4096
+    assert attention_units(6000, 6000, 4096) == (4096 * 4096, 1904 * 6000)
+    assert attention_units(250, 3250, 4096) == (0, 250 * 3250)  # behind a cached prefix
+    assert attention_units(0, 3000, 4096) == (0, 0)
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_context_terms_make_a_long_history_cost_more_as_the_model_says(cache: bool) -> None:
+    """With attention, context and overhead terms, a lone task still takes exactly
+    the engine model's time, call by call, and it is slower than without them."""
+    terms = {"prefill_attention_s": 5e-8, "first_chunk_attention_s": 2e-8,
+             "decode_context_s": 1.5e-6, "call_overhead_s": 0.03, "chunk_tokens": 4096}  # fmt: skip
+    engine = EngineSpec(prefill_tokens_per_s=20_000.0, decode_tokens_per_s=150.0,
+                        prefix_cache=cache, **terms)  # type: ignore[arg-type]  # fmt: skip
+    new, out, calls = 1_500, 20, 6
+    sim = run_one(one_task(calls, new, out), engine)
+    got = sim.tasks["t1"].finished - 1.0  # type: ignore[operator]
+    want = 0.0
+    for k in range(calls):
+        prompt = k * (new + out) + new
+        want += engine.call_seconds_alone(new if cache else prompt, out, prompt)
+    assert got == pytest.approx(want, rel=1e-9)
+    plain = EngineSpec(prefill_tokens_per_s=20_000.0, decode_tokens_per_s=150.0, prefix_cache=cache)
+    assert got > 1.5 * (run_one(one_task(calls, new, out), plain).tasks["t1"].finished - 1.0)  # type: ignore[operator]
+    with pytest.raises(ValueError, match="must be >= 0"):
+        EngineSpec(prefill_attention_s=-1e-9)
+
+
+def test_the_scheduler_prices_re_prefill_at_the_engine_rate_unless_told() -> None:
+    engine = EngineSpec(prefill_tokens_per_s=5_000.0)
+    assert SimConfig(engine=engine).scheduler_config.prefill_tokens_per_s == 5_000.0
+    given = SchedulerConfig(prefill_tokens_per_s=11_300.0)  # what a real run used
+    assert SimConfig(engine=engine, scheduler=given).scheduler_config is given
 
 
 def test_workload_is_seeded_and_tool_latency_has_the_median_and_p99() -> None:

@@ -30,7 +30,8 @@ class SimCall:
     submitted: float
     started: float = 0.0
     cached: int = 0
-    prefill_left: float = 0.0
+    prefill_left: float = 0.0  # seconds of prefill work alone (EngineSpec.prefill_seconds)
+    prefill_s_per_token: float = 0.0
     decode_left: float = 0.0
     alloc: int = 0
     finished: float = 0.0
@@ -83,16 +84,21 @@ class SimEngine:
         self._t = now
 
     def _rates(self) -> tuple[float, float]:
-        """(prefill tokens/s per prefilling call, decode tokens/s per decoding call)."""
+        """(prefill work done per second by each prefilling call, in seconds of its
+        work alone; decode tokens/s per decoding call)."""
         nd, np_ = len(self.decode), len(self.prefill)
         spec = self.spec
+        decode_step = self._d0 + self._d1 * nd
+        if nd and spec.decode_context_s:
+            decode_step += spec.decode_context_s * sum(c.prompt for c in self.decode)
         if not np_:
-            return 0.0, 1.0 / (self._d0 + self._d1 * nd) if nd else 0.0
+            return 0.0, 1.0 / decode_step if nd else 0.0
         if not nd:
-            return spec.prefill_tokens_per_s / np_, 0.0
-        chunk = spec.chunk_tokens
-        step = self._d0 + self._d1 * nd + chunk / spec.prefill_tokens_per_s
-        return chunk / step / np_, 1.0 / step
+            return 1.0 / np_, 0.0
+        # a step's prefill chunk costs what chunk_tokens of the calls' own prefills cost
+        chunk_s = spec.chunk_tokens * sum(c.prefill_s_per_token for c in self.prefill) / np_
+        step = decode_step + chunk_s
+        return chunk_s / step / np_, 1.0 / step
 
     def advance(self, now: float) -> None:
         """Progress every running call to ``now`` (rates are constant in between)."""
@@ -113,7 +119,7 @@ class SimEngine:
         best = float("inf")
         if self.prefill:
             best = min(c.prefill_left for c in self.prefill) / pr
-        if self.decode:
+        if self.decode and dr > 0:
             best = min(best, min(c.decode_left for c in self.decode) / dr)
         return self._t + max(best, 0.0)
 
@@ -171,13 +177,14 @@ class SimEngine:
         call.cached = cached
         call.started = now
         uncached = call.prompt - cached
-        call.prefill_left = float(uncached)
+        call.prefill_left = self.spec.prefill_seconds(uncached, call.prompt, bool(self.prefill))
+        call.prefill_s_per_token = call.prefill_left / max(1, uncached)
         call.decode_left = float(call.output)
         self.stats.prefilled_tokens += uncached
         self.stats.reprefilled_tokens += max(0, call.history_before - cached)
         self._ref_agent(call.agent, +1)
         self.running_tasks.add(call.task_id)
-        if uncached > 0:
+        if call.prefill_left > 0:
             self.prefill.append(call)
         elif call.output > 0:
             self.decode.append(call)
@@ -200,7 +207,7 @@ class SimEngine:
         if self.prefill:
             still = []
             for c in self.prefill:
-                if c.prefill_left <= _EPS * max(1.0, c.prompt):
+                if c.prefill_left <= _EPS * max(1.0, c.prompt) / self.spec.prefill_tokens_per_s:
                     c.prefill_left = 0.0
                     self.decode.append(c)
                 else:

@@ -9,6 +9,21 @@ with ``d0 + d1 = 1 / decode_tokens_per_s`` (one call decodes at exactly that
 rate) and ``d1 = decode_batch_slowdown x d0``. Alone, a prefill runs at exactly
 ``prefill_tokens_per_s``. So one call alone takes
 ``uncached / prefill + output / decode`` seconds.
+
+Three optional terms (0 by default) fit engines whose attention is not
+negligible next to the weights, such as a small model on a CPU, where a call's
+cost grows with its context:
+
+- ``prefill_attention_s``: a prefill chunk of ``n`` new tokens behind earlier
+  tokens (the cached prefix, or the prompt's previous chunk), ending at position
+  ``P``, costs ``prefill_attention_s x n x P`` more (each new token attends to
+  everything before it; :func:`attention_units`); ``first_chunk_attention_s`` is
+  the same for a prompt's first chunk from position 0 (a prefill that starts
+  while another runs is packed into its chunks and split: it has none);
+- ``decode_context_s``: a decode step costs ``decode_context_s x context`` more
+  for each decoding call (reading its KV);
+- ``call_overhead_s``: engine time spent once per call (scheduling, the batch's
+  bookkeeping), charged with its prefill.
 """
 
 from __future__ import annotations
@@ -36,6 +51,25 @@ class ModelShape:
         return 2 * self.layers * self.kv_heads * self.head_dim * DTYPE_BYTES[self.dtype]
 
 
+def attention_units(uncached_tokens: int, prompt_tokens: int, chunk_tokens: int) -> tuple[int, int]:
+    """The work of a prefill's attention, chunk by chunk: the sum of new tokens x
+    the prompt length at the chunk's end, as ``(a first chunk from position 0, the
+    chunks behind earlier tokens)``. Kernels differ between the two: a chunk from 0
+    is plainly causal, one behind a prefix needs an offset mask."""
+    done = prompt_tokens - uncached_tokens
+    first = behind = 0
+    left = uncached_tokens
+    while left > 0:
+        n = min(chunk_tokens, left)
+        if done:
+            behind += n * (done + n)
+        else:
+            first += n * n
+        done += n
+        left -= n
+    return first, behind
+
+
 @dataclass(frozen=True, slots=True)
 class EngineSpec:
     prefill_tokens_per_s: float = 11_300.0
@@ -46,6 +80,10 @@ class EngineSpec:
     kv_bytes_per_token: int = 327_680
     max_running_requests: int = 32
     prefix_cache: bool = True
+    prefill_attention_s: float = 0.0
+    first_chunk_attention_s: float = 0.0
+    decode_context_s: float = 0.0
+    call_overhead_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.prefill_tokens_per_s <= 0 or self.decode_tokens_per_s <= 0:
@@ -56,6 +94,12 @@ class EngineSpec:
             raise ValueError("KV room and KV bytes per token must be > 0")
         if self.max_running_requests < 1:
             raise ValueError("max_running_requests must be >= 1")
+        extra = (
+            self.prefill_attention_s, self.first_chunk_attention_s, self.decode_context_s,
+            self.call_overhead_s,
+        )  # fmt: skip
+        if min(extra) < 0:
+            raise ValueError("the attention, context and overhead terms must be >= 0")
 
     @property
     def kv_capacity_tokens(self) -> int:
@@ -69,6 +113,24 @@ class EngineSpec:
     def d1(self) -> float:
         return self.decode_batch_slowdown * self.d0
 
-    def call_seconds_alone(self, uncached_tokens: int, output_tokens: int) -> float:
-        prefill = uncached_tokens / self.prefill_tokens_per_s
-        return prefill + output_tokens / self.decode_tokens_per_s
+    def prefill_seconds(
+        self, uncached_tokens: int, prompt_tokens: int, packed: bool = False
+    ) -> float:
+        """Engine time of a call's prefill alone (its overhead included). ``packed``:
+        it starts while another prefill runs, so the engine packs it into that
+        prefill's chunks and splits it at their boundaries: none of it is a first
+        chunk from position 0."""
+        seconds = self.call_overhead_s + uncached_tokens / self.prefill_tokens_per_s
+        if self.prefill_attention_s or self.first_chunk_attention_s:
+            first, behind = attention_units(uncached_tokens, prompt_tokens, self.chunk_tokens)
+            if packed:
+                first, behind = 0, first + behind
+            seconds += self.first_chunk_attention_s * first + self.prefill_attention_s * behind
+        return seconds
+
+    def call_seconds_alone(
+        self, uncached_tokens: int, output_tokens: int, prompt_tokens: int | None = None
+    ) -> float:
+        prompt = uncached_tokens if prompt_tokens is None else prompt_tokens
+        step = 1.0 / self.decode_tokens_per_s + self.decode_context_s * prompt
+        return self.prefill_seconds(uncached_tokens, prompt) + output_tokens * step

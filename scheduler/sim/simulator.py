@@ -51,8 +51,16 @@ class SimConfig:
     seed: int = 0
     engine: EngineSpec = field(default_factory=EngineSpec)
     workload: WorkloadSpec = field(default_factory=WorkloadSpec)
-    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    scheduler: SchedulerConfig | None = None
+    """The scheduler's settings, used as given; None: the defaults, with re-prefill
+    priced at the engine's prefill rate."""
     kills: tuple[tuple[float, int], ...] = ()  # (time, replica index) failures
+
+    @property
+    def scheduler_config(self) -> SchedulerConfig:
+        if self.scheduler is not None:
+            return self.scheduler
+        return SchedulerConfig(prefill_tokens_per_s=self.engine.prefill_tokens_per_s)
 
     def __post_init__(self) -> None:
         if self.replicas < 1:
@@ -82,11 +90,7 @@ class SimTask:
 def make_scheduler(
     name: str, cfg: SimConfig, prompt_of: Callable[[str], tuple[str, int]]
 ) -> Scheduler:
-    sched_cfg = cfg.scheduler
-    if sched_cfg.prefill_tokens_per_s != cfg.engine.prefill_tokens_per_s:
-        from dataclasses import replace
-
-        sched_cfg = replace(sched_cfg, prefill_tokens_per_s=cfg.engine.prefill_tokens_per_s)
+    sched_cfg = cfg.scheduler_config
     if name == "ours":
         return SchedulerCore(sched_cfg, ordering=ordering_by_name(DEFAULT_ORDERING))
     if name.startswith("ours-"):
@@ -197,8 +201,9 @@ class Simulation:
     def run(self) -> SimResult:
         cfg = self.cfg
         wall0 = wallclock.perf_counter()
+        max_running = cfg.scheduler_config.max_running_calls
         for rid, eng in self.engines.items():
-            self._send(ReplicaJoined(0.0, rid, eng.capacity, cfg.scheduler.max_running_calls))
+            self._send(ReplicaJoined(0.0, rid, eng.capacity, max_running))
         first = self._next_plan()
         if first is not None:
             self._push(first.arrival, _ARRIVAL, first)
