@@ -138,7 +138,7 @@ RATE_KEYS = (
 
 
 def mean_rates(per_replica: list[dict[str, Any]]) -> dict[str, float]:
-    """The replicas' engine terms, averaged."""
+    """Engine terms averaged over measurements (every replica, every time probed)."""
     return {k: float(f"{statistics.mean(r[k] for r in per_replica):.5g}") for k in RATE_KEYS}
 
 
