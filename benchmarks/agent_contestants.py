@@ -24,6 +24,7 @@ import httpx
 
 from benchmarks.agent_workload import ReplayTask
 from executor.dispatch import Dispatcher
+from executor.generation import GenerateResult
 from executor.replica_handle import ReplicaHandle
 from scheduler import SchedulerConfig, SchedulerCore
 
@@ -40,6 +41,15 @@ class CallResult:
 
 def sampling(out: int) -> dict[str, Any]:
     return {"max_new_tokens": out, "ignore_eos": True, "temperature": 0.0}
+
+
+async def generate(
+    handle: ReplicaHandle, task: ReplayTask, k: int, ids: list[int], out: int
+) -> GenerateResult:
+    """Call k of a task on a replica actor (its request id names the call)."""
+    return await handle.agenerate(
+        {"input_ids": ids, "sampling": sampling(out), "rid": f"{task.task_id}-{k}"}
+    )
 
 
 class Contestant(Protocol):
@@ -70,9 +80,7 @@ class Ours:
             grant = await d.arrive(task.task_id, plan.agent, plan.calls, plan.expected_history)
         else:
             grant = await d.next_call(task.task_id)
-        r = await self.replicas[grant.replica_id].agenerate(
-            {"input_ids": ids, "sampling": sampling(out), "rid": f"{task.task_id}-{k}"}
-        )
+        r = await generate(self.replicas[grant.replica_id], task, k, ids, out)
         d.call_finished(
             task.task_id, r.replica_id, prompt_tokens=r.prompt_tokens,
             cached_tokens=r.cached_tokens, output_tokens=len(r.output_ids),
@@ -100,10 +108,7 @@ class RoundRobin:
         self._next = itertools.cycle(sorted(replicas))
 
     async def call(self, task: ReplayTask, k: int, ids: list[int], out: int) -> CallResult:
-        handle = self.replicas[next(self._next)]
-        r = await handle.agenerate(
-            {"input_ids": ids, "sampling": sampling(out), "rid": f"{task.task_id}-{k}"}
-        )
+        r = await generate(self.replicas[next(self._next)], task, k, ids, out)
         return CallResult(r.replica_id, r.output_ids, r.prompt_tokens, r.cached_tokens, r.latency_s)
 
     def tool_started(self, task_id: str) -> None:

@@ -261,11 +261,10 @@ def calibrate(
     return out
 
 
-def recalibrate(path: Path) -> dict[str, Any]:
+def recalibrate(report: dict[str, Any]) -> dict[str, Any]:
     """Calibration again from a report's saved traces (no engine needed)."""
     from benchmarks.agent_replay import RunTrace
 
-    report = json.loads(path.read_text())
     settings = report["settings"]
     args = argparse.Namespace(**settings)
     runs = {n: RunTrace.from_json(t) for n, t in report["traces"].items()}
@@ -293,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.calibrate is not None:
         try:
             report = json.loads(args.calibrate.read_text())
-            report["calibration"] = recalibrate(args.calibrate)
+            report["calibration"] = recalibrate(report)
         except (OSError, KeyError, ValueError) as exc:
             console.print(f"[red]error:[/] {args.calibrate} is not a report with traces: {exc}")
             return 2

@@ -141,7 +141,7 @@ def test_calibration_is_redone_from_a_saved_report(tmp_path: Path) -> None:
     }  # fmt: skip
     path = tmp_path / "report.json"
     path.write_text(json.dumps(report))
-    again = agents.recalibrate(path)
+    again = agents.recalibrate(json.loads(path.read_text()))
     assert set(again) == {"ours"} and again["ours"]["simulated"]["completed"] == 3
     out = tmp_path / "again.json"
     assert agents.main(["--calibrate", str(path), "--json", str(out)]) == 0
