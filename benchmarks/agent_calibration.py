@@ -30,6 +30,11 @@ from scheduler.sim.workload import WorkloadSpec
 #: SGLang's chunked_prefill_size on this CPU backend
 CHUNK_TOKENS = 4096
 
+#: a run's engine speed is measured from at least this many calls alone on a replica
+MIN_ALONE_CALLS = 20
+#: ... and the host contention from at least this many with the host to themselves
+MIN_IDLE_HOST_CALLS = 10
+
 #: contestant -> (simulator policy, prefix cache)
 SIM_POLICY = {
     "ours": ("ours", True),
@@ -142,6 +147,80 @@ def mean_rates(per_replica: list[dict[str, Any]]) -> dict[str, float]:
     return {k: float(f"{statistics.mean(r[k] for r in per_replica):.5g}") for k in RATE_KEYS}
 
 
+def engine_spec(rates: dict[str, float], kv_tokens: int, cache: bool = True) -> EngineSpec:
+    """The simulator's engine with these terms (those a report lacks are 0)."""
+    return EngineSpec(
+        prefill_tokens_per_s=rates["prefill_tokens_per_s"],
+        decode_tokens_per_s=rates["decode_tokens_per_s"],
+        decode_batch_slowdown=rates["decode_batch_slowdown"],
+        chunk_tokens=CHUNK_TOKENS,
+        kv_room_bytes=float(kv_tokens), kv_bytes_per_token=1,
+        max_running_requests=64, prefix_cache=cache,
+        prefill_attention_s=rates.get("prefill_attention_s", 0.0),
+        first_chunk_attention_s=rates.get("first_chunk_attention_s", 0.0),
+        decode_context_s=rates.get("decode_context_s", 0.0),
+        call_overhead_s=rates.get("call_overhead_s", 0.0),
+        host_contention=rates.get("host_contention", 0.0),
+    )  # fmt: skip
+
+
+def alone_calls(
+    run: RunTrace, workload: list[ReplayTask], rates: dict[str, float]
+) -> list[tuple[float, int]]:
+    """How the engines ran in this run against the probes' model: for each call
+    that ran alone on its replica, its measured over modeled time, and how many
+    other replicas were busy meanwhile. A run whose calls name no replica (the
+    router's) has none."""
+    engine = engine_spec({**rates, "host_contention": 0.0}, 1)
+    output = {w.task_id: w.plan.output_tokens for w in workload}
+    calls = [(c, t.task_id) for t in run.tasks for c in t.calls if c.replica_id != "?"]
+    out = []
+    for c, task_id in calls:
+        during = {o.replica_id for o, _ in calls
+                  if o is not c and o.started < c.ended and o.ended > c.started}  # fmt: skip
+        if c.replica_id in during:
+            continue
+        model = engine.call_seconds_alone(
+            c.prompt_tokens - c.cached_tokens, output[task_id][c.k], c.prompt_tokens
+        )  # fmt: skip
+        out.append(((c.ended - c.started) / model, len(during)))
+    return out
+
+
+def fit_contention(calls: list[tuple[float, int]]) -> float:
+    """:class:`EngineSpec`'s ``host_contention`` from :func:`alone_calls`: how much
+    slower calls ran while other replicas were busy than with the host to
+    themselves (medians), per other busy replica; 0 without
+    ``MIN_IDLE_HOST_CALLS`` of the latter."""
+    idle = [r for r, others in calls if not others]
+    busy = [(r, others) for r, others in calls if others]
+    if len(idle) < MIN_IDLE_HOST_CALLS or not busy:
+        return 0.0
+    ratio = statistics.median(r for r, _ in busy) / statistics.median(idle)
+    per = statistics.median(others for _, others in busy)
+    return round(max(0.0, ratio - 1.0) / per, 4)
+
+
+def engine_slowdown(calls: list[tuple[float, int]], contention: float) -> float:
+    """The engines' speed in a run as a factor on the probes' times: the median
+    of :func:`alone_calls`' ratios, less the host contention (1 without calls)."""
+    if not calls:
+        return 1.0
+    return statistics.median(r / (1.0 + contention * others) for r, others in calls)
+
+
+def scaled(rates: dict[str, float], factor: float) -> dict[str, float]:
+    """The engine terms of an engine ``factor`` times as slow."""
+    out = dict(rates)
+    for key in ("prefill_tokens_per_s", "decode_tokens_per_s"):
+        out[key] = rates[key] / factor
+    for key in ("call_overhead_s", "first_chunk_attention_s", "prefill_attention_s",
+                "decode_context_s"):  # fmt: skip
+        if key in rates:
+            out[key] = rates[key] * factor
+    return out
+
+
 def simulate(
     contestant: str, run: RunTrace, workload: list[ReplayTask], spec: WorkloadSpec,
     rates: dict[str, float], replicas: int, kv_tokens: int, scheduler: SchedulerConfig,
@@ -171,18 +250,7 @@ def simulate(
         ),
         key=lambda p: p.arrival,
     )  # fmt: skip
-    engine = EngineSpec(
-        prefill_tokens_per_s=rates["prefill_tokens_per_s"],
-        decode_tokens_per_s=rates["decode_tokens_per_s"],
-        decode_batch_slowdown=rates["decode_batch_slowdown"],
-        chunk_tokens=CHUNK_TOKENS,
-        kv_room_bytes=float(kv_tokens), kv_bytes_per_token=1,
-        max_running_requests=64, prefix_cache=cache,
-        prefill_attention_s=rates.get("prefill_attention_s", 0.0),
-        first_chunk_attention_s=rates.get("first_chunk_attention_s", 0.0),
-        decode_context_s=rates.get("decode_context_s", 0.0),
-        call_overhead_s=rates.get("call_overhead_s", 0.0),
-    )  # fmt: skip
+    engine = engine_spec(rates, kv_tokens, cache)
     cfg = SimConfig(
         replicas=replicas, rate=1.0, duration_s=plans[-1].arrival + 1.0, warmup_s=0.0,
         drain_s=3600.0, engine=engine, workload=spec, scheduler=scheduler,

@@ -71,6 +71,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "fit the fleet once, not twice)")  # fmt: skip
     p.add_argument("--sandbox", default="bwrap", help="sandbox backend of the tools")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--probe-repeats", type=int, default=5,
+                   help="each engine probe is the median of this many (default: 5)")  # fmt: skip
     p.add_argument("--json", type=Path, default=None, help="write the report here (and PNGs)")
     p.add_argument(
         "--calibrate", type=Path, default=None, metavar="REPORT",
@@ -78,8 +80,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "with --json, write the report with it there",
     )  # fmt: skip
     args = p.parse_args(argv)
-    if min(args.tasks, args.concurrency, args.replicas) < 1:
-        p.error("--tasks, --concurrency and --replicas must be >= 1")
+    if min(args.tasks, args.concurrency, args.replicas, args.probe_repeats) < 1:
+        p.error("--tasks, --concurrency, --replicas and --probe-repeats must be >= 1")
     return args
 
 
@@ -166,13 +168,14 @@ async def run_all(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     measured: list[dict[str, Any]] = []
 
     async def measure(handles: dict[str, Any], when: str) -> None:
-        """Probe every replica at once (loaded as the runs load them); the rates are
-        the mean over every replica and every time they were probed."""
+        """Probe each replica alone, one after the other (the replicas share the
+        host's cores); the rates are the mean over every replica and every time."""
         console.print(f"measuring the engines {when} the runs (prefill and decode probes)")
-        per = await asyncio.gather(*(
-            calib.measure_engine(h, min(4000, longest), args.history_tokens // 2)
+        per = [
+            await calib.measure_engine(h, min(4000, longest), args.history_tokens // 2,
+                                       repeats=args.probe_repeats)
             for h in handles.values()
-        ))  # fmt: skip
+        ]  # fmt: skip
         probes[when] = {r: m["probes"] for r, m in zip(handles, per, strict=True)}
         measured.extend(per)
         rates.update(calib.mean_rates(measured))
@@ -246,18 +249,40 @@ def calibrate(
     args: argparse.Namespace, rates: dict[str, float], runs: dict[str, Any],
     measured: dict[str, dict[str, Any]],
 ) -> dict[str, Any]:  # fmt: skip
-    """The simulator on the run's own tasks (rebuilt from the seed) and arrivals."""
+    """The simulator on the run's own tasks (rebuilt from the seed) and arrivals,
+    with the probes' engine terms, at the speed the engines ran during each
+    contestant's run, and with the slowdown a replica's calls showed while another
+    one was busy (both from the calls that ran alone on their replica: a
+    contestant with too few, such as the router, whose calls name no replica,
+    takes the others'). ``probes_only``: the probes' terms alone."""
     from benchmarks import agent_calibration as calib
     from benchmarks.agent_workload import make_workload
     from scheduler import SchedulerConfig
 
     spec = workload_spec(args)
     workload = make_workload(spec, args.tasks, args.seed)
+    alone = {name: calib.alone_calls(run, workload, rates) for name, run in runs.items()}
+    pooled = [x for xs in alone.values() for x in xs]
+    contention = calib.fit_contention(pooled)
     out = {}
     for name, run in runs.items():
-        sim = calib.simulate_trials(name, run, workload, spec, rates, args.replicas,
-                                    args.max_total_tokens, SchedulerConfig())  # fmt: skip
-        out[name] = calib.compare(measured[name], sim)
+        own = len(alone[name]) >= calib.MIN_ALONE_CALLS
+        calls = alone[name] if own else pooled
+        speed = calib.engine_slowdown(calls, contention)
+        engine = calib.scaled({**rates, "host_contention": contention}, speed)
+
+        def sim(r: dict[str, float], name: str = name, run: Any = run) -> dict[str, Any]:
+            return calib.simulate_trials(name, run, workload, spec, r, args.replicas,
+                                         args.max_total_tokens, SchedulerConfig())  # fmt: skip
+
+        out[name] = calib.compare(measured[name], sim(engine))
+        out[name]["engine_speed"] = {
+            "slowdown": round(speed, 3), "host_contention": contention,
+            "calls_alone": len(calls),
+            "from": "its own calls" if own else "the other contestants' calls",
+        }  # fmt: skip
+        plain = calib.compare(measured[name], sim({**rates, "host_contention": 0.0}))
+        out[name]["probes_only"] = {k: plain[k] for k in ("simulated", "error")}
     return out
 
 

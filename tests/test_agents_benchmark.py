@@ -15,10 +15,15 @@ from benchmarks import agents
 from benchmarks.agent_calibration import (
     CHUNK_TOKENS,
     RATE_KEYS,
+    alone_calls,
     compare,
+    engine_slowdown,
+    engine_spec,
+    fit_contention,
     fit_decode,
     fit_prefill,
     mean_rates,
+    scaled,
     simulate,
     simulate_trials,
 )
@@ -32,7 +37,7 @@ from scheduler.sim.model import EngineSpec
 SMALL = ["--tasks", "3", "--concurrency", "2", "--replicas", "1", "--calls", "4",
          "--calls-spread", "0", "--history-tokens", "1500", "--system-tokens", "300",
          "--first-tokens", "100", "--output-tokens", "8", "--tool-median", "0.1",
-         "--tool-p99", "0.3"]  # fmt: skip
+         "--tool-p99", "0.3", "--probe-repeats", "2"]  # fmt: skip
 
 
 def test_workload_is_seeded_and_follows_its_spec() -> None:
@@ -123,6 +128,43 @@ def test_engine_terms_are_recovered_from_probe_times() -> None:
     assert both["prefill_attention_s"] == fitted["prefill_attention_s"]
 
 
+def test_the_runs_engine_speed_and_contention_come_from_its_calls_alone() -> None:
+    """Measured / modeled time of each call that ran alone on its replica, and how
+    many other replicas were busy meanwhile: the contention is how much slower
+    calls ran then than with the host to themselves; the speed is the rest."""
+    args = agents.parse_args(SMALL)
+    w = make_workload(agents.workload_spec(args), 1, seed=0)[0]
+    rates = {"prefill_tokens_per_s": 10_000.0, "decode_tokens_per_s": 100.0,
+             "decode_batch_slowdown": 0.1, "call_overhead_s": 0.01}  # fmt: skip
+    model = engine_spec(rates, 1).call_seconds_alone(400, w.plan.output_tokens[0], 400)
+    calls = [
+        CallTrace(0, "r0", 0.0, 0.0, 2 * model, 400, 0),  # alone: twice the model
+        CallTrace(0, "r0", 10.0, 10.0, 11.0, 400, 0),  # these two overlap: left out
+        CallTrace(0, "r0", 10.5, 10.5, 11.5, 400, 0),
+        CallTrace(0, "r0", 20.0, 20.0, 20 + 3 * model, 400, 0),  # r1 busy meanwhile
+        CallTrace(0, "r1", 20.0, 20.0, 20 + model, 400, 0),  # (and r0 busy: alone on r1)
+        CallTrace(0, "?", 30.0, 30.0, 31.0, 400, 0),  # no replica named: left out
+    ]
+    run = RunTrace("ours", 0.0, 40.0, [TaskTrace(w.task_id, 0.0, 40.0, calls, [])], [])
+    got = alone_calls(run, [w], rates)
+    assert [r for r, _ in got] == pytest.approx([2.0, 3.0, 1.0])
+    assert [others for _, others in got] == [0, 1, 1]
+    assert engine_slowdown(got, 0.5) == pytest.approx(2.0)  # 2, 3 / 1.5, 1 / 1.5
+    assert engine_slowdown([], 0.5) == 1.0
+    # contention: 1.3x with one other busy, 1.6x with two: 0.3 per other replica
+    assert fit_contention([(1.0, 0)] * 10 + [(1.3, 1)] * 5) == pytest.approx(0.3)
+    assert fit_contention([(1.0, 0)] * 10 + [(1.6, 2)] * 5) == pytest.approx(0.3)
+    assert fit_contention([(1.0, 0)] * 3 + [(1.3, 1)] * 5) == 0.0  # too few to tell
+    assert fit_contention([(1.0, 0)] * 10 + [(0.9, 1)] * 5) == 0.0  # not slower
+    slow = scaled(rates, 2.0)
+    assert engine_spec(slow, 1).call_seconds_alone(400, 8, 400) == pytest.approx(
+        2 * engine_spec(rates, 1).call_seconds_alone(400, 8, 400)
+    )
+    assert slow["decode_batch_slowdown"] == 0.1
+    with pytest.raises(SystemExit):
+        agents.parse_args(["--probe-repeats", "0"])
+
+
 def test_calibration_is_redone_from_a_saved_report(tmp_path: Path) -> None:
     args = agents.parse_args(SMALL)
     workload = make_workload(agents.workload_spec(args), 3, seed=0)
@@ -143,6 +185,12 @@ def test_calibration_is_redone_from_a_saved_report(tmp_path: Path) -> None:
     path.write_text(json.dumps(report))
     again = agents.recalibrate(json.loads(path.read_text()))
     assert set(again) == {"ours"} and again["ours"]["simulated"]["completed"] == 3
+    # its three calls overlap on r0: none ran alone, so the probes' speed as is
+    assert again["ours"]["engine_speed"] == {
+        "slowdown": 1.0, "host_contention": 0.0, "calls_alone": 0,
+        "from": "the other contestants' calls",
+    }  # fmt: skip
+    assert again["ours"]["probes_only"]["simulated"] == again["ours"]["simulated"]
     out = tmp_path / "again.json"
     assert agents.main(["--calibrate", str(path), "--json", str(out)]) == 0
     written = json.loads(out.read_text())
@@ -171,6 +219,8 @@ def test_small_run_of_all_four_contestants(pool: Any, tmp_path: Path) -> None:
     assert set(report["engine_rates"]) == set(RATE_KEYS)
     probes = report["engine_probes"]  # before and after the runs on the cached replicas
     assert set(probes) == {"before", "after"} and probes["after"]["r0"]["decode"]
+    speed = report["calibration"]["ours"]["engine_speed"]  # measured in the run
+    assert speed["slowdown"] > 0 and speed["host_contention"] == 0.0  # one replica
     assert set(report["calibration"]) == set(c) and "ours_lowest_p95" in report["targets"]
     assert set(report["traces"]) == set(c)  # saved: calibration can be redone without engines
     json.dumps(report)  # the report is JSON as it is

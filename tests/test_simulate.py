@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import pytest
 
 from scheduler import SchedulerConfig
 from scheduler.planner.formulas import PlanInputs, plan
+from scheduler.sim.engine import SimCall, SimEngine
 from scheduler.sim.model import EngineSpec, ModelShape, attention_units
 from scheduler.sim.simulator import SimConfig, Simulation
 from scheduler.sim.workload import TaskPlan, WorkloadGenerator, WorkloadSpec
@@ -93,6 +95,58 @@ def test_attention_units_split_a_prompt_into_its_chunks() -> None:
     assert attention_units(6000, 6000, 4096) == (4096 * 4096, 1904 * 6000)
     assert attention_units(250, 3250, 4096) == (0, 250 * 3250)  # behind a cached prefix
     assert attention_units(0, 3000, 4096) == (0, 0)
+    # queued behind others: its first chunk gets the room their last batch leaves
+    assert attention_units(4000, 4000, 4096, first_chunk=96) == (96 * 96, 3904 * 4000)
+
+
+def prefill_together(engine: EngineSpec, prompts: int, tokens: int) -> float:
+    """Seconds until ``prompts`` cold prompts of ``tokens``, sent at once, are done."""
+    eng = SimEngine("r0", engine)
+    for i in range(prompts):
+        eng.submit(SimCall(f"t{i}", "a", tokens, 0, 0, 0.0), 0.0)
+    done, t = 0, 0.0
+    while done < prompts:
+        t = eng.next_change()  # type: ignore[assignment]
+        done += len(eng.step(t))
+    return t
+
+
+def test_prompts_sent_at_once_are_batched_in_chunks_as_sglang_does() -> None:
+    """The batch running now is one chunk: a prompt queued behind it starts from 0
+    in the next batch; prompts queued behind more than a chunk are split there and
+    pay the attention behind a prefix (four cold 4K prompts on this CPU: 7x one)."""
+    engine = EngineSpec(prefill_tokens_per_s=30_000.0, first_chunk_attention_s=1.3e-8,
+                        prefill_attention_s=5e-8, chunk_tokens=4096, kv_room_bytes=1e6,
+                        kv_bytes_per_token=1)  # fmt: skip
+    one = engine.prefill_seconds(4000, 4000)
+    assert prefill_together(engine, 1, 4000) == pytest.approx(one)
+    assert prefill_together(engine, 2, 4000) == pytest.approx(2 * one)  # neither split
+    four = (
+        2 * one
+        + engine.prefill_seconds(4000, 4000, 3904)
+        + engine.prefill_seconds(4000, 4000, 3904 + 4000)
+    )
+    assert prefill_together(engine, 4, 4000) == pytest.approx(four)
+    assert four > 5 * one
+
+
+def test_replicas_on_one_host_slow_each_other_by_the_contention() -> None:
+    """Two identical tasks at once, one per replica: each is busy while the other
+    is, so both take (1 + contention) x a lone task's time."""
+    engine = EngineSpec(prefill_tokens_per_s=10_000.0, decode_tokens_per_s=50.0,
+                        host_contention=0.25)  # fmt: skip
+    alone = run_one(one_task(3, 700, 20), engine).tasks["t1"]
+    assert alone.finished - 1.0 == pytest.approx(3 * engine.call_seconds_alone(700, 20))  # type: ignore[operator]
+    twins = [one_task(3, 700, 20), dataclasses.replace(one_task(3, 700, 20), task_id="t2")]
+    cfg = SimConfig(replicas=2, rate=1.0, duration_s=10_000, warmup_s=0, drain_s=0,
+                    engine=engine, workload=WorkloadSpec(system_prompt_tokens=0))  # fmt: skip
+    sim = Simulation(cfg, "ours", workload=twins)
+    sim.run()
+    assert [e.stats.calls for e in sim.engines.values()] == [3, 3]  # one task per replica
+    for st in sim.tasks.values():
+        assert st.finished - 1.0 == pytest.approx(1.25 * (alone.finished - 1.0))  # type: ignore[operator]
+    with pytest.raises(ValueError, match="must be >= 0"):
+        EngineSpec(host_contention=-0.1)
 
 
 @pytest.mark.parametrize("cache", [True, False])

@@ -69,6 +69,7 @@ class SimEngine:
         self._t = 0.0
         self._d0 = spec.d0
         self._d1 = spec.d1
+        self.slowdown = 1.0  # its work takes this many times as long (a shared host)
 
     # ----------------------------------------------------------- accounting
 
@@ -83,6 +84,20 @@ class SimEngine:
                 st.prefill_busy_s += dt
         self._t = now
 
+    @property
+    def busy(self) -> bool:
+        return bool(self.prefill or self.decode)
+
+    def set_slowdown(self, factor: float, now: float) -> bool:
+        """Its work takes ``factor`` times as long from ``now`` on; True if that is a
+        change (the caller then wakes it again: its next change moved)."""
+        if factor == self.slowdown:
+            return False
+        self.advance(now)
+        self.slowdown = factor
+        self.version += 1
+        return True
+
     def _rates(self) -> tuple[float, float]:
         """(prefill work done per second by each prefilling call, in seconds of its
         work alone; decode tokens/s per decoding call)."""
@@ -91,13 +106,14 @@ class SimEngine:
         decode_step = self._d0 + self._d1 * nd
         if nd and spec.decode_context_s:
             decode_step += spec.decode_context_s * sum(c.prompt for c in self.decode)
+        decode_step *= self.slowdown
         if not np_:
             return 0.0, 1.0 / decode_step if nd else 0.0
         if not nd:
-            return 1.0 / np_, 0.0
+            return 1.0 / np_ / self.slowdown, 0.0
         # a step's prefill chunk costs what chunk_tokens of the calls' own prefills cost
         chunk_s = spec.chunk_tokens * sum(c.prefill_s_per_token for c in self.prefill) / np_
-        step = decode_step + chunk_s
+        step = decode_step + chunk_s * self.slowdown
         return chunk_s / step / np_, 1.0 / step
 
     def advance(self, now: float) -> None:
@@ -177,7 +193,10 @@ class SimEngine:
         call.cached = cached
         call.started = now
         uncached = call.prompt - cached
-        call.prefill_left = self.spec.prefill_seconds(uncached, call.prompt, bool(self.prefill))
+        # the prefill tokens ahead of it, less the batch that runs now (one chunk)
+        ahead = sum(c.prefill_left / c.prefill_s_per_token for c in self.prefill)
+        queued = max(0.0, ahead - self.spec.chunk_tokens)
+        call.prefill_left = self.spec.prefill_seconds(uncached, call.prompt, queued)
         call.prefill_s_per_token = call.prefill_left / max(1, uncached)
         call.decode_left = float(call.output)
         self.stats.prefilled_tokens += uncached

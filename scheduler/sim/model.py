@@ -18,12 +18,17 @@ cost grows with its context:
   tokens (the cached prefix, or the prompt's previous chunk), ending at position
   ``P``, costs ``prefill_attention_s x n x P`` more (each new token attends to
   everything before it; :func:`attention_units`); ``first_chunk_attention_s`` is
-  the same for a prompt's first chunk from position 0 (a prefill that starts
-  while another runs is packed into its chunks and split: it has none);
+  the same for a prompt's first chunk from position 0. Prefill batches hold up
+  to ``chunk_tokens``, filled in arrival order: a prompt queued behind others
+  gets what room their last batch leaves as its first chunk (SGLang's chunked
+  prefill; :meth:`EngineSpec.prefill_seconds`);
 - ``decode_context_s``: a decode step costs ``decode_context_s x context`` more
   for each decoding call (reading its KV);
 - ``call_overhead_s``: engine time spent once per call (scheduling, the batch's
-  bookkeeping), charged with its prefill.
+  bookkeeping), charged with its prefill;
+- ``host_contention``: replicas that share a host's CPU cores (all of a
+  simulation's replicas) slow each other: each other busy one makes this one's
+  work take this fraction longer.
 """
 
 from __future__ import annotations
@@ -51,22 +56,27 @@ class ModelShape:
         return 2 * self.layers * self.kv_heads * self.head_dim * DTYPE_BYTES[self.dtype]
 
 
-def attention_units(uncached_tokens: int, prompt_tokens: int, chunk_tokens: int) -> tuple[int, int]:
+def attention_units(
+    uncached_tokens: int, prompt_tokens: int, chunk_tokens: int, first_chunk: int | None = None
+) -> tuple[int, int]:
     """The work of a prefill's attention, chunk by chunk: the sum of new tokens x
     the prompt length at the chunk's end, as ``(a first chunk from position 0, the
     chunks behind earlier tokens)``. Kernels differ between the two: a chunk from 0
-    is plainly causal, one behind a prefix needs an offset mask."""
+    is plainly causal, one behind a prefix needs an offset mask. ``first_chunk``:
+    the room the prompt's first chunk gets (default ``chunk_tokens``)."""
     done = prompt_tokens - uncached_tokens
     first = behind = 0
     left = uncached_tokens
+    room = chunk_tokens if first_chunk is None else max(1, min(first_chunk, chunk_tokens))
     while left > 0:
-        n = min(chunk_tokens, left)
+        n = min(room, left)
         if done:
             behind += n * (done + n)
         else:
             first += n * n
         done += n
         left -= n
+        room = chunk_tokens
     return first, behind
 
 
@@ -84,6 +94,7 @@ class EngineSpec:
     first_chunk_attention_s: float = 0.0
     decode_context_s: float = 0.0
     call_overhead_s: float = 0.0
+    host_contention: float = 0.0
 
     def __post_init__(self) -> None:
         if self.prefill_tokens_per_s <= 0 or self.decode_tokens_per_s <= 0:
@@ -96,10 +107,10 @@ class EngineSpec:
             raise ValueError("max_running_requests must be >= 1")
         extra = (
             self.prefill_attention_s, self.first_chunk_attention_s, self.decode_context_s,
-            self.call_overhead_s,
+            self.call_overhead_s, self.host_contention,
         )  # fmt: skip
         if min(extra) < 0:
-            raise ValueError("the attention, context and overhead terms must be >= 0")
+            raise ValueError("the attention, context, overhead and contention terms must be >= 0")
 
     @property
     def kv_capacity_tokens(self) -> int:
@@ -114,17 +125,17 @@ class EngineSpec:
         return self.decode_batch_slowdown * self.d0
 
     def prefill_seconds(
-        self, uncached_tokens: int, prompt_tokens: int, packed: bool = False
+        self, uncached_tokens: int, prompt_tokens: int, queued_tokens: float = 0.0
     ) -> float:
-        """Engine time of a call's prefill alone (its overhead included). ``packed``:
-        it starts while another prefill runs, so the engine packs it into that
-        prefill's chunks and splits it at their boundaries: none of it is a first
-        chunk from position 0."""
+        """Engine time of a call's prefill alone (its overhead included).
+        ``queued_tokens``: prefill tokens of other calls ahead of it that are not in
+        the batch running now; the batch after them has room for only the rest of
+        a chunk, so the prompt is split there and the rest of it runs behind its
+        own first part."""
         seconds = self.call_overhead_s + uncached_tokens / self.prefill_tokens_per_s
         if self.prefill_attention_s or self.first_chunk_attention_s:
-            first, behind = attention_units(uncached_tokens, prompt_tokens, self.chunk_tokens)
-            if packed:
-                first, behind = 0, first + behind
+            room = self.chunk_tokens - int(queued_tokens) % self.chunk_tokens
+            first, behind = attention_units(uncached_tokens, prompt_tokens, self.chunk_tokens, room)
             seconds += self.first_chunk_attention_s * first + self.prefill_attention_s * behind
         return seconds
 

@@ -190,6 +190,15 @@ class Simulation:
         if t is not None:
             self._push(t, _WAKE, (eng, eng.version))
 
+    def _share_host(self, t: float, contention: float) -> None:
+        """Replicas on one host slow each other: each runs ``1 + contention x``
+        (the other busy ones) times slower from ``t`` on."""
+        live = [e for e in self.engines.values() if e.alive]
+        busy = sum(e.busy for e in live)
+        for e in live:
+            if e.set_slowdown(1.0 + contention * (busy - e.busy), t):
+                self._wake(e)
+
     def _next_plan(self) -> TaskPlan | None:
         if self._fixed is not None:
             return self._fixed.pop(0) if self._fixed else None
@@ -214,6 +223,7 @@ class Simulation:
         end = cfg.duration_s + cfg.drain_s
         last_progress = wall0
         heap = self._heap
+        contention = cfg.engine.host_contention
         while heap:
             t, _, kind, payload = heapq.heappop(heap)
             if t > end:
@@ -244,6 +254,8 @@ class Simulation:
                 self._kill(payload)  # type: ignore[arg-type]
             elif kind == _SNAPSHOT:
                 self.snapshots[payload] = self._snapshot(t)  # type: ignore[index]
+            if contention:
+                self._share_host(t, contention)
             if self._progress is not None and self.events % 4096 == 0:
                 now_wall = wallclock.perf_counter()
                 if now_wall - last_progress >= self._progress_every:
