@@ -10,9 +10,9 @@ rate) and ``d1 = decode_batch_slowdown x d0``. Alone, a prefill runs at exactly
 ``prefill_tokens_per_s``. So one call alone takes
 ``uncached / prefill + output / decode`` seconds.
 
-Three optional terms (0 by default) fit engines whose attention is not
-negligible next to the weights, such as a small model on a CPU, where a call's
-cost grows with its context:
+Optional terms (0 by default) fit engines whose attention is not negligible
+next to the weights, such as a small model on a CPU, where a call's cost grows
+with its context, and replicas that share a host:
 
 - ``prefill_attention_s``: a prefill chunk of ``n`` new tokens behind earlier
   tokens (the cached prefix, or the prompt's previous chunk), ending at position
