@@ -57,8 +57,9 @@ async def measure_engine(
     - decode steps of 1 and ``batch`` sequences with 1/8 of ``prompt_tokens`` and
       ``context_tokens`` of cached history each.
 
-    Each probe's time is the median of ``repeats``. Run it on every replica at once
-    to measure them as loaded as a benchmark loads them (they share the CPU)."""
+    Each probe's time is the median of ``repeats``. Probe one replica at a time:
+    replicas on one host slow each other, and the calibration takes that from the
+    run's own calls (:func:`fit_contention`), not from the probes."""
     one = {"max_new_tokens": 1, "temperature": 0.0}
     salt = iter(range(200, 10_000))
 
