@@ -20,12 +20,12 @@ from scipy.optimize import nnls
 
 from benchmarks.agent_replay import RunTrace
 from benchmarks.agent_workload import ReplayTask
-from executor.replica_handle import ReplicaHandle
+from executor.fleet.handle import ReplicaHandle
 from scheduler import SchedulerConfig
-from scheduler.sim.metrics import percentile
-from scheduler.sim.model import EngineSpec, attention_units
-from scheduler.sim.simulator import SimConfig, Simulation
-from scheduler.sim.workload import WorkloadSpec
+from sim.metrics import percentile
+from sim.model import EngineSpec, attention_units
+from sim.simulator import SimConfig, Simulation
+from sim.workload import WorkloadSpec
 
 #: SGLang's chunked_prefill_size on this CPU backend
 CHUNK_TOKENS = 4096

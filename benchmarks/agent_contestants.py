@@ -24,8 +24,8 @@ import httpx
 
 from benchmarks.agent_workload import ReplayTask
 from executor.dispatch import Dispatcher
-from executor.generation import GenerateResult
-from executor.replica_handle import ReplicaHandle
+from executor.fleet.generation import GenerateResult
+from executor.fleet.handle import ReplicaHandle
 from scheduler import SchedulerConfig, SchedulerCore
 
 

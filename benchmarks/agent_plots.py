@@ -6,14 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from benchmarks.agent_replay import RunTrace
-from scheduler.sim.plot import _plt
+from sim.plot import pyplot
 
 COLORS = {"ours": "tab:green", "round_robin": "tab:red", "sglang_router": "tab:blue",
           "no_cache": "tab:orange"}  # fmt: skip
 
 
 def plot_cdf(runs: list[RunTrace], path: Path) -> None:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for run in runs:
         lat = sorted(t.latency_s for t in run.tasks)
@@ -33,7 +33,7 @@ def plot_cdf(runs: list[RunTrace], path: Path) -> None:
 def plot_timeline(runs: list[RunTrace], path: Path) -> None:
     """One panel per contestant; a row per task: calls coloured by replica, tool waits
     grey, time waiting for the scheduler's grant red."""
-    plt = _plt()
+    plt = pyplot()
     height = 2.2 + 0.16 * len(runs[0].tasks) * len(runs)
     fig, axes = plt.subplots(len(runs), 1, figsize=(11, height), sharex=True, squeeze=False)
     palette = ["tab:blue", "tab:green", "tab:purple", "tab:brown", "tab:olive", "tab:cyan"]

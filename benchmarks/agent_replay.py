@@ -55,12 +55,12 @@ class RunTrace:
         tasks = [
             TaskTrace(
                 t["task_id"], t["started"], t["ended"], [CallTrace(**c) for c in t["calls"]],
-                [tuple(x) for x in t["tools"]],  # type: ignore[misc]
+                [tuple(x) for x in t["tools"]],
             )
             for t in data["tasks"]
         ]  # fmt: skip
         kv = [tuple(x) for x in data["kv"]]
-        return cls(data["contestant"], data["started"], data["ended"], tasks, kv)  # type: ignore[arg-type]
+        return cls(data["contestant"], data["started"], data["ended"], tasks, kv)
 
 
 async def replay_task(

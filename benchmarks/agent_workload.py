@@ -1,6 +1,6 @@
 """The end-to-end benchmark's workload: agent tasks replayed from a spec.
 
-The plans come from the simulator's own generator (:mod:`scheduler.sim.workload`),
+The plans come from the simulator's own generator (:mod:`sim.workload`),
 so the simulator can replay exactly the same tasks for calibration. Here each
 plan gets real token ids: every agent has its own system prompt (shared by its
 tasks), every task its own first message, every call its own new tokens (the
@@ -16,7 +16,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from scheduler.sim.workload import TaskPlan, WorkloadGenerator, WorkloadSpec
+from sim.workload import TaskPlan, WorkloadGenerator, WorkloadSpec
 
 #: Token ids are drawn from this range: inside every registered model's vocabulary,
 #: clear of the special tokens at its start.

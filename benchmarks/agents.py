@@ -86,7 +86,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def workload_spec(args: argparse.Namespace) -> Any:
-    from scheduler.sim.workload import WorkloadSpec
+    from sim.workload import WorkloadSpec
 
     return WorkloadSpec(
         calls=args.calls, calls_spread=args.calls_spread, history_tokens=args.history_tokens,
@@ -97,7 +97,7 @@ def workload_spec(args: argparse.Namespace) -> Any:
 
 
 def summarize(run: Any) -> dict[str, Any]:
-    from scheduler.sim.metrics import percentile
+    from sim.metrics import percentile
 
     lat = [t.latency_s for t in run.tasks]
     calls = [c for t in run.tasks for c in t.calls]
@@ -133,8 +133,8 @@ async def run_all(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     from benchmarks.agent_replay import replay
     from benchmarks.agent_workload import make_workload
     from benchmarks.sglang_http import router_deployment
-    from executor.pool import ReplicaPool
-    from executor.replica_config import ReplicaConfig
+    from executor.fleet.config import ReplicaConfig
+    from executor.fleet.pool import ReplicaPool
     from scheduler import SchedulerConfig
     from tools.sandbox import create_backend
 

@@ -96,7 +96,7 @@ def goal_with_context(i: int, words: int, rng: random.Random) -> str:
 
 
 def replica_config(args: argparse.Namespace) -> Any:
-    from executor.replica_config import ReplicaConfig
+    from executor.fleet.config import ReplicaConfig
 
     per_task = args.history_tokens + 4 * (48 + 256) + 512
     return ReplicaConfig(
@@ -106,7 +106,7 @@ def replica_config(args: argparse.Namespace) -> Any:
 
 
 async def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
-    from executor.pool import ReplicaPool
+    from executor.fleet.pool import ReplicaPool
 
     pool = ReplicaPool(2, replica_config(args), progress=True)
     await asyncio.to_thread(pool.start)
@@ -121,7 +121,7 @@ async def scenario(
 ) -> dict[str, Any]:
     """Kill ``victim`` (of ``pool``) under ``args.tasks`` tasks; ``survivor`` takes them."""
     from executor import Agent, Executor
-    from executor.health import HealthConfig
+    from executor.fleet.health import HealthConfig
     from executor.result import CallStep, Step
     from scheduler import ReplicaState, TaskState
 
@@ -175,7 +175,7 @@ async def scenario(
         killed = time.monotonic()
         for pid in pids:
             os.kill(pid, signal.SIGKILL)
-        while core.replica(victim).state is not ReplicaState.DEAD:  # type: ignore[union-attr]
+        while (view := core.replica(victim)) is not None and view.state is not ReplicaState.DEAD:
             await asyncio.sleep(0.01)
         detection_s = time.monotonic() - killed
         results = [await h.result() for h in futures]

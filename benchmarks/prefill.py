@@ -137,8 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     console = Console(stderr=True)
     from executor.errors import ExecutorError
-    from executor.pool import ReplicaPool
-    from executor.replica_config import ReplicaConfig
+    from executor.fleet.config import ReplicaConfig
+    from executor.fleet.pool import ReplicaPool
 
     longest = max(args.history) + args.new_tokens
     config = ReplicaConfig(

@@ -22,9 +22,9 @@ from pathlib import Path
 import httpx
 
 from executor.errors import ExecutorError
+from executor.fleet.actor import free_port
+from executor.fleet.config import ReplicaConfig
 from executor.models import resolve
-from executor.replica import free_port
-from executor.replica_config import ReplicaConfig
 
 
 def server_argv(config: ReplicaConfig, port: int) -> list[str]:

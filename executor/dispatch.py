@@ -5,7 +5,10 @@ The core (:mod:`scheduler.core`) is sans-I/O; this adapter gives it the time
 core's decisions into effects: a ``RunCall`` resolves the future the task is
 awaiting (its permission to call that replica now); ``Reject`` and ``Fail`` raise
 in the task; ``Queue``, ``ReleaseKV`` and ``Replace`` are counted for telemetry
-(the engine evicts released KV itself, least recently used first).
+(the engine evicts released KV itself, least recently used first). It holds no
+policy: whether a task waits or fails, where it goes, when it moves, is the
+core's decision. Replica deaths are queued for the fleet (:meth:`Dispatcher.deaths`),
+which discards the dead actor and starts a replacement.
 
 All of it runs on one event loop thread: the core is never touched concurrently.
 """
@@ -14,20 +17,23 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-from executor.errors import ExecutorError, ReplicaUnavailableError
+from executor.errors import ExecutorError
 from scheduler import (
+    CallFailed,
     CallFinished,
     Decision,
     Event,
     Fail,
+    MoveCause,
     NextCall,
     Queue,
     Reject,
     ReleaseKV,
     Replace,
+    ReplacementFailed,
     ReplicaDied,
     ReplicaDrained,
     ReplicaDraining,
@@ -71,9 +77,13 @@ class Dispatcher:
         self,
         core: SchedulerCore,
         *,
+        replace_dead: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``replace_dead``: the fleet starts a replica in place of each one that dies
+        (the core then lets their tasks wait for it instead of failing them)."""
         self.core = core
+        self.replace_dead = replace_dead
         self._clock = clock
         # A task's next outcome (a RunCall, or a refusal): awaited by the task, or
         # kept until it asks (a re-placement after a replica death can come first).
@@ -82,8 +92,7 @@ class Dispatcher:
         self._drained: dict[str, asyncio.Future[None]] = {}
         self._moved: dict[str, str] = {}  # task -> the dead replica it was moved off
         self.stats = DispatchStats()
-        self.on_death: Callable[[str, str], None] | None = None  # (replica_id, reason)
-        self.replacements_pending = 0  # replicas starting in place of dead ones
+        self._deaths: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
 
     def now(self) -> float:
         return max(self._clock(), self.core.now)
@@ -118,14 +127,14 @@ class Dispatcher:
             self.stats.released_kv_tokens += d.tokens
         elif isinstance(d, Replace):
             self.stats.replacements.append(d)
-            if d.reason == "replica died":
+            if d.cause is MoveCause.REPLICA_DIED and d.from_replica is not None:
                 self._moved[d.task_id] = d.from_replica
         elif isinstance(d, ReplicaDrained):
             fut = self._drained.get(d.replica_id)
             if fut is not None and not fut.done():
                 fut.set_result(None)
 
-    async def _granted(self, task_id: str, report: Callable[[float], None]) -> Grant:
+    async def _granted(self, task_id: str, report: Callable[[float], object]) -> Grant:
         """Await the task's next ``RunCall`` after ``report(now)`` has told the core why
         (unless the core already decided: the task was re-placed after a death)."""
         fut = self._outcome(task_id)
@@ -151,6 +160,15 @@ class Dispatcher:
             ),
         )
 
+    async def ready(
+        self, task_id: str, agent: str, expected_calls: int, expected_history_tokens: int
+    ) -> Grant:
+        """The task's next call is ready: its first (or the first of a resumed task, or
+        of one the core has forgotten), or a later one."""
+        if self.core.task(task_id) is None:
+            return await self.arrive(task_id, agent, expected_calls, expected_history_tokens)
+        return await self.next_call(task_id)
+
     async def next_call(self, task_id: str) -> Grant:
         """The task's next call is ready: after its tool (if one ran) or directly."""
         view = self.core.task(task_id)
@@ -161,14 +179,16 @@ class Dispatcher:
     async def after_replica_death(self, task_id: str, replica_id: str, reason: str) -> Grant:
         """The task's call died with its replica: report the death (once), await a new place."""
 
+        return await self._granted(task_id, lambda t: self.replica_died(replica_id, reason))
+
+    async def call_failed(self, task_id: str, replica_id: str, reason: str) -> Grant:
+        """The call failed on a replica that is not known dead (it did not answer this
+        time): the core retries it there, or fails the task past its retry limit."""
+
         def report(t: float) -> None:
-            self.replica_died(replica_id, reason)
-            if (
-                not self._outcome(task_id).done()
-                and not self.live_replicas()
-                and not self.replacements_pending
-            ):
-                raise ReplicaUnavailableError(replica_id, "it died and no live replica is left")
+            view = self.core.task(task_id)
+            if view is not None and view.state is TaskState.RUNNING:
+                self.send(CallFailed(t, task_id, replica_id, reason))
 
         return await self._granted(task_id, report)
 
@@ -195,7 +215,11 @@ class Dispatcher:
             self.send(ToolStarted(self.now(), task_id, tool))
 
     def finished(self, task_id: str) -> None:
-        self.send(TaskFinished(self.now(), task_id))
+        """The task ended after its last call (a no-op where the core holds no such call:
+        a resumed task that had nothing left to call)."""
+        view = self.core.task(task_id)
+        if view is not None and view.state is TaskState.AWAITING:
+            self.send(TaskFinished(self.now(), task_id))
 
     def cancelled(self, task_id: str, reason: str) -> None:
         """Abandon a task in whatever state it is in (a no-op once it is terminal)."""
@@ -209,23 +233,35 @@ class Dispatcher:
 
     # -- replicas -----------------------------------------------------------------
 
-    def replica_joined(self, replica_id: str, kv_capacity_tokens: int) -> None:
-        self.send(ReplicaJoined(self.now(), replica_id, kv_capacity_tokens))
+    def replica_joined(
+        self, replica_id: str, kv_capacity_tokens: int, *, replaces: str | None = None
+    ) -> None:
+        self.send(ReplicaJoined(self.now(), replica_id, kv_capacity_tokens, replaces=replaces))
         lost = self._lost.get(replica_id)
         if lost is not None and lost.done():  # a replica back under a dead one's id
             del self._lost[replica_id]
 
-    def replica_died(self, replica_id: str, reason: str) -> bool:
+    def replica_died(self, replica_id: str, reason: str, *, replace: bool | None = None) -> bool:
         """Report a replica's death (its actor died, its engine died, or it stopped
-        answering health checks); its tasks are placed again. False if already known."""
+        answering health checks); its tasks are placed again. ``replace``: a replica
+        will be started in its place (default: ``replace_dead``). False if already known."""
         view = self.core.replica(replica_id)
         if view is None or view.state is ReplicaState.DEAD:
             return False
-        self.send(ReplicaDied(self.now(), replica_id))
+        replacing = self.replace_dead if replace is None else replace
+        self.send(ReplicaDied(self.now(), replica_id, replacing=replacing))
         self.lost(replica_id).set_result(reason)
-        if self.on_death is not None:
-            self.on_death(replica_id, reason)
+        self._deaths.put_nowait((replica_id, reason))
         return True
+
+    def replacement_failed(self, replica_id: str, reason: str) -> None:
+        """The replica started in place of the dead ``replica_id`` did not come up."""
+        self.send(ReplacementFailed(self.now(), replica_id, reason))
+
+    async def deaths(self) -> AsyncIterator[tuple[str, str]]:
+        """Every death reported, once, in order: ``(replica_id, reason)``."""
+        while True:
+            yield await self._deaths.get()
 
     def death_reason(self, replica_id: str) -> str:
         fut = self._lost.get(replica_id)
@@ -238,12 +274,6 @@ class Dispatcher:
         if fut is None:
             fut = self._lost[replica_id] = asyncio.get_running_loop().create_future()
         return fut
-
-    def fail_waiting(self, replica_id: str, reason: str) -> None:
-        """Fail every task waiting for a place (no replica is left to give one)."""
-        for fut in self._outcomes.values():
-            if not fut.done():
-                fut.set_exception(ReplicaUnavailableError(replica_id, reason))
 
     def live_replicas(self) -> list[str]:
         return [r.replica_id for r in self.core.replicas() if r.state is not ReplicaState.DEAD]

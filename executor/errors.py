@@ -21,3 +21,15 @@ class ReplicaUnavailableError(ExecutorError):
         super().__init__(f"replica {replica_id} is unavailable: {reason}")
         self.replica_id = replica_id
         self.reason = reason
+
+
+class ReplicaUnreachableError(ExecutorError):
+    """The replica's actor did not answer this time (Ray's ``ActorUnavailableError``:
+    a network blip, or an actor restarting). Not a death: a call is retried, and a
+    health probe counts it as one miss; only ``failures`` misses in a row, or an
+    ``ActorDiedError``, declare the replica dead."""
+
+    def __init__(self, replica_id: str, reason: str) -> None:
+        super().__init__(f"replica {replica_id} did not answer: {reason}")
+        self.replica_id = replica_id
+        self.reason = reason

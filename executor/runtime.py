@@ -4,7 +4,7 @@ It owns a pool of replicas (Ray actors hosting SGLang engines), the scheduler
 core that places and orders their calls, a sandbox backend for the tools, the
 journal and the telemetry::
 
-    async with Executor(model="tiny", replicas=2) as ex:
+    async with Executor(model="tiny", replicas=2) as ex:   # options: ExecutorConfig
         handles = [ex.submit(agent, goal) for goal in goals]
         for done in asyncio.as_completed([h.future for h in handles]):
             print((await done).output)
@@ -20,28 +20,24 @@ import asyncio
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from executor.agent import Agent, AgentDefinitionError
-from executor.chat_format import ChatFormat
-from executor.control import ControlChannel
+from executor.config import ExecutorConfig
 from executor.dispatch import Dispatcher
 from executor.errors import ExecutorError
-from executor.fleet import Fleet
-from executor.health import HealthConfig
-from executor.journal import Journal, JournalError
+from executor.fleet.control import ControlChannel
+from executor.fleet.lifetime import Fleet
+from executor.fleet.pool import ReplicaPool
+from executor.loop.chat_format import ChatFormat
+from executor.loop.driver import Services, TaskDriver, run_driver
+from executor.loop.journal import Journal, JournalError
 from executor.models import resolve
-from executor.pool import ReplicaPool
-from executor.replica_config import ReplicaConfig
-from executor.replica_handle import ReplicaHandle
 from executor.result import Step, TaskResult
-from executor.task_loop import Services, TaskLoop, run_loop
-from executor.telemetry import Telemetry, TelemetryExporter
-from scheduler import SchedulerConfig, SchedulerCore
+from executor.telemetry import Telemetry
+from scheduler import SchedulerCore
 from tools.builtin import BUILTIN_TOOLS
 from tools.sandbox import SandboxBackend, create_backend
-from tools.web.policy import WebPolicy
 
 
 @dataclass
@@ -61,47 +57,26 @@ class TaskHandle:
 class Executor:
     def __init__(
         self,
-        model: str = "qwen2.5-coder-0.5b",
-        replicas: int = 1,
+        config: ExecutorConfig | str | None = None,
+        /,
         *,
-        replica_config: ReplicaConfig | None = None,
-        address: str | None = None,
-        sandbox: str | SandboxBackend = "bwrap",
-        journal: Journal | str | Path | None = None,
-        telemetry: Telemetry | TelemetryExporter | None = None,
-        scheduler: SchedulerConfig | None = None,
-        web: WebPolicy | None = None,
-        kv_reserve_tokens: int | None = None,
-        on_step: Callable[[str, Step], None] | None = None,
-        progress: bool = False,
         pool: ReplicaPool | None = None,
-        replica_ids: list[str] | None = None,
-        health: HealthConfig | None = HealthConfig(),  # noqa: B008 (frozen: shared is fine)
-        heal: bool = True,
+        on_step: Callable[[str, Step], None] | None = None,
+        **options: Any,
     ) -> None:
-        """``pool``: serve on replicas that are already running (the executor does not
-        stop them); ``replica_ids``: only these of the pool's replicas. ``health``: how
-        hung replicas are found (None: only deaths a call runs into); ``heal``: start a
-        new replica in place of each dead one."""
-        self.config = replica_config or ReplicaConfig(model=model)
-        if replica_config is not None and replica_config.model != model:
-            self.config = replica_config.model_copy(update={"model": model})
+        """``config``: the options (an :class:`ExecutorConfig`, or just a model name);
+        ``options``: fields of ``ExecutorConfig`` over it (``Executor(model="tiny",
+        replicas=2)``). ``pool``: serve on replicas that are already running (the
+        executor does not stop them). ``on_step(task_id, step)``: every step of every
+        task as it happens."""
+        if isinstance(config, str):
+            options = {"model": config, **options}
+            config = None
+        self.config = ExecutorConfig.build(config, **options)
         self.model = self.config.model
-        self.replica_count = replicas
-        self.address = address
-        self._sandbox_spec = sandbox
-        self._journal_spec = journal
-        self._telemetry_spec = telemetry
-        self.scheduler_config = scheduler or SchedulerConfig()
-        self.web = web or WebPolicy()
-        self.kv_reserve_tokens = kv_reserve_tokens
         self.on_step = on_step
-        self.progress = progress
         self.pool: ReplicaPool | None = pool
         self._owns_pool = pool is None
-        self.replica_ids = replica_ids
-        self.health = health
-        self.heal = heal
         self._fleet: Fleet | None = None
         self._services: Services | None = None
         self._tasks: set[asyncio.Task[TaskResult]] = set()
@@ -111,47 +86,39 @@ class Executor:
     async def start(self) -> Executor:
         if self._services is not None:
             return self
+        c = self.config
         model_path = await asyncio.to_thread(resolve, self.model)  # clear error before Ray
         chat = await asyncio.to_thread(ChatFormat.load, model_path)
         sandboxes = (
-            self._sandbox_spec
-            if isinstance(self._sandbox_spec, SandboxBackend)
-            else await asyncio.to_thread(create_backend, self._sandbox_spec)
-        )
-        journal = (
-            self._journal_spec
-            if isinstance(self._journal_spec, Journal)
-            else Journal(self._journal_spec)
-        )
+            c.sandbox if isinstance(c.sandbox, SandboxBackend)
+            else await asyncio.to_thread(create_backend, c.sandbox)
+        )  # fmt: skip
+        journal = c.journal if isinstance(c.journal, Journal) else Journal(c.journal)
         telemetry = (
-            self._telemetry_spec
-            if isinstance(self._telemetry_spec, Telemetry)
-            else Telemetry(self._telemetry_spec)
-            if self._telemetry_spec is not None
+            c.telemetry if isinstance(c.telemetry, Telemetry)
+            else Telemetry(c.telemetry) if c.telemetry is not None
             else Telemetry.from_env()
-        )
+        )  # fmt: skip
         if self.pool is None:
-            pool = ReplicaPool(
-                self.replica_count, self.config, address=self.address, progress=self.progress
-            )
+            pool = ReplicaPool(c.replicas, c.replica_config(), address=c.address,
+                               progress=c.progress)  # fmt: skip
             try:
                 await asyncio.to_thread(pool.start)
             except BaseException:
                 await sandboxes.close()
                 raise
             self.pool = pool
-        dispatcher = Dispatcher(SchedulerCore(self.scheduler_config))
-        replicas: dict[str, ReplicaHandle] = {}
+        dispatcher = Dispatcher(SchedulerCore(c.scheduler), replace_dead=c.heal)
         fleet = Fleet(
-            self.pool, replicas, dispatcher, heal=self.heal, health=self.health,
+            self.pool, dispatcher, heal=c.heal, health=c.health,
             control=ControlChannel(journal.path),
         )  # fmt: skip
-        for rid in self.replica_ids if self.replica_ids is not None else self.pool.ids:
+        for rid in c.replica_ids if c.replica_ids is not None else self.pool.ids:
             fleet.join(rid)
         self._services = Services(
-            model=self.model, dispatcher=dispatcher, replicas=replicas, chat=chat,
-            journal=journal, telemetry=telemetry, sandboxes=sandboxes, web=self.web,
-            on_step=self._on_step, kv_reserve_tokens=self.kv_reserve_tokens,
+            model=self.model, dispatcher=dispatcher, replicas=fleet.replicas, chat=chat,
+            journal=journal, telemetry=telemetry, sandboxes=sandboxes, web=c.web,
+            on_step=self._on_step, kv_reserve_tokens=c.kv_reserve_tokens,
         )  # fmt: skip
         self._fleet = fleet
         fleet.start()
@@ -171,7 +138,7 @@ class Executor:
         if s is not None:
             await s.sandboxes.close()
             s.telemetry.shutdown()
-            if not isinstance(self._journal_spec, Journal):
+            if not isinstance(self.config.journal, Journal):
                 s.journal.close()
         if self.pool is not None and self._owns_pool:
             await asyncio.to_thread(self.pool.shutdown)
@@ -235,11 +202,11 @@ class Executor:
         if not isinstance(goal, str) or not goal.strip():
             raise ExecutorError("the goal is empty: say what the agent should do")
         task_id = task_id or f"task-{uuid.uuid4().hex[:12]}"
-        loop = TaskLoop(self.services, agent, goal, task_id)
-        return self._spawn(task_id, loop)
+        driver = TaskDriver(self.services, agent, goal, task_id)
+        return self._spawn(task_id, driver)
 
-    def _spawn(self, task_id: str, loop: TaskLoop) -> TaskHandle:
-        task = asyncio.get_running_loop().create_task(run_loop(loop), name=task_id)
+    def _spawn(self, task_id: str, driver: TaskDriver) -> TaskHandle:
+        task = asyncio.get_running_loop().create_task(run_driver(driver), name=task_id)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return TaskHandle(task_id, task)
@@ -262,8 +229,8 @@ class Executor:
             )
         agent = agent or agent_from_journal(record.agent)
         self._check(agent)
-        loop = TaskLoop(self.services, agent, record.goal, task_id, record=record)
-        return await self._spawn(task_id, loop).result()
+        driver = TaskDriver(self.services, agent, record.goal, task_id, record=record)
+        return await self._spawn(task_id, driver).result()
 
     def _on_step(self, task_id: str, step: Step) -> None:
         s = self._services

@@ -24,6 +24,7 @@ from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from executor.agent import Agent
+from executor.loop.journal import Journal
 from executor.result import TaskResult
 from executor.runtime import Executor
 
@@ -68,7 +69,7 @@ class _Embedded:
     async def executor(self, model: str, options: dict[str, Any]) -> Executor:
         ex = self._executors.get(model)
         if ex is None:
-            ex = Executor(model=model, progress=True, **options)
+            ex = Executor(model=model, **options)
             self._executors[model] = ex
             try:
                 await ex.start()
@@ -121,8 +122,6 @@ def resume_task(
     task_id: str, agent: Agent | None = None, *, model: str | None = None
 ) -> TaskResult:
     """Continue a journaled task after its driver died; no journaled tool runs again."""
-    from executor.journal import Journal
-
     if model is None and agent is None:
         with Journal() as journal:
             model = str(journal.get(task_id).agent["model"])

@@ -51,15 +51,16 @@ import sys
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any, Literal, get_args
+from typing import Any, Literal, cast, get_args
 
-from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import (
     ConsoleMetricExporter,
     HistogramDataPoint,
     InMemoryMetricReader,
     MetricReader,
+    NumberDataPoint,
     PeriodicExportingMetricReader,
 )
 from opentelemetry.sdk.resources import Resource
@@ -140,7 +141,14 @@ class Telemetry:
         self._meter_provider = MeterProvider(resource=resource, metric_readers=readers)
 
         self._tracer = self._tracer_provider.get_tracer(INSTRUMENTATION_SCOPE)
-        meter = self._meter_provider.get_meter(INSTRUMENTATION_SCOPE)
+        self._lock = threading.Lock()
+        self._kv_occupancy: dict[str, float] = {}
+        self._queue_depth: int | None = None
+        self._create_instruments(self._meter_provider.get_meter(INSTRUMENTATION_SCOPE))
+        self._shut_down = False
+
+    def _create_instruments(self, meter: Meter) -> None:
+        """The metrics of the module docstring, on this instance's own meter."""
         self._op_duration = meter.create_histogram(
             "gen_ai.client.operation.duration",
             unit="s",
@@ -172,9 +180,6 @@ class Telemetry:
             explicit_bucket_boundaries_advisory=_TASK_BUCKETS,
         )
 
-        self._lock = threading.Lock()
-        self._kv_occupancy: dict[str, float] = {}
-        self._queue_depth: int | None = None
         meter.create_observable_gauge(
             "executor.replica.kv_occupancy",
             callbacks=[self._observe_kv_occupancy],
@@ -187,7 +192,6 @@ class Telemetry:
             unit="{call}",
             description="Model calls waiting for a replica",
         )
-        self._shut_down = False
 
     @classmethod
     def from_env(cls) -> Telemetry:
@@ -201,7 +205,7 @@ class Telemetry:
                 f"{ENV_VAR}={name!r} is not a telemetry exporter; choose one of "
                 f"{', '.join(EXPORTERS)}"
             )
-        return cls(name)  # type: ignore[arg-type]
+        return cls(cast(TelemetryExporter, name))
 
     # -- spans ---------------------------------------------------------------------------------
 
@@ -351,8 +355,10 @@ class Telemetry:
                         value: Any
                         if isinstance(point, HistogramDataPoint):
                             value = {"count": point.count, "sum": point.sum}
-                        else:
-                            value = point.value  # type: ignore[union-attr]
+                        elif isinstance(point, NumberDataPoint):
+                            value = point.value
+                        else:  # (exponential histograms: not used here)
+                            continue
                         out.append((dict(point.attributes or {}), value))
         return points
 

@@ -40,7 +40,7 @@ build_image() {
   if [[ "${AGENT_EXECUTOR_SKIP_IMAGE:-}" == 1 ]]; then return 0; fi
   local py="$ROOT/.venv/bin/python"
   [[ -x "$py" ]] || py=python3
-  (cd "$ROOT" && DOCKER_HOST="$HOST" "$py" -m tools.sandbox.docker_image >&2) \
+  (cd "$ROOT" && DOCKER_HOST="$HOST" "$py" -m tools.sandbox.docker >&2) \
     || log "warning: could not build the sandbox image (tests build it on demand)"
 }
 

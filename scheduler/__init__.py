@@ -1,5 +1,7 @@
 """The control-plane core of the agent executor: a sans-I/O scheduler (events
-in, decisions out), its policies, the fleet simulator and the capacity planner.
+in, decisions out), its policies and the baselines behind the same interface.
+The simulator (``sim/``) and the runtime (``executor/``) drive it; nothing here
+imports them.
 
 Drive it::
 
@@ -10,12 +12,14 @@ Drive it::
 """
 
 from scheduler.config import SchedulerConfig
-from scheduler.core import ReplicaView, SchedulerCore, TaskView
+from scheduler.core import SchedulerCore
 from scheduler.decisions import (
     Decision,
     Fail,
+    MoveCause,
     Queue,
     Reject,
+    ReleaseCause,
     ReleaseKV,
     Replace,
     ReplicaDrained,
@@ -27,6 +31,7 @@ from scheduler.events import (
     CallFinished,
     Event,
     NextCall,
+    ReplacementFailed,
     ReplicaDied,
     ReplicaDraining,
     ReplicaJoined,
@@ -36,13 +41,16 @@ from scheduler.events import (
     ToolFinished,
     ToolStarted,
 )
+from scheduler.replica import ReplicaView
 from scheduler.states import ReplicaState, TaskState
+from scheduler.task import TaskView
 
 __all__ = [
     "SchedulerCore", "SchedulerConfig", "TaskView", "ReplicaView",
     "Event", "TaskArrived", "CallFinished", "CallFailed", "ToolStarted", "ToolFinished",
     "NextCall", "TaskFinished", "TaskCancelled", "ReplicaJoined", "ReplicaDraining",
-    "ReplicaDied",
-    "Decision", "RunCall", "Queue", "ReleaseKV", "Replace", "Reject", "Fail", "ReplicaDrained",
+    "ReplicaDied", "ReplacementFailed",
+    "Decision", "ReleaseCause", "MoveCause", "RunCall", "Queue", "ReleaseKV", "Replace",
+    "Reject", "Fail", "ReplicaDrained",
     "SchedulerError", "InvalidEvent", "TaskState", "ReplicaState",
 ]

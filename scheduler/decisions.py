@@ -3,10 +3,30 @@ runtime should apply them."""
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from typing import Literal
 
 from scheduler.events import ReplicaId, TaskId
+
+
+class ReleaseCause(enum.Enum):
+    """Why the core stopped counting a task's KV on its replica."""
+
+    TASK_DONE = "task done"
+    TASK_FAILED = "task failed"
+    CANCELLED = "cancelled"
+    TOOL_WAIT = "long tool wait under KV pressure"
+    WAITING_CAP = "waiting tasks' KV over cap"
+    OVER_BUDGET = "replica over KV budget"
+    DRAINING = "replica draining"
+
+
+class MoveCause(enum.Enum):
+    """Why a task is re-pinned to another replica (its next call replays its history)."""
+
+    REPLICA_DIED = "replica died"
+    KV_RELEASED = "kv released"
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +59,7 @@ class ReleaseKV:
     task_id: TaskId
     replica_id: ReplicaId
     tokens: int
-    reason: str
+    cause: ReleaseCause
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +70,7 @@ class Replace:
     task_id: TaskId
     from_replica: ReplicaId | None
     to_replica: ReplicaId
-    reason: str
+    cause: MoveCause
 
 
 @dataclass(frozen=True, slots=True)

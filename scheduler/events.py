@@ -109,6 +109,8 @@ class ReplicaJoined:
     replica_id: ReplicaId
     kv_capacity_tokens: int
     max_running_calls: int | None = None
+    replaces: ReplicaId | None = None
+    """The dead replica this one was started in place of (see ``ReplicaDied.replacing``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,15 +123,28 @@ class ReplicaDraining:
 
 @dataclass(frozen=True, slots=True)
 class ReplicaDied:
-    """The replica and its KV are gone; its running calls are lost."""
+    """The replica and its KV are gone; its running calls are lost. ``replacing``:
+    the runtime is starting a replica in its place (``ReplicaJoined(replaces=...)``
+    or ``ReplacementFailed`` follows), so its tasks wait for it instead of failing
+    when no other replica is left."""
 
     time: float
     replica_id: ReplicaId
+    replacing: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ReplacementFailed:
+    """The replica started in place of the dead ``replica_id`` did not come up."""
+
+    time: float
+    replica_id: ReplicaId
+    reason: str = ""
 
 
 TaskEvent = (
     TaskArrived | CallFinished | CallFailed | ToolStarted | ToolFinished | NextCall
     | TaskFinished | TaskCancelled
 )
-ReplicaEvent = ReplicaJoined | ReplicaDraining | ReplicaDied
+ReplicaEvent = ReplicaJoined | ReplicaDraining | ReplicaDied | ReplacementFailed
 Event = TaskEvent | ReplicaEvent

@@ -50,7 +50,9 @@ class FleetIndex:
 
     def most_free(self, k: int) -> list[Replica]:
         """Up to ``k`` active replicas with the most free budget, most free first."""
-        heap, out, keep = self._heap, [], []
+        heap = self._heap
+        out: list[Replica] = []
+        keep: list[tuple[int, int, int, Replica]] = []
         while heap and len(out) < k:
             entry = heapq.heappop(heap)
             if self._valid(entry):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import heapq
+from dataclasses import dataclass
 
 from scheduler.events import ReplicaId, TaskId
 from scheduler.run_queue import RunQueue
@@ -73,3 +74,26 @@ class Replica:
     def clear_waiting(self) -> None:
         self._waiting_heap.clear()
         self.waiting_tokens = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaView:
+    """A read-only snapshot of a replica, for drivers, tests and telemetry."""
+
+    replica_id: ReplicaId
+    state: ReplicaState
+    kv_capacity_tokens: int
+    kv_budget_tokens: int
+    kv_reserved_tokens: int
+    waiting_kv_tokens: int
+    running_calls: int
+    ready_calls: int
+    max_running_calls: int
+    tasks: int
+
+
+def replica_view(r: Replica) -> ReplicaView:
+    return ReplicaView(
+        r.id, r.state, r.capacity, r.budget, r.reserved, r.waiting_tokens, r.running,
+        r.run_queue.live, r.max_running, len(r.pinned),
+    )

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from scheduler.decisions import MoveCause
 from scheduler.events import ReplicaId, TaskId
 from scheduler.states import TaskState
 
@@ -11,7 +14,7 @@ class Task:
         "id", "agent", "state", "arrival", "deadline", "expected_calls", "expected_peak",
         "replica", "last_replica", "kv_held", "reserved", "history", "calls_done",
         "attained_s", "migrations", "retries", "tool", "tool_started", "expected_return",
-        "ready_seq", "ready_since", "cold", "lost_kv",
+        "ready_seq", "ready_since", "cold", "lost_kv", "dead_replica",
     )
 
     def __init__(
@@ -40,10 +43,31 @@ class Task:
         self.ready_seq = 0  # invalidates stale run-queue entries
         self.ready_since = 0.0
         self.cold = True  # next call expects a full prefill
-        self.lost_kv = ""  # why its KV left last_replica: "kv released" | "replica died"
+        self.lost_kv = MoveCause.KV_RELEASED  # why its KV left last_replica
+        self.dead_replica: ReplicaId | None = None  # the last replica that died under it
 
     def __repr__(self) -> str:
         return (
             f"Task({self.id!r}, {self.state.value}, replica={self.replica!r}, "
             f"kv_held={self.kv_held}, reserved={self.reserved}, history={self.history})"
         )
+
+
+@dataclass(frozen=True, slots=True)
+class TaskView:
+    """A read-only snapshot of a task, for drivers, tests and telemetry."""
+
+    task_id: TaskId
+    state: TaskState
+    replica_id: ReplicaId | None
+    kv_held: bool
+    reserved_tokens: int
+    history_tokens: int
+    calls_done: int
+    migrations: int
+
+
+def task_view(t: Task) -> TaskView:
+    return TaskView(
+        t.id, t.state, t.replica, t.kv_held, t.reserved, t.history, t.calls_done, t.migrations
+    )

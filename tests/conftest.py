@@ -20,7 +20,7 @@ TEST_REPLICA_CPUS = 0.5
 
 @pytest.fixture(scope="session")
 def replica_config():  # -> ReplicaConfig
-    from executor.replica_config import ReplicaConfig
+    from executor.fleet.config import ReplicaConfig
 
     return ReplicaConfig(
         model="tiny", max_total_tokens=8192, num_cpus=TEST_REPLICA_CPUS, cpu_threads=1
@@ -29,7 +29,7 @@ def replica_config():  # -> ReplicaConfig
 
 @pytest.fixture(scope="session")
 def pool(replica_config) -> Iterator[object]:
-    from executor.pool import ReplicaPool
+    from executor.fleet.pool import ReplicaPool
 
     with ReplicaPool(replicas=2, config=replica_config) as p:
         yield p

@@ -14,7 +14,7 @@ import sys
 from agent_tools import COUNTER_ENV, marking_agent
 
 from executor import Executor
-from executor.pool import ReplicaPool
+from executor.fleet.pool import ReplicaPool
 
 
 async def main(address: str, actor: str, journal: str, task_id: str) -> None:

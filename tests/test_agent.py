@@ -11,12 +11,21 @@ from typing import Literal
 import pytest
 
 from executor.agent import FINAL_ANSWER, Agent, AgentDefinitionError
-from executor.cli import main as cli_main
-from executor.cli_tasks import parse_tools
-from executor.dispatch import Dispatcher, TaskRefused
-from executor.errors import ExecutorError, ReplicaUnavailableError
-from executor.journal import Journal, JournalError
-from executor.reply import FinalAnswer, InvalidReply, ToolCall, parse_reply, reply_schema
+from executor.cli.main import main as cli_main
+from executor.cli.tasks import parse_tools
+from executor.dispatch import Dispatcher, Grant, TaskRefused
+from executor.errors import ExecutorError
+from executor.loop.journal import (
+    CallPayload,
+    Journal,
+    JournalError,
+    ObservationPayload,
+    StepKind,
+    ToolResultPayload,
+    ToolStartPayload,
+)
+from executor.loop.reply import FinalAnswer, InvalidReply, ToolCall, parse_reply, reply_schema
+from executor.result import CallStep, ToolStep
 from executor.runtime import agent_from_journal
 from scheduler import SchedulerConfig, SchedulerCore
 from tools import python, read_file, tool
@@ -130,7 +139,7 @@ def test_parse_reply() -> None:
 
 
 def test_chat_format_is_append_only_and_matches_the_template() -> None:
-    from executor.chat_format import ChatFormat
+    from executor.loop.chat_format import ChatFormat
     from executor.models import resolve
 
     chat = ChatFormat.load(resolve("tiny"))
@@ -163,18 +172,26 @@ def test_journal_round_trip(tmp_path: Path) -> None:
     path = tmp_path / "j.sqlite"
     j = Journal(path)
     j.create_task("t1", {"name": "a"}, "goal", [1, 2])
-    j.append("t1", "call", {"ids": [3, 4], "info": {}})
-    j.append("t1", "tool_start", {"call_id": "t1-1", "tool": "x", "arguments": {}})
-    j.append("t1", "tool_result", {"call_id": "t1-1", "info": {"output": "ok"}})
-    j.append("t1", "observation", {"ids": [5], "text": "ok"})
-    j.append("t1", "call", {"ids": [6], "info": {}})
-    j.append("t1", "tool_start", {"call_id": "t1-2", "tool": "x", "arguments": {}})
+    j.append("t1", CallPayload(ids=[3, 4], info=call_step(1)))
+    j.append("t1", ToolStartPayload(call_id="t1-1", tool="x", arguments={}))
+    j.append("t1", ToolResultPayload(
+        call_id="t1-1", result={"text": "ok", "ok": True}, info=tool_step("t1-1", "ok"),
+    ))  # fmt: skip
+    j.append("t1", ObservationPayload(ids=[5], text="ok"))
+    j.append("t1", CallPayload(ids=[6], info=call_step(2)))
+    j.append("t1", ToolStartPayload(call_id="t1-2", tool="x", arguments={}))
     j.close()
     j = Journal(path)  # durable: another connection reads it all back
     record = j.get("t1")
+    assert [s.kind for s in record.steps] == [
+        StepKind.CALL, "tool_start", "tool_result", "observation", "call", "tool_start",
+    ]  # (a kind compares equal to its text)
     assert record.transcript_ids() == [1, 2, 3, 4, 5, 6]
+    assert record.steps[2].payload == ToolResultPayload(
+        call_id="t1-1", result={"text": "ok", "ok": True}, info=tool_step("t1-1", "ok")
+    )
     assert list(record.tool_results()) == ["t1-1"]
-    assert [u["call_id"] for u in record.unfinished_tools()] == ["t1-2"]
+    assert [u.call_id for u in record.unfinished_tools()] == ["t1-2"]
     assert j.list()[0] | {"created_at": 0, "updated_at": 0} == {
         "task_id": "t1", "agent": "a", "goal": "goal", "status": "running",
         "created_at": 0, "updated_at": 0, "calls": 2,
@@ -190,13 +207,37 @@ def test_journal_round_trip(tmp_path: Path) -> None:
     j.close()
 
 
+def test_journal_refuses_a_damaged_step(tmp_path: Path) -> None:
+    j = Journal(tmp_path / "j.sqlite")
+    j.create_task("t1", {"name": "a"}, "goal", [1])
+    j.append("t1", ObservationPayload(ids=[5], text="ok"))
+    with j._db:  # a row another program wrote wrongly
+        j._db.execute("UPDATE steps SET payload = '{\"ids\": \"x\"}' WHERE task_id = 't1'")
+    with pytest.raises(JournalError, match="step 0 of task t1 .* not a valid 'observation'"):
+        j.get("t1")
+    j.close()
+
+
+def call_step(step: int) -> CallStep:
+    return CallStep(
+        step=step, replica_id="r0", prompt_tokens=10, cached_tokens=0, completion_tokens=2,
+        latency_s=0.1, queue_wait_s=0.0, finish_reason="stop", reply="{}",
+    )  # fmt: skip
+
+
+def tool_step(call_id: str, output: str) -> ToolStep:
+    return ToolStep(
+        step=1, call_id=call_id, tool="x", arguments={}, ok=True, output=output, duration_s=0.1
+    )
+
+
 def test_cli_lists_and_shows_journaled_tasks(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = tmp_path / "j.sqlite"
     j = Journal(path)
     j.create_task("t1", {"name": "a"}, "what is 2+2", [1])
-    j.append("t1", "tool_start", {"call_id": "t1-1", "tool": "python", "arguments": {"c": 1}})
+    j.append("t1", ToolStartPayload(call_id="t1-1", tool="python", arguments={"c": 1}))
     j.finish("t1", "succeeded", output="4")
     j.close()
     assert cli_main(["tasks", "--journal", str(path), "--json"]) == 0
@@ -258,8 +299,63 @@ def test_dispatcher_fails_a_call_whose_last_replica_died() -> None:
         d = Dispatcher(SchedulerCore())
         d.replica_joined("r0", 10_000)
         await d.arrive("a", "agent", 2, 100)
-        with pytest.raises(ReplicaUnavailableError, match="no live replica is left"):
+        with pytest.raises(TaskRefused, match="replica r0 died and no live replica is left"):
             await d.after_replica_death("a", "r0", "actor died")
+
+    asyncio.run(scenario())
+
+
+async def _last_replica_dies_with_a_replacement_starting() -> tuple[
+    Dispatcher, asyncio.Future[Grant]
+]:
+    d = Dispatcher(SchedulerCore(), replace_dead=True)
+    d.replica_joined("r0", 10_000)
+    await d.arrive("a", "agent", 2, 100)
+    moved = asyncio.ensure_future(d.after_replica_death("a", "r0", "actor died"))
+    await asyncio.sleep(0)
+    return d, moved
+
+
+def test_dispatcher_a_task_waits_for_the_replacement_of_its_last_replica() -> None:
+    """With replacements on, the core keeps the task of a dead last replica waiting
+    (it does not fail it) and places it on the replacement; the fleet hears of the death
+    through the dispatcher's queue."""
+
+    async def scenario() -> None:
+        d, moved = await _last_replica_dies_with_a_replacement_starting()
+        assert not moved.done() and d.core.task("a").state.value == "queued"
+        deaths = d.deaths()
+        assert await anext(deaths) == ("r0", "actor died")
+        d.replica_joined("r1", 10_000, replaces="r0")
+        grant = await asyncio.wait_for(moved, 1)
+        assert grant.replica_id == "r1" and grant.cold and grant.moved_from == "r0"
+
+    asyncio.run(scenario())
+
+
+def test_dispatcher_a_failed_replacement_fails_the_waiting_tasks() -> None:
+    async def scenario() -> None:
+        d, moved = await _last_replica_dies_with_a_replacement_starting()
+        d.replacement_failed("r0", "no CPU left")
+        with pytest.raises(TaskRefused, match="r0 died and its replacement failed: no CPU left"):
+            await asyncio.wait_for(moved, 1)
+
+    asyncio.run(scenario())
+
+
+def test_dispatcher_a_transient_call_failure_is_retried_on_the_same_replica() -> None:
+    """An actor Ray calls unavailable is not dead: the call is retried where it was, up
+    to the core's retry limit, then the task fails with the reason."""
+
+    async def scenario() -> None:
+        d = Dispatcher(SchedulerCore(SchedulerConfig(max_call_retries=1)))
+        d.replica_joined("r0", 10_000)
+        d.replica_joined("r1", 10_000)
+        first = await d.arrive("a", "agent", 2, 100)
+        again = await d.call_failed("a", first.replica_id, "ActorUnavailableError")
+        assert again.replica_id == first.replica_id and d.live_replicas() == ["r0", "r1"]
+        with pytest.raises(TaskRefused, match="call failed 2 times .*ActorUnavailableError"):
+            await d.call_failed("a", first.replica_id, "ActorUnavailableError")
 
     asyncio.run(scenario())
 
@@ -323,3 +419,34 @@ def test_dispatcher_drain_waits_for_running_calls_and_moves_tool_waits() -> None
             await d.drain("nope")
 
     asyncio.run(scenario())
+
+
+# -- the executor's options ------------------------------------------------------------
+
+
+def test_executor_options_are_one_validated_config() -> None:
+    from executor import Executor, ExecutorConfig, ReplicaConfig
+
+    ex = Executor("tiny", replicas=2, heal=False)
+    assert ex.config == ExecutorConfig(model="tiny", replicas=2, heal=False)
+    assert ex.config.replica_config() == ReplicaConfig(model="tiny")
+    shaped = Executor(ExecutorConfig(model="tiny", replica=ReplicaConfig(max_total_tokens=4096)))
+    assert shaped.config.replica_config().model == "tiny"  # the executor's model wins
+    old_name = Executor(model="tiny", replica_config=ReplicaConfig(max_total_tokens=4096))
+    assert old_name.config.replica_config().max_total_tokens == 4096
+    with pytest.raises(ExecutorError, match="replicas: Input should be greater than or equal"):
+        Executor(model="tiny", replicas=0)
+    with pytest.raises(ExecutorError, match="bogus: Extra inputs are not permitted"):
+        Executor(model="tiny", bogus=1)
+
+
+def test_moved_imports_still_work_with_a_deprecation_warning() -> None:
+    import importlib
+    import sys
+
+    for name, attr in [("executor.pool", "ReplicaPool"), ("executor.replica_config",
+                                                          "ReplicaConfig")]:  # fmt: skip
+        sys.modules.pop(name, None)
+        with pytest.warns(DeprecationWarning, match=f"from executor import {attr}"):
+            module = importlib.import_module(name)
+        assert getattr(module, attr) is getattr(importlib.import_module("executor"), attr)

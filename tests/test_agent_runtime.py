@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -19,7 +20,7 @@ import pytest
 from agent_tools import Runner, mark, marking_agent, tiny_agent, wait
 
 from executor import TaskResult
-from executor.journal import Journal
+from executor.loop.journal import Journal, JournalError
 
 pytestmark = pytest.mark.engine
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,7 +69,7 @@ def test_call_k_extends_call_k_minus_1_in_the_radix_cache(runner: Runner, counte
     calls = result.calls
     assert len(calls) == 6 and result.status == "step_limit"
     record = runner.ex.journal.get(result.task_id)
-    observations = [s.payload["ids"] for s in record.steps if s.kind == "observation"]
+    observations = [s.payload.ids for s in record.steps if s.kind == "observation"]
     for k in range(1, len(calls)):
         prev, call = calls[k - 1], calls[k]
         assert call.replica_id == prev.replica_id  # sticky
@@ -124,7 +125,7 @@ def test_invalid_replies_end_the_task_cleanly(runner: Runner) -> None:
     assert "no final answer in 4 calls" in (result.error or "")
     assert not result.tools and all(c.finish_reason == "length" for c in result.calls)
     record = runner.ex.journal.get(result.task_id)
-    shown = [s.payload["text"] for s in record.steps if s.kind == "observation"]
+    shown = [s.payload.text for s in record.steps if s.kind == "observation"]
     assert len(shown) == 3 and all("error: the reply is not one JSON object" in t for t in shown)
 
 
@@ -173,7 +174,7 @@ def test_resume_after_the_driver_was_killed(pool: Any, tmp_path: Path, counter: 
         r.close()
     assert result.resumed and result.status == "step_limit", result.error
     assert after.status == "step_limit"
-    starts = [s.payload["call_id"] for s in after.steps if s.kind == "tool_start"]
+    starts = [s.payload.call_id for s in after.steps if s.kind == "tool_start"]
     assert len(starts) == len(set(starts)) == 5  # one start per call that asked for a tool
     lines = len(counter.read_text().splitlines())
     interrupted = [t for t in result.tools if t.interrupted]
@@ -189,7 +190,7 @@ def _tool_results(path: Path, task_id: str) -> int:
     j = Journal(path)
     try:
         return len(j.get(task_id).tool_results())
-    except Exception:
+    except (JournalError, sqlite3.Error):  # (not created yet, or busy)
         return 0
     finally:
         j.close()
@@ -198,7 +199,7 @@ def _tool_results(path: Path, task_id: str) -> int:
 def test_run_task_on_the_embedded_executor(pool: Any, tmp_path: Path, counter: Path) -> None:
     """The one-call SDK: starts its own replica on first use, stops it on shutdown()."""
     from executor import run_task, shutdown
-    from executor.replica_config import ReplicaConfig
+    from executor.fleet.config import ReplicaConfig
 
     config = ReplicaConfig(model="tiny", max_total_tokens=4096, num_cpus=0.5, cpu_threads=1)
     try:

@@ -30,9 +30,9 @@ from benchmarks.agent_calibration import (
 from benchmarks.agent_replay import CallTrace, RunTrace, TaskTrace
 from benchmarks.agent_workload import ID_RANGE, make_workload
 from benchmarks.sglang_http import server_argv
-from executor.replica_config import ReplicaConfig
+from executor.fleet.config import ReplicaConfig
 from scheduler import SchedulerConfig
-from scheduler.sim.model import EngineSpec
+from sim.model import EngineSpec
 
 SMALL = ["--tasks", "3", "--concurrency", "2", "--replicas", "1", "--calls", "4",
          "--calls-spread", "0", "--history-tokens", "1500", "--system-tokens", "300",

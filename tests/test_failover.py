@@ -20,9 +20,9 @@ import ray
 from agent_tools import GATE, Runner, gated, marking_agent, tiny_agent, wait
 from chaos_tools import core_state, engine_pids, replica_state, running_on, signal_all, wait_until
 
-from executor.cli import main as cli_main
-from executor.health import HealthConfig
-from executor.journal import Journal
+from executor.cli.main import main as cli_main
+from executor.fleet.health import HealthConfig
+from executor.loop.journal import Journal
 from executor.result import TaskResult
 from scheduler import ReplicaState, SchedulerConfig
 

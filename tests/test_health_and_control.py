@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
-from executor.control import ControlChannel
-from executor.errors import ExecutorError, ReplicaUnavailableError
-from executor.health import HealthConfig, HealthMonitor
+from executor.errors import ExecutorError, ReplicaUnavailableError, ReplicaUnreachableError
+from executor.fleet.control import ControlChannel
+from executor.fleet.health import HealthConfig, HealthMonitor
+from executor.fleet.registry import ReplicaRegistry
 
 
 class StandIn:
@@ -30,12 +31,17 @@ class StandIn:
             raise ReplicaUnavailableError(self.replica_id, "engine processes [7] are gone")
         if step == "error":
             raise RuntimeError("boom")
+        if step == "unavailable":
+            raise ReplicaUnreachableError(self.replica_id, "ActorUnavailableError")
         return {"ok": True}
 
 
 def run_checks(replicas: dict[str, Any], config: HealthConfig, rounds: int) -> list[tuple]:
     dead: list[tuple[str, str]] = []
-    monitor = HealthMonitor(config, replicas, lambda rid, why: dead.append((rid, why)))
+    registry = ReplicaRegistry()
+    for handle in replicas.values():
+        registry.add(handle)
+    monitor = HealthMonitor(config, registry, lambda rid, why: dead.append((rid, why)))
 
     async def go() -> None:
         for _ in range(rounds):
@@ -54,6 +60,17 @@ def test_misses_in_a_row_declare_a_replica_dead_an_answer_resets_them() -> None:
     }
     dead = run_checks(replicas, config, rounds=4)
     assert dead == [("hung", "health check failed: boom, 2 times in a row")]
+
+
+def test_an_unavailable_actor_is_a_miss_not_a_death() -> None:
+    """Ray's ActorUnavailableError is transient: one is a miss; ``failures`` in a row kill."""
+    config = HealthConfig(timeout_s=5, failures=2)
+    replicas = {
+        "blip": StandIn("blip", ["unavailable", "ok", "unavailable"]),
+        "away": StandIn("away", ["unavailable", "unavailable"]),
+    }
+    dead = run_checks(replicas, config, rounds=3)
+    assert dead == [("away", "actor unavailable (ActorUnavailableError), 2 times in a row")]
 
 
 def test_a_gone_engine_is_dead_at_once() -> None:
@@ -88,3 +105,57 @@ def test_an_unclaimed_command_times_out_with_a_clear_error(tmp_path: Path) -> No
             operator.wait(cid, claim_timeout_s=0.2, timeout_s=10, poll_s=0.05)
         with pytest.raises(ExecutorError, match="unknown command"):
             operator.request("explode", "r1")
+
+
+# -- Ray's actor errors: died is not unavailable ---------------------------------------
+
+
+class _Method:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    def remote(self, *args: Any) -> Any:
+        async def fail() -> None:
+            raise self.exc
+
+        return fail()
+
+
+class _Actor:
+    """A stand-in Ray actor whose every method raises ``exc``."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.generate = self.health = _Method(exc)
+
+
+def _handle_error(exc: BaseException, call: str) -> BaseException:
+    from executor.fleet.handle import ReplicaHandle
+
+    handle = ReplicaHandle("r0", _Actor(exc), {})
+
+    async def go() -> None:
+        if call == "generate":
+            await handle.agenerate({"text": "x"})
+        else:
+            await handle.ahealth(5)
+
+    with pytest.raises(Exception) as info:
+        asyncio.run(go())
+    return info.value
+
+
+@pytest.mark.parametrize("call", ["generate", "health"])
+def test_actor_died_is_death(call: str) -> None:
+    from ray.exceptions import ActorDiedError
+
+    err = _handle_error(ActorDiedError(), call)
+    assert isinstance(err, ReplicaUnavailableError) and err.reason == "ActorDiedError"
+
+
+@pytest.mark.parametrize("call", ["generate", "health"])
+def test_actor_unavailable_is_transient(call: str) -> None:
+    from ray.exceptions import ActorUnavailableError
+
+    err = _handle_error(ActorUnavailableError("network blip", None), call)
+    assert isinstance(err, ReplicaUnreachableError)
+    assert not isinstance(err, ReplicaUnavailableError)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from scheduler.planner.formulas import PlanInputs, plan
-from scheduler.planner.montecarlo import simulate_plan
+from planner.formulas import PlanInputs, plan
+from planner.montecarlo import simulate_plan
 
 REQUIRED_KEYS = {
     "task_median_s",
@@ -61,7 +61,7 @@ def test_monte_carlo_is_near_the_formula() -> None:
 def test_cli_json_has_the_keys(tmp_path: Path) -> None:
     out = tmp_path / "plan.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "scheduler.plan", "--mc-tasks", "40", "--json", str(out)],
+        [sys.executable, "-m", "planner", "--mc-tasks", "40", "--json", str(out)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -83,7 +83,7 @@ def test_cli_json_has_the_keys(tmp_path: Path) -> None:
 )
 def test_cli_bad_input_is_an_argparse_error(args: list[str], msg: str) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "scheduler.plan", "--no-mc", *args],
+        [sys.executable, "-m", "planner", "--no-mc", *args],
         capture_output=True,
         text=True,
         timeout=60,

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from scheduler.planner.formulas import PlanInputs, plan
-from scheduler.planner.html_page import render
+from planner.formulas import PlanInputs, plan
+from planner.html_page import render
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(
@@ -96,7 +96,7 @@ def test_page_numbers_match_the_formulas(
 
 
 def test_cli_writes_the_page(tmp_path: Path) -> None:
-    from scheduler.plan import main
+    from planner.cli import main
 
     page = tmp_path / "p.html"
     assert main(["--mc-tasks", "30", "--html", str(page)]) == 0

@@ -10,7 +10,7 @@ import pytest
 import ray
 
 from executor.errors import InvalidRequestError, ReplicaUnavailableError
-from executor.generation import GenerateResult
+from executor.fleet.generation import GenerateResult
 
 pytestmark = pytest.mark.engine
 

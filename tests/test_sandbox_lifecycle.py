@@ -159,7 +159,7 @@ def test_docker_other_limits_start_a_container_of_their_own(docker_backend: Sand
 
 def test_docker_sweeps_containers_of_a_crashed_process(docker_host: str) -> None:
     from tools.sandbox.docker import DockerBackend
-    from tools.sandbox.docker_container import LABEL_OWNER, start_container
+    from tools.sandbox.docker.container import LABEL_OWNER, start_container
     from tools.sandbox.workspace import owner_tag
 
     dead = subprocess.Popen(["true"])

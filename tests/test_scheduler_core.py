@@ -9,11 +9,13 @@ from scheduler import (
     CallFinished,
     Fail,
     InvalidEvent,
+    MoveCause,
     NextCall,
     Queue,
     Reject,
     ReleaseKV,
     Replace,
+    ReplacementFailed,
     ReplicaDied,
     ReplicaDrained,
     ReplicaDraining,
@@ -29,6 +31,7 @@ from scheduler import (
     ToolFinished,
     ToolStarted,
 )
+from scheduler.decisions import ReleaseCause as RC
 from scheduler.policies import EarliestDeadlineFirst, LeastAttainedService
 from scheduler.states import TASK_TRANSITIONS, TaskTrigger, next_task_state
 
@@ -65,7 +68,7 @@ def test_task_lifecycle_sticky_and_decisions() -> None:
     assert c.handle(NextCall(4, "t")) == [RunCall("t", "r0", cold=False)]
     finish(c, 5, "t", "r0", prompt=2000, cached=1600)
     d = c.handle(TaskFinished(5, "t"))
-    assert d == [ReleaseKV("t", "r0", 2050, "task done")]
+    assert d == [ReleaseKV("t", "r0", 2050, RC.TASK_DONE)]
     assert c.task("t") is None and c.live_tasks == 0
     c.check_invariants()
 
@@ -97,7 +100,7 @@ def test_admission_queue_then_reject_when_full_and_too_large() -> None:
     # a finishing task frees room: the queued one is admitted in the same decision list
     finish(c, 2, "a", "r0")
     d = c.handle(TaskFinished(2, "a"))
-    assert d == [ReleaseKV("a", "r0", 1050, "task done"), RunCall("b", "r0", cold=True)]
+    assert d == [ReleaseKV("a", "r0", 1050, RC.TASK_DONE), RunCall("b", "r0", cold=True)]
     c.check_invariants()
 
 
@@ -182,7 +185,7 @@ def test_release_under_pressure_when_wait_is_long_and_readmit() -> None:
     # a 10 s tool vs 0.2 s to re-prefill 2,000 tokens: release; b is admitted at once
     d = c.handle(ToolStarted(1, "a", "slow", expected_s=10.0))
     assert d == [
-        ReleaseKV("a", "r0", 2_000, "long tool wait under KV pressure"),
+        ReleaseKV("a", "r0", 2_000, RC.TOOL_WAIT),
         RunCall("b", "r0", cold=True),
     ]
     # a comes back, finds no room: queued ahead of new arrivals
@@ -214,7 +217,7 @@ def test_waiting_kv_cap_releases_latest_returning_under_pressure() -> None:
     d = c.handle(ToolStarted(1, "b", "b", expected_s=1.0))
     # 6,000 waiting > 5,000 cap: a (back last) goes; q takes its room
     assert d == [
-        ReleaseKV("a", "r0", 1050, "waiting tasks' KV over cap"),
+        ReleaseKV("a", "r0", 1050, RC.WAITING_CAP),
         RunCall("q", "r0", cold=True),
     ]
     assert c.task("b").kv_held  # type: ignore[union-attr]
@@ -229,7 +232,7 @@ def test_history_growing_past_budget_releases_kv() -> None:
     finish(c, 1, "b", "r0", prompt=3_000)
     c.handle(ToolStarted(1, "b", "t"))
     d = finish(c, 2, "a", "r0", prompt=7_000, out=100)  # far past its expected peak
-    assert d == [ReleaseKV("b", "r0", 3_050, "replica over KV budget")]
+    assert d == [ReleaseKV("b", "r0", 3_050, RC.OVER_BUDGET)]
     c.check_invariants()
 
 
@@ -243,11 +246,16 @@ def test_failover_replaces_tasks_and_migration_limit_fails_cleanly() -> None:
     finish(c, 1, "tool", "r0")
     c.handle(ToolStarted(1, "tool", "t"))
     d = c.handle(ReplicaDied(2, "r0"))
-    assert d == [Replace("run", "r0", "r1", "replica died"), RunCall("run", "r1", cold=True)]
+    assert d == [
+        Replace("run", "r0", "r1", MoveCause.REPLICA_DIED), RunCall("run", "r1", cold=True)
+    ]
     # the tool-waiting task is placed again (cold) when its tool returns
     d = c.handle(ToolFinished(3, "tool"))
-    assert d == [Replace("tool", "r0", "r1", "replica died"), RunCall("tool", "r1", cold=True)]
-    d = c.handle(ReplicaDied(4, "r1"))  # second death for run and tool: limit 1 reached
+    assert d == [
+        Replace("tool", "r0", "r1", MoveCause.REPLICA_DIED), RunCall("tool", "r1", cold=True)
+    ]
+    # second death for run and tool: limit 1 reached; a replacement is starting
+    d = c.handle(ReplicaDied(4, "r1", replacing=True))
     fails = [x for x in d if isinstance(x, Fail)]
     assert sorted(f.task_id for f in fails) == ["run", "tool"]
     assert all("migration limit" in f.reason for f in fails)
@@ -277,13 +285,13 @@ def test_draining_replica_finishes_calls_moves_tasks_at_tool_waits_and_reports_d
     finish(c, 1, "v", "r0")
     c.handle(ToolStarted(1, "v", "x"))  # v waits on a tool on r0
     # draining: the tool-waiting task lets go of r0 at once; the running call stays
-    assert c.handle(ReplicaDraining(1, "r0")) == [ReleaseKV("v", "r0", 1_050, "replica draining")]
+    assert c.handle(ReplicaDraining(1, "r0")) == [ReleaseKV("v", "r0", 1_050, RC.DRAINING)]
     assert c.handle(TaskArrived(1, "n", "", 3, 10_000))[0].replica_id == "r1"
     finish(c, 2, "t", "r0")  # the running call finished on r0 ...
     d = c.handle(ToolStarted(2, "t", "x"))  # ... and the task moves at its tool wait
-    assert d == [ReleaseKV("t", "r0", 1_050, "replica draining"), ReplicaDrained("r0")]
+    assert d == [ReleaseKV("t", "r0", 1_050, RC.DRAINING), ReplicaDrained("r0")]
     assert c.handle(ToolFinished(3, "t")) == [
-        Replace("t", "r0", "r1", "kv released"),
+        Replace("t", "r0", "r1", MoveCause.KV_RELEASED),
         RunCall("t", "r1", cold=True),
     ]
     assert c.handle(ToolFinished(3, "v"))[-1] == RunCall("v", "r1", cold=True)
@@ -302,7 +310,7 @@ def test_draining_replica_moves_a_task_whose_next_call_needs_no_tool() -> None:
     c.handle(ReplicaDraining(1, "r0"))
     finish(c, 2, "t", "r0")
     d = c.handle(NextCall(2, "t"))
-    assert d[0] == ReleaseKV("t", "r0", 1_050, "replica draining")
+    assert d[0] == ReleaseKV("t", "r0", 1_050, RC.DRAINING)
     assert d[-1] == RunCall("t", "r1", cold=True)
     assert ReplicaDrained("r0") in d
 
@@ -322,7 +330,7 @@ def test_cancel_frees_slot_and_kv() -> None:
     c.handle(TaskArrived(0, "a", "", 3, 10_000))
     c.handle(TaskArrived(0, "b", "", 3, 10_000))
     d = c.handle(TaskCancelled(1, "a"))
-    assert d == [ReleaseKV("a", "r0", 0, "cancelled"), RunCall("b", "r0", cold=True)]
+    assert d == [ReleaseKV("a", "r0", 0, RC.CANCELLED), RunCall("b", "r0", cold=True)]
     c.check_invariants()
 
 
@@ -403,3 +411,45 @@ def test_config_validation() -> None:
         SchedulerConfig(kv_headroom=1.5)
     with pytest.raises(ValueError):
         SchedulerConfig(max_running_calls=0)
+
+
+# -- the last replica's death: wait for a replacement, or fail -------------------------
+
+
+def _one_task_running(c: SchedulerCore) -> None:
+    c.handle(ReplicaJoined(0, "r0", 10_000))
+    assert c.handle(TaskArrived(0, "t", "a", 3, 1_000)) == [RunCall("t", "r0", cold=True)]
+
+
+def test_last_replica_death_fails_its_tasks_when_none_replaces_it() -> None:
+    c = core()
+    _one_task_running(c)
+    c.handle(TaskArrived(0, "q", "a", 3, 9_000))  # queued: no room beside t
+    d = c.handle(ReplicaDied(1, "r0"))
+    assert sorted(f.task_id for f in d if isinstance(f, Fail)) == ["q", "t"]
+    assert all("replica r0 died and no live replica is left" in f.reason
+               for f in d if isinstance(f, Fail))  # fmt: skip
+    late = c.handle(TaskArrived(2, "late", "a", 3, 100))
+    assert isinstance(late[0], Reject) and "no live replica" in late[0].reason
+    c.check_invariants()
+
+
+def test_last_replica_death_with_a_replacement_starting_keeps_its_tasks_waiting() -> None:
+    c = core()
+    _one_task_running(c)
+    d = c.handle(ReplicaDied(1, "r0", replacing=True))
+    assert d == [Queue("t", "admission")]
+    d = c.handle(ReplicaJoined(5, "r1", 10_000, replaces="r0"))
+    assert d == [Replace("t", "r0", "r1", MoveCause.REPLICA_DIED), RunCall("t", "r1", cold=True)]
+    c.check_invariants()
+
+
+def test_a_failed_replacement_fails_the_waiting_tasks() -> None:
+    c = core()
+    _one_task_running(c)
+    c.handle(ReplicaDied(1, "r0", replacing=True))
+    d = c.handle(ReplacementFailed(3, "r0", "out of memory"))
+    assert d == [Fail("t", "replica r0 died and its replacement failed: out of memory")]
+    with pytest.raises(InvalidEvent, match="unknown replica"):
+        c.handle(ReplacementFailed(4, "nope"))
+    c.check_invariants()

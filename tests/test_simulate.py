@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from planner.formulas import PlanInputs, plan
 from scheduler import SchedulerConfig
-from scheduler.planner.formulas import PlanInputs, plan
-from scheduler.sim.engine import SimCall, SimEngine
-from scheduler.sim.model import EngineSpec, ModelShape, attention_units
-from scheduler.sim.simulator import SimConfig, Simulation
-from scheduler.sim.workload import TaskPlan, WorkloadGenerator, WorkloadSpec
+from sim.engine import SimCall, SimEngine
+from sim.model import EngineSpec, ModelShape, attention_units
+from sim.simulator import SimConfig, Simulation
+from sim.workload import TaskPlan, WorkloadGenerator, WorkloadSpec
 
 ENGINE = EngineSpec(prefill_tokens_per_s=10_000.0, decode_tokens_per_s=50.0)
 
@@ -218,7 +218,7 @@ def test_cli_json_plot_and_bad_input(tmp_path: Path) -> None:
     base = [
         sys.executable,
         "-m",
-        "scheduler.simulate",
+        "sim",
         "--replicas",
         "2",
         "--rate",
@@ -264,7 +264,7 @@ def test_cli_sweep(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "scheduler.simulate",
+            "sim",
             "--replicas",
             "2",
             "--duration",

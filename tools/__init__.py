@@ -6,7 +6,8 @@ schema). Calling: ``await tool.invoke(args, ToolContext(sandbox=...))`` or
 ``await Toolbox(tools).call(name, args, ctx)`` returns a :class:`ToolResult`
 (``text`` for the model, ``ok``/``error``, structured ``data``) and never
 raises for what the model did. Built-ins: :data:`BUILTIN_TOOLS`. Sandboxes:
-:func:`create_backend` (``bwrap`` default, ``docker``, ``local``).
+:func:`create_backend` (``bwrap`` default, ``docker``, ``local``). Errors: every
+one the package raises on purpose derives from :class:`ToolsError` (:mod:`tools.errors`).
 """
 
 from tools.builtin import (
@@ -20,6 +21,7 @@ from tools.builtin import (
 )
 from tools.context import ToolContext
 from tools.declare import Tool, ToolDeclarationError, tool
+from tools.errors import ToolsError
 from tools.result import ToolError, ToolResult
 from tools.sandbox import Limits, Sandbox, SandboxBackend, create_backend
 from tools.toolbox import Toolbox
@@ -36,6 +38,7 @@ __all__ = [
     "ToolError",
     "ToolResult",
     "Toolbox",
+    "ToolsError",
     "WebPolicy",
     "create_backend",
     "list_files",

@@ -34,6 +34,7 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tools.context import ToolContext
+from tools.errors import ToolsError
 from tools.output import truncate_text
 from tools.result import ToolError, ToolResult
 from tools.sandbox.base import SandboxError
@@ -42,8 +43,11 @@ log = logging.getLogger(__name__)
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
 
 
-class ToolDeclarationError(TypeError):
-    """A function cannot be made into a tool (the message says what to change)."""
+class ToolDeclarationError(TypeError, ToolsError):
+    """A function cannot be made into a tool (the message says what to change).
+
+    Also a TypeError (what it was first), so ``except TypeError`` still catches it.
+    """
 
 
 class Tool:
@@ -211,10 +215,10 @@ def _parse_docstring(doc: str) -> tuple[str, dict[str, str]]:
     if section:
         current, indent = None, 0
         for line in section.group(1).splitlines():
-            m = re.match(r"^\s+(\w+)(?:\s*\([^)]*\))?:\s*(.*)$", line)
-            if m and (current is None or len(line) - len(line.lstrip()) <= indent):
-                current, indent = m.group(1), len(line) - len(line.lstrip())
-                args[current] = m.group(2).strip()
+            entry = re.match(r"^\s+(\w+)(?:\s*\([^)]*\))?:\s*(.*)$", line)
+            if entry and (current is None or len(line) - len(line.lstrip()) <= indent):
+                current, indent = entry.group(1), len(line) - len(line.lstrip())
+                args[current] = entry.group(2).strip()
             elif current and line.strip():
                 args[current] = f"{args[current]} {line.strip()}".strip()
     return summary, args

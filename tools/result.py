@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from tools.errors import ToolsError
 
-class ToolError(Exception):
+
+class ToolError(ToolsError):
     """Raised by a tool for an expected failure; the model sees ``error: <message>``."""
 
 

@@ -17,12 +17,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
+from typing import Any
+
+from tools.errors import ToolsError
 
 #: Where the workspace appears inside every isolating sandbox.
 WORKDIR = "/workspace"
 
 
-class SandboxError(Exception):
+class SandboxError(ToolsError):
     """A sandbox could not do what was asked (not: the command failed)."""
 
 
@@ -43,8 +46,8 @@ class Limits:
     #: size of the private /tmp (docker tmpfs; bwrap's tmpfs counts against memory)
     tmp_bytes: int = 64 * 1024 * 1024
 
-    def with_(self, **changes: object) -> Limits:
-        return replace(self, **changes)  # type: ignore[arg-type]
+    def with_(self, **changes: Any) -> Limits:
+        return replace(self, **changes)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,8 @@ import signal
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from tools.sandbox import cgroup, seccomp
+import tools.sandbox.cgroup as cgroup
+import tools.sandbox.seccomp as seccomp
 from tools.sandbox.base import (
     WORKDIR,
     ExecResult,

@@ -9,13 +9,14 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 
+from tools.errors import ToolsError
 from tools.web.html_text import html_to_text
 from tools.web.policy import WebPolicy
 
 TEXT_TYPES = ("text/", "application/json", "application/xml", "application/xhtml", "+json", "+xml")
 
 
-class FetchRefused(Exception):
+class FetchRefused(ToolsError):
     """The request was not made, or its answer was not accepted (the message says why)."""
 
 

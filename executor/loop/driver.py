@@ -1,0 +1,276 @@
+"""The task driver: performs the task machine's actions, one at a time.
+
+For each action of the :class:`~executor.loop.machine.TaskMachine` it does the
+I/O (the scheduler's permission, the replica's call, the sandboxed tool, the
+chat format's rendering), commits what happened to the journal, and gives the
+committed step back to the machine, which decides what comes next. The driver
+decides nothing about the task itself; it only handles the call's plumbing:
+waiting for the scheduler, retrying a call the scheduler re-placed after its
+replica died, and saying so (journal, trace, result).
+
+Outcomes: ``succeeded``, ``step_limit``, ``failed`` (the scheduler refused the
+task, a replica refused its prompt, or its replicas died beyond the migration
+limit), each with a clear message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from executor.agent import Agent
+from executor.dispatch import Dispatcher, TaskRefused
+from executor.errors import (
+    ExecutorError,
+    InvalidRequestError,
+    ReplicaUnavailableError,
+    ReplicaUnreachableError,
+)
+from executor.fleet.generation import GenerateResult
+from executor.fleet.registry import ReplicaRegistry
+from executor.loop.chat_format import ChatFormat
+from executor.loop.journal import (
+    CallPayload,
+    FailoverPayload,
+    Journal,
+    ObservationPayload,
+    Payload,
+    TaskRecord,
+    ToolStartPayload,
+)
+from executor.loop.machine import Call, Finish, Observe, RunTool, TaskMachine
+from executor.loop.reply import answer_spec, reply_format, reply_schema
+from executor.result import CallStep, FailoverStep, Step, TaskResult
+from executor.telemetry import Telemetry
+from tools.context import ToolContext
+from tools.sandbox import SandboxBackend
+from tools.toolbox import Toolbox
+from tools.web.policy import WebPolicy
+
+#: Tokens an observation is expected to add, for the KV reservation of a task.
+OBSERVATION_TOKENS = 256
+
+
+@dataclass(frozen=True)
+class Services:
+    """What a task driver needs from its executor."""
+
+    model: str
+    dispatcher: Dispatcher
+    replicas: ReplicaRegistry
+    chat: ChatFormat
+    journal: Journal
+    telemetry: Telemetry
+    sandboxes: SandboxBackend
+    web: WebPolicy
+    on_step: Callable[[str, Step], None] | None = None
+    kv_reserve_tokens: int | None = None
+
+
+def system_prompt(agent: Agent) -> str:
+    return f"{agent.instructions}\n\n{reply_format()}"
+
+
+def first_prompt(agent: Agent, goal: str, chat: ChatFormat) -> list[int]:
+    specs = [t.openai_spec() for t in agent.tools] + [answer_spec(agent)]
+    return chat.prompt(system_prompt(agent), goal, specs)[1]
+
+
+class TaskDriver:
+    def __init__(
+        self, services: Services, agent: Agent, goal: str, task_id: str,
+        record: TaskRecord | None = None,
+    ) -> None:  # fmt: skip
+        """A new task (journaled now), or, with ``record``, a journaled one to resume."""
+        self.services = services
+        self.agent = agent
+        self.goal = goal
+        self.task_id = task_id
+        self.toolbox = Toolbox(agent.tools)
+        self.resumed = record is not None
+        if record is None:
+            ids = first_prompt(agent, goal, services.chat)
+            services.journal.create_task(task_id, agent.describe(), goal, ids)
+            self.machine = TaskMachine(agent, task_id, ids)
+        else:
+            self.machine = TaskMachine.replay(agent, task_id, record.prompt_ids, record.payloads)
+        self._emitted = len(self.machine.steps)  # journaled steps are not announced again
+        self.machine.resumed()
+
+    async def run(self) -> TaskResult:
+        s = self.services
+        started = time.perf_counter()
+        finish = Finish("failed")
+        span_of = s.telemetry.task_span(agent=self.agent.name, task_id=self.task_id, model=s.model)
+        with span_of as span:
+            sandbox = await s.sandboxes.open(self.task_id)
+            try:
+                finish = await self._drive(
+                    ToolContext(sandbox=sandbox, web=s.web, task_id=self.task_id)
+                )
+            except (TaskRefused, InvalidRequestError, ReplicaUnavailableError) as exc:
+                finish = Finish("failed", error=str(exc))
+            finally:
+                s.dispatcher.cancelled(self.task_id, finish.error or "ended")
+                await sandbox.close()
+            span.set_attribute("executor.task.status", finish.status)
+            if finish.error:
+                span.set_attribute("error.type", finish.status)
+        s.journal.finish(self.task_id, finish.status, output=finish.output, error=finish.error)
+        latency = time.perf_counter() - started
+        s.telemetry.record_task(agent=self.agent.name, latency_s=latency, status=finish.status)
+        return TaskResult(
+            task_id=self.task_id, agent=self.agent.name, goal=self.goal, status=finish.status,
+            output=finish.output, error=finish.error, steps=list(self.machine.steps),
+            latency_s=latency, resumed=self.resumed,
+        )  # fmt: skip
+
+    async def _drive(self, ctx: ToolContext) -> Finish:
+        self._announce()  # (a resumed task's interrupted tool)
+        while True:
+            action = self.machine.next_action()
+            match action:
+                case Finish():
+                    self.services.dispatcher.finished(self.task_id)
+                    return action
+                case Call():
+                    await self._call(action)
+                case RunTool():
+                    await self._tool(action, ctx)
+                case Observe():
+                    text, ids = self.services.chat.observation(action.after_ids, action.text)
+                    self._record(ObservationPayload(ids=ids, text=text))
+
+    def _record(self, payload: Payload) -> None:
+        """Commit a step, then give it to the machine: the journal is never behind."""
+        self.services.journal.append(self.task_id, payload)
+        self.machine.apply(payload)
+        self._announce()
+
+    def _announce(self) -> None:
+        on_step, steps = self.services.on_step, self.machine.steps
+        while self._emitted < len(steps):
+            if on_step is not None:
+                on_step(self.task_id, steps[self._emitted])
+            self._emitted += 1
+
+    # -- a model call ---------------------------------------------------------------
+
+    async def _call(self, action: Call) -> None:
+        """One model call on the granted replica. If the replica dies under it (or is
+        declared dead), the scheduler places the task again and the call is retried
+        there, replaying the history (a cold prefill), up to the migration limit; a
+        transient failure is retried where it was, up to the retry limit."""
+        s = self.services
+        schema = json.dumps(reply_schema(self.agent, action.tool_choice))
+        sampling = {**self.agent.sampling.model_dump(exclude_none=True), "json_schema": schema}
+        grant = await s.dispatcher.ready(
+            self.task_id, self.agent.name, self.agent.max_steps, self._expected_history()
+        )
+        waited = grant.waited_s
+        while True:
+            request = {"input_ids": action.input_ids, "sampling": sampling,
+                       "rid": _request_id(self.task_id, action.step)}  # fmt: skip
+            chat = s.telemetry.chat_span(model=s.model, task_id=self.task_id, step=action.step)
+            with chat as span:
+                if grant.moved_from is not None:
+                    self._failover(span, action.step, grant.moved_from)
+                try:
+                    result = await self._generate(grant.replica_id, request)
+                except (ReplicaUnavailableError, ReplicaUnreachableError) as exc:
+                    # dead: the core places the task again; unreachable: it retries here
+                    dead = isinstance(exc, ReplicaUnavailableError)
+                    s.telemetry.event(span, "replica_lost" if dead else "call_failed",
+                                      replica=grant.replica_id, reason=exc.reason)  # fmt: skip
+                    retry = s.dispatcher.after_replica_death if dead else s.dispatcher.call_failed
+                    grant = await retry(self.task_id, grant.replica_id, exc.reason)
+                    waited += grant.waited_s
+                    continue
+                s.telemetry.record_call(
+                    span, replica_id=result.replica_id, input_tokens=result.prompt_tokens,
+                    output_tokens=result.completion_tokens, cached_tokens=result.cached_tokens,
+                    queue_wait_s=waited, latency_s=result.latency_s,
+                    finish_reason=result.finish_reason,
+                )  # fmt: skip
+            break
+        s.dispatcher.call_finished(
+            self.task_id, result.replica_id, prompt_tokens=result.prompt_tokens,
+            cached_tokens=result.cached_tokens, output_tokens=len(result.output_ids),
+            latency_s=result.latency_s,
+        )  # fmt: skip
+        info = CallStep(
+            step=action.step, replica_id=result.replica_id, prompt_tokens=result.prompt_tokens,
+            cached_tokens=result.cached_tokens, completion_tokens=result.completion_tokens,
+            latency_s=result.latency_s, queue_wait_s=waited, finish_reason=result.finish_reason,
+            reply=result.text,
+        )  # fmt: skip
+        self._record(CallPayload(ids=result.output_ids, info=info))
+
+    def _expected_history(self) -> int:
+        if self.services.kv_reserve_tokens is not None:
+            return self.services.kv_reserve_tokens
+        return self.machine.expected_peak_tokens(OBSERVATION_TOKENS)
+
+    def _failover(self, span: Any, step: int, dead: str) -> None:
+        """Say (journal, trace, result) that the task's replica died and it moved."""
+        s = self.services
+        failover = FailoverStep(step=step, replica_id=dead, reason=s.dispatcher.death_reason(dead))
+        s.telemetry.event(span, "failover", replica=dead, reason=failover.reason)
+        self._record(FailoverPayload(info=failover))
+
+    async def _generate(self, replica_id: str, request: dict[str, Any]) -> GenerateResult:
+        """The call on the replica, abandoned as soon as the replica is declared dead
+        (by a health check, or by another task's call): a hung engine holds no task."""
+        handle = self.services.replicas.get(replica_id)
+        lost = self.services.dispatcher.lost(replica_id)
+        if handle is None:
+            raise ReplicaUnavailableError(replica_id, "not in the pool")
+        if not lost.done():
+            call = asyncio.ensure_future(handle.agenerate(request))
+            racing: set[asyncio.Future[Any]] = {call, lost}
+            try:
+                await asyncio.wait(racing, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if not call.done():
+                    call.cancel()
+            if not lost.done():
+                return call.result()
+            # the replica's death is what counts: the call's own error is not reported
+            call.add_done_callback(lambda c: c.cancelled() or c.exception())
+        raise ReplicaUnavailableError(replica_id, lost.result())
+
+    # -- a tool -----------------------------------------------------------------------
+
+    async def _tool(self, action: RunTool, ctx: ToolContext) -> None:
+        s = self.services
+        self._record(
+            ToolStartPayload(call_id=action.call_id, tool=action.tool, arguments=action.arguments)
+        )
+        s.dispatcher.tool_started(self.task_id, action.tool)
+        t0 = time.perf_counter()
+        with s.telemetry.tool_span(tool=action.tool, call_id=action.call_id):
+            result = await self.toolbox.call(action.tool, action.arguments, ctx)
+        self._record(self.machine.tool_result(action, result.to_dict(), time.perf_counter() - t0))
+
+
+def _request_id(task_id: str, step: int) -> str:
+    """Unique per attempt: a dead driver's call of the same step may still be in the engine."""
+    return f"{task_id}-{step}-{uuid.uuid4().hex[:8]}"
+
+
+async def run_driver(driver: TaskDriver) -> TaskResult:
+    """Run a task; an unexpected error still ends the task as failed, journaled."""
+    journal = driver.services.journal
+    try:
+        return await driver.run()
+    except asyncio.CancelledError:
+        journal.finish(driver.task_id, "failed", error="cancelled")
+        raise
+    except ExecutorError as exc:
+        journal.finish(driver.task_id, "failed", error=str(exc))
+        raise

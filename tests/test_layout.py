@@ -1,0 +1,159 @@
+"""The house's rules, checked on the source (docs/ARCHITECTURE.md, "Layout"):
+
+- imports point one way: no import circle between modules, counting imports
+  inside functions and under ``TYPE_CHECKING``, and none between the
+  packages of the layers (``scheduler`` < ``sim`` < ``planner``; ``tools``,
+  ``scheduler`` < ``executor``; the executor's own sub-packages in order);
+- the scheduler core imports nothing of the runtime, the simulator or the tools;
+- no private name (``_x``) is imported from another package; nothing imports the CLI;
+- no module over 500 lines, no folder of more than 16 modules.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("executor", "scheduler", "sim", "planner", "tools", "benchmarks")
+# Each layer may import only layers before it (its own layer excepted).
+LAYERS = [
+    {"scheduler"},
+    {"sim"},
+    {"planner"},
+    {"tools"},
+    {
+        "executor.errors", "executor.paths", "executor.result", "executor.telemetry",
+        "executor.models",
+    },
+    {"executor.fleet", "executor.dispatch"},
+    {"executor.agent"},
+    {"executor.loop"},
+    {"executor.config", "executor.runtime", "executor.sdk", "executor"},
+    {"executor.cli", "executor.__main__"},
+    {"benchmarks"},
+]
+SHIMS = {"executor.pool", "executor.replica_config", "scheduler.simulate", "scheduler.plan"}
+
+
+def modules() -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for package in PACKAGES:
+        for path in (ROOT / package).rglob("*.py"):
+            parts = list(path.relative_to(ROOT).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts.pop()
+            found[".".join(parts)] = path
+    return found
+
+
+def imports(name: str, path: Path, known: set[str]) -> Iterator[tuple[str, list[str]]]:
+    """(imported module, names taken from it) for every import anywhere in the file."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name, []
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            names = [a.name for a in node.names]
+            for n in names:  # ``from pkg import module`` imports the module
+                if f"{base}.{n}" in known:
+                    yield f"{base}.{n}", []
+            yield base, names
+
+
+def graph() -> dict[str, set[str]]:
+    mods = modules()
+    known = set(mods)
+    edges: dict[str, set[str]] = {}
+    for name, path in mods.items():
+        targets = {m for m, _ in imports(name, path, known) if m in known and m != name}
+        edges[name] = targets
+    return edges
+
+
+def layer(module: str) -> int:
+    best, depth = -1, -1
+    for i, members in enumerate(LAYERS):
+        for m in members:
+            if (module == m or module.startswith(m + ".")) and len(m) > depth:
+                best, depth = i, len(m)
+    return best
+
+
+def test_no_import_circle() -> None:
+    edges = graph()
+    state: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(m: str) -> None:
+        state[m] = 1
+        stack.append(m)
+        for n in sorted(edges[m]):
+            if state.get(n) == 1:
+                cycles.append([*stack[stack.index(n):], n])
+            elif n not in state:
+                visit(n)
+        stack.pop()
+        state[m] = 2
+
+    for m in sorted(edges):
+        if m not in state:
+            visit(m)
+    assert not cycles, "import circles: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+def test_imports_point_down_the_layers() -> None:
+    upward = []
+    for m, targets in graph().items():
+        if m in SHIMS:
+            continue
+        for t in targets:
+            if layer(t) > layer(m):
+                upward.append(f"{m} -> {t}")
+    assert not upward, "imports against the layers: " + ", ".join(sorted(upward))
+
+
+def test_no_private_name_crosses_a_package_and_nothing_imports_the_cli() -> None:
+    mods = modules()
+    known = set(mods)
+    bad = []
+    for name, path in mods.items():
+        home = name.split(".")[0]
+        for target, names in imports(name, path, known):
+            if target.split(".")[0] in PACKAGES and target.split(".")[0] != home:
+                bad += [f"{name}: {target}.{n}" for n in names if n.startswith("_")]
+            if target.startswith("executor.cli") and not name.startswith("executor.cli") and (
+                name != "executor.__main__"
+            ):
+                bad.append(f"{name} imports the CLI ({target})")
+    assert not bad, bad
+
+
+def test_modules_and_folders_stay_small() -> None:
+    too_long = {
+        str(p.relative_to(ROOT)): n
+        for p in modules().values()
+        if (n := len(p.read_text().splitlines())) > 500
+    }
+    assert not too_long, too_long
+    folders: dict[Path, int] = {}
+    for p in modules().values():
+        folders[p.parent] = folders.get(p.parent, 0) + 1
+    crowded = {str(f.relative_to(ROOT)): n for f, n in folders.items() if n > 16}
+    assert not crowded, crowded
+
+
+def test_the_checker_sees_a_circle(tmp_path: Path) -> None:
+    """The rules above can fail: two modules that import each other are a circle."""
+    a = tmp_path / "a.py"
+    a.write_text("import b\n")
+    found = list(imports("a", a, {"a", "b"}))
+    assert ("b", []) in found
+    assert layer("executor.loop.machine") > layer("executor.fleet.registry") > layer("scheduler")
