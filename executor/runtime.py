@@ -199,8 +199,6 @@ class Executor:
     def submit(self, agent: Agent, goal: str, *, task_id: str | None = None) -> TaskHandle:
         """Start a task now; it runs concurrently with the others."""
         self._check(agent)
-        if not isinstance(goal, str) or not goal.strip():
-            raise ExecutorError("the goal is empty: say what the agent should do")
         task_id = task_id or f"task-{uuid.uuid4().hex[:12]}"
         driver = TaskDriver(self.services, agent, goal, task_id)
         return self._spawn(task_id, driver)

@@ -450,3 +450,41 @@ def test_moved_imports_still_work_with_a_deprecation_warning() -> None:
         with pytest.warns(DeprecationWarning, match=f"from executor import {attr}"):
             module = importlib.import_module(name)
         assert getattr(module, attr) is getattr(importlib.import_module("executor"), attr)
+
+
+# -- bad input is refused before anything starts ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["run", "   "], "the goal is empty"),
+        (["run", "2+2?", "--max-total-tokens", "10"], "max_total_tokens: Input should be"),
+        (["run", "2+2?", "--replicas", "0"], "--replicas must be at least 1"),
+        (["run", "2+2?", "--max-steps", "0"], "max_steps"),
+        (["run", "2+2?", "--tools", "python,rm_rf"], "unknown tool"),
+        (["run", "word " * 400, "--max-total-tokens", "256"], "first call needs"),
+    ],
+)
+def test_cli_refuses_bad_input_before_ray_starts(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import ray
+
+    assert cli_main([*argv, "--model", "tiny"]) == 2
+    assert message in " ".join(capsys.readouterr().err.split())
+    assert not ray.is_initialized()
+
+
+def test_a_goal_beyond_a_replica_is_refused_before_the_journal() -> None:
+    from executor.loop.chat_format import ChatFormat
+    from executor.loop.driver import check_task
+    from executor.models import resolve
+
+    chat = ChatFormat.load(resolve("tiny"))
+    agent = make_agent(sampling={"max_new_tokens": 64})
+    assert len(check_task(agent, "2+2?", chat, 4096)) > 0
+    with pytest.raises(ExecutorError, match="first call needs .* a replica holds 512"):
+        check_task(agent, "word " * 2000, chat, 512)
+    with pytest.raises(ExecutorError, match="the goal is empty"):
+        check_task(agent, "\n\t ", chat, None)

@@ -6,6 +6,11 @@ absolute path, or a symlink whose target lies outside it fails (EXDEV) in
 the same system call that opens the file, so no check-then-use race exists.
 Symlinks that stay inside are followed. Where openat2 is missing (Linux <
 5.6) the fallback resolves with ``realpath`` and opens with ``O_NOFOLLOW``.
+
+:func:`open_file` is how the file tools open what the model names: with
+``O_NONBLOCK`` (a FIFO the sandbox made never blocks the open) and then
+refused unless ``fstat`` says it is a regular file or a directory (a FIFO, a
+socket or a device node is not read or written, whatever a symlink says).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import ctypes
 import errno
 import os
 import posixpath
+import stat
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -90,6 +96,7 @@ def explain(exc: OSError, path: str) -> ToolError:
         errno.EACCES: "permission denied",
         errno.EPERM: "operation not permitted",
         errno.ENOSPC: "no space left",
+        errno.ENXIO: "it is a FIFO or a socket, not a regular file",
     }
     reason = reasons.get(exc.errno or 0, exc.strerror or str(exc))
     return ToolError(f"cannot access {path!r}: {reason}")
@@ -115,10 +122,28 @@ def makedirs_beneath(root: Path, path: str, owner: tuple[int, int] | None) -> No
         os.close(open_beneath(root, done, os.O_PATH | os.O_DIRECTORY))
 
 
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "not a regular file"  # pragma: no cover - every other kind is listed
+
+
 @contextlib.contextmanager
-def opened(root: Path, path: str, flags: int, mode: int = 0o644) -> Iterator[int]:
-    fd = open_beneath(root, path, flags, mode)
+def open_file(root: Path, path: str, flags: int, mode: int = 0o644) -> Iterator[int]:
+    """``root/path`` opened for the file tools (beneath ``root``, as :func:`open_beneath`).
+    The open cannot block (``O_NONBLOCK``, no controlling tty), and anything but a
+    regular file or a directory is refused before a byte is read or written."""
+    fd = open_beneath(root, path, flags | os.O_NONBLOCK | os.O_NOCTTY, mode)
     try:
+        st_mode = os.fstat(fd).st_mode
+        if not (stat.S_ISREG(st_mode) or stat.S_ISDIR(st_mode)):
+            raise ToolError(
+                f"{path!r} is {_kind(st_mode)}: only regular files and directories can be "
+                "read or written"
+            )
+        os.set_blocking(fd, True)
         yield fd
     finally:
         os.close(fd)

@@ -11,14 +11,19 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from pydantic import ValidationError
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
 from executor.agent import DEFAULT_MODEL, Agent, AgentDefinitionError
 from executor.config import ExecutorConfig
+from executor.errors import ExecutorError
 from executor.fleet.config import ReplicaConfig
+from executor.loop.chat_format import ChatFormat
+from executor.loop.driver import check_task
 from executor.loop.journal import Journal
+from executor.models import resolve
 from executor.result import CallStep, FailoverStep, Step, TaskResult, ToolStep
 from executor.runtime import Executor
 from tools.builtin import BUILTIN_TOOLS
@@ -34,10 +39,16 @@ DEFAULT_INSTRUCTIONS = (
 
 def replica_config(model: str, max_total_tokens: int, replicas: int) -> ReplicaConfig:
     """Replicas share this machine's cores (a CPU engine runs one torch thread per core)."""
+    if replicas < 1:
+        raise ExecutorError(f"--replicas must be at least 1, not {replicas}")
     cpus = max(1, (os.cpu_count() or 1) // replicas)
-    return ReplicaConfig(
-        model=model, max_total_tokens=max_total_tokens, num_cpus=cpus, cpu_threads=cpus
-    )
+    try:
+        return ReplicaConfig(
+            model=model, max_total_tokens=max_total_tokens, num_cpus=cpus, cpu_threads=cpus
+        )
+    except ValidationError as exc:
+        problems = "; ".join(f"{e['loc'][0]}: {e['msg']}" for e in exc.errors())
+        raise ExecutorError(f"invalid replica options: {problems}") from None
 
 
 def parse_tools(spec: str) -> list[Tool]:
@@ -200,12 +211,17 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         model=args.model, max_steps=args.max_steps,
         sampling={"max_new_tokens": args.max_new_tokens, "temperature": args.temperature},
     )  # fmt: skip
+    # everything that can be refused is refused here, before Ray or a replica starts
+    if not args.goal.strip():
+        raise ExecutorError("the goal is empty: say what the agent should do")
+    shape = replica_config(args.model, args.max_total_tokens, args.replicas)
+    check_task(agent, args.goal, ChatFormat.load(resolve(args.model)), shape.max_total_tokens)
     return _drive(
         args, console,
         lambda on_step: Executor(
             ExecutorConfig(
                 model=args.model, replicas=args.replicas,
-                replica=replica_config(args.model, args.max_total_tokens, args.replicas),
+                replica=shape,
                 sandbox=args.sandbox, journal=args.journal, telemetry=args.telemetry,
                 web=WebPolicy(allow_hosts=tuple(args.allow_host)), progress=True,
             ),

@@ -42,6 +42,11 @@ class ReplicaHandle:
         self.actor = actor
         self.info = info  # what the replica reported when ready (KV pool, vocab, PIDs)
 
+    @property
+    def context_tokens(self) -> int:
+        """The longest prompt plus reply one call may have here (its KV pool)."""
+        return int(self.info["max_total_num_tokens"])
+
     def _get(self, ref: Any, timeout: float | None) -> Any:
         try:
             return ray.get(ref, timeout=timeout)

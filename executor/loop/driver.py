@@ -81,6 +81,25 @@ def first_prompt(agent: Agent, goal: str, chat: ChatFormat) -> list[int]:
     return chat.prompt(system_prompt(agent), goal, specs)[1]
 
 
+def check_task(
+    agent: Agent, goal: object, chat: ChatFormat, context_tokens: int | None
+) -> list[int]:
+    """The task's first prompt, if the task can run at all: a goal that says something,
+    and a first call that fits a replica (``context_tokens``; None: not known yet)."""
+    if not isinstance(goal, str) or not goal.strip():
+        raise ExecutorError("the goal is empty: say what the agent should do")
+    ids = first_prompt(agent, goal, chat)
+    need = len(ids) + agent.sampling.max_new_tokens
+    if context_tokens is not None and need > context_tokens:
+        raise ExecutorError(
+            f"the task's first call needs {need} tokens (a prompt of {len(ids)}: the agent's "
+            f"instructions and tools and the goal, plus {agent.sampling.max_new_tokens} for "
+            f"the reply) but a replica holds {context_tokens}; shorten the goal or give the "
+            "replicas a larger max_total_tokens"
+        )
+    return ids
+
+
 class TaskDriver:
     def __init__(
         self, services: Services, agent: Agent, goal: str, task_id: str,
@@ -94,7 +113,8 @@ class TaskDriver:
         self.toolbox = Toolbox(agent.tools)
         self.resumed = record is not None
         if record is None:
-            ids = first_prompt(agent, goal, services.chat)
+            context = min((h.context_tokens for h in services.replicas), default=None)
+            ids = check_task(agent, goal, services.chat, context)
             services.journal.create_task(task_id, agent.describe(), goal, ids)
             self.machine = TaskMachine(agent, task_id, ids)
         else:

@@ -2,18 +2,24 @@
 
 They run on the host against the workspace directory, through
 :mod:`tools.confine`: no path (``..``, absolute, or via a symlink) reaches
-outside it. Files they create belong to the sandbox's user.
+outside it, and nothing but a regular file or a directory is opened for
+reading or writing (a FIFO, socket or device the sandbox made is refused
+without blocking). Files they create belong to the sandbox's user. The host
+side runs on a worker thread with a deadline, so even a file system that hangs
+cannot stop the executor's event loop (and every other task with it).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import stat
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, TypeVar
 
 from pydantic import Field
 
-from tools.confine import explain, makedirs_beneath, open_beneath, opened, relative
+from tools.confine import explain, makedirs_beneath, open_beneath, open_file, relative
 from tools.context import ToolContext
 from tools.declare import tool
 from tools.result import ToolError, ToolResult
@@ -21,6 +27,20 @@ from tools.result import ToolError, ToolResult
 MAX_READ_BYTES = 4 * 1024 * 1024
 MAX_WRITE_CHARS = 10 * 1024 * 1024
 MAX_LIST_ENTRIES = 2000
+#: The host-side work of one file tool call; past it the call fails (its thread is left
+#: to finish on its own: a blocked system call cannot be interrupted).
+HOST_DEADLINE_S = 30.0
+
+T = TypeVar("T")
+
+
+async def _off_loop(work: Callable[[], T], path: str) -> T:
+    try:
+        return await asyncio.wait_for(asyncio.to_thread(work), HOST_DEADLINE_S)
+    except TimeoutError:
+        raise ToolError(
+            f"{path!r}: the file system did not answer in {HOST_DEADLINE_S:g} s"
+        ) from None
 
 
 @tool
@@ -39,14 +59,17 @@ async def read_file(
     """
     sandbox = ctx.require_sandbox()
     rel = relative(path, sandbox.workdir)
-    try:
-        with opened(sandbox.workspace, rel, os.O_RDONLY) as fd:
-            if stat.S_ISDIR(os.fstat(fd).st_mode):
-                raise ToolError(f"{path!r} is a directory (use list_files)")
-            size = os.fstat(fd).st_size
-            data = os.read(fd, MAX_READ_BYTES + 1)
-    except OSError as exc:
-        raise explain(exc, path) from None
+
+    def read() -> tuple[int, bytes]:
+        try:
+            with open_file(sandbox.workspace, rel, os.O_RDONLY) as fd:
+                if stat.S_ISDIR(os.fstat(fd).st_mode):
+                    raise ToolError(f"{path!r} is a directory (use list_files)")
+                return os.fstat(fd).st_size, os.read(fd, MAX_READ_BYTES + 1)
+        except OSError as exc:
+            raise explain(exc, path) from None
+
+    size, data = await _off_loop(read, path)
     if b"\0" in data[:8192]:
         return ToolResult(text=f"[{path}: binary file, {size} bytes, not shown]",
                           data={"bytes": size, "binary": True})  # fmt: skip
@@ -81,22 +104,29 @@ async def write_file(
     rel = relative(path, sandbox.workdir)
     if rel in (".", ""):
         raise ToolError("write_file needs a file name")
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
+    # no O_TRUNC at open: a file is emptied only once it is known to be a regular one
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else 0)
     data = content.encode("utf-8")
-    try:
-        parent = os.path.dirname(rel)
-        if parent:
-            makedirs_beneath(sandbox.workspace, parent, sandbox.owner)
-        with opened(sandbox.workspace, rel, flags, 0o644) as fd:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise ToolError(f"{path!r} is not a regular file")
-            if sandbox.owner is not None and os.fstat(fd).st_uid != sandbox.owner[0]:
-                os.fchown(fd, *sandbox.owner)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-    except OSError as exc:
-        raise explain(exc, path) from None
+
+    def write() -> None:
+        try:
+            parent = os.path.dirname(rel)
+            if parent:
+                makedirs_beneath(sandbox.workspace, parent, sandbox.owner)
+            with open_file(sandbox.workspace, rel, flags, 0o644) as fd:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise ToolError(f"{path!r} is not a regular file")
+                if not append:
+                    os.ftruncate(fd, 0)
+                if sandbox.owner is not None and os.fstat(fd).st_uid != sandbox.owner[0]:
+                    os.fchown(fd, *sandbox.owner)
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+        except OSError as exc:
+            raise explain(exc, path) from None
+
+    await _off_loop(write, path)
     verb = "appended" if append else "wrote"
     return ToolResult(
         text=f"{verb} {len(data)} bytes to {rel}", data={"bytes": len(data), "path": rel}
@@ -114,11 +144,15 @@ async def list_files(ctx: ToolContext, path: str = ".", recursive: bool = False)
     sandbox = ctx.require_sandbox()
     rel = relative(path, sandbox.workdir)
     lines: list[str] = []
-    try:
-        fd = open_beneath(sandbox.workspace, rel, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError as exc:
-        raise explain(exc, path) from None
-    complete = _walk(fd, "", recursive, lines)
+
+    def walk() -> bool:
+        try:
+            fd = open_beneath(sandbox.workspace, rel, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as exc:
+            raise explain(exc, path) from None
+        return _walk(fd, "", recursive, lines)
+
+    complete = await _off_loop(walk, path)
     if not complete:
         lines.append(f"[listing stopped at {MAX_LIST_ENTRIES} entries]")
     return ToolResult(text="\n".join(lines) or "(empty directory)", data={"entries": len(lines)})

@@ -144,7 +144,11 @@ class BwrapSandbox(Sandbox):
         self._lock = asyncio.Lock()
         self.owner = (backend.uid, backend.gid)
 
-    def _command(self, argv: list[str], seccomp_fd: int) -> list[str]:
+    def _command(self, seccomp_fd: int) -> tuple[list[str], list[str]]:
+        """What runs bwrap on the host (limits, the drop to the sandbox's user) and
+        bwrap's options. The options go to bwrap in a file (``--args FD``), off its
+        command line, which the sandbox can read as /proc/1/cmdline: they name host
+        paths."""
         b = self._backend
         cmd: list[str] = []
         if self._group is not None:
@@ -158,8 +162,7 @@ class BwrapSandbox(Sandbox):
                 "--",
             ]
         cmd += b.wrapper
-        cmd += [
-            str(b.bwrap),
+        opts: list[str] = [
             "--unshare-all",
             "--unshare-user",
             "--disable-userns",
@@ -173,25 +176,24 @@ class BwrapSandbox(Sandbox):
         for top in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
             host = Path("/") / top
             if host.is_symlink():
-                cmd += ["--symlink", os.readlink(host), f"/{top}"]
+                opts += ["--symlink", os.readlink(host), f"/{top}"]
             elif host.is_dir():
-                cmd += ["--ro-bind", str(host), f"/{top}"]
+                opts += ["--ro-bind", str(host), f"/{top}"]
         for path in ETC_FILES:
-            cmd += ["--ro-bind-try", path, path]
+            opts += ["--ro-bind-try", path, path]
         etc = self._ws.base / "etc"
         for name in ("passwd", "group", "hosts"):
-            cmd += ["--ro-bind", str(etc / name), f"/etc/{name}"]
-        cmd += [
+            opts += ["--ro-bind", str(etc / name), f"/etc/{name}"]
+        opts += [
             "--proc", "/proc",
             "--dev", "/dev",
             "--size", str(self.limits.tmp_bytes), "--tmpfs", "/tmp",
             "--bind", str(self.workspace), WORKDIR,
             "--remount-ro", "/",
             "--chdir", WORKDIR,
-            "--",
-            *argv,
+            "--unsetenv", "PWD",
         ]  # fmt: skip
-        return cmd
+        return [*cmd, str(b.bwrap)], opts
 
     def _kill_tree(self, pid: int) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -214,17 +216,25 @@ class BwrapSandbox(Sandbox):
             oom_before = self._group.oom_kills() if self._group else 0
             fd = seccomp.open_filter()
             try:
+                bwrap, options = self._command(fd)
+                opts_fd = _options_file(options)
+            except BaseException:
+                os.close(fd)
+                raise
+            try:
                 run = await supervise(
-                    self._command(args, fd),
+                    [*bwrap, "--args", str(opts_fd), "--", *args],
                     stdin=as_bytes(stdin),
                     timeout=timeout,
                     env=full_env,
                     max_output_bytes=self.limits.max_output_bytes,
                     kill_tree=self._kill_tree,
-                    pass_fds=(fd,),
+                    pass_fds=(fd, opts_fd),
+                    cwd="/",  # (no host directory in the environment bwrap starts with)
                 )
             finally:
                 os.close(fd)
+                os.close(opts_fd)
             if self._group is not None:
                 oom = self._group.oom_kills() > oom_before
             else:
@@ -259,6 +269,18 @@ class BwrapSandbox(Sandbox):
                 self._group.remove()
         finally:
             self._ws.remove()
+
+
+def _options_file(options: list[str]) -> int:
+    """A readable fd holding ``options`` NUL-separated, for ``bwrap --args FD``."""
+    fd = os.memfd_create("bwrap-args", os.MFD_CLOEXEC)
+    try:
+        os.write(fd, b"".join(os.fsencode(o) + b"\0" for o in options))
+        os.lseek(fd, 0, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _nproc_limit(pids: int) -> int:

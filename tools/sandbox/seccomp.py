@@ -4,7 +4,8 @@ Built with libseccomp (through the ``pyseccomp`` ctypes binding) and handed
 to ``bwrap --seccomp FD`` as a compiled BPF program. Default allow; the calls
 below fail with EPERM: those that change the kernel or the mount table, trace
 or inspect other processes, create new namespaces (a way back to privileges
-inside the sandbox), or widen the kernel's attack surface. ``clone3`` answers
+inside the sandbox), or widen the kernel's attack surface (io_uring runs
+file and network operations that the filter never sees). ``clone3`` answers
 ENOSYS so that libc falls back to ``clone``, whose flags a filter can see.
 """
 
@@ -29,6 +30,8 @@ DENIED = (
     "ptrace", "process_vm_readv", "process_vm_writev", "kcmp", "perf_event_open",
     "bpf", "userfaultfd", "open_by_handle_at", "name_to_handle_at",
     "keyctl", "add_key", "request_key",
+    # a second way into the kernel that seccomp cannot see into, and x86 segment tables
+    "io_uring_setup", "io_uring_enter", "io_uring_register", "modify_ldt",
 )  # fmt: skip
 
 CLONE_NS_FLAGS = (

@@ -9,13 +9,17 @@ an unprivileged sandbox user can traverse to its own workspace but list none.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import secrets
-import shutil
 import socket
+import stat
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 ENV_ROOT = "AGENT_EXECUTOR_SANDBOX_ROOT"
 
@@ -79,31 +83,126 @@ class Workspace:
         remove_tree(self.base)
 
 
-def remove_tree(path: Path) -> None:
-    """Remove a directory tree without following symlinks; ignore what is gone."""
-    if not path.exists():
-        return
-    # The sandbox may have left read-only directories behind: make them writable.
-    for dirpath, dirnames, _ in os.walk(path):
-        for name in dirnames:
-            full = os.path.join(dirpath, name)
-            if not os.path.islink(full):
-                with contextlib.suppress(OSError):
-                    os.chmod(full, 0o700)
-    shutil.rmtree(path, ignore_errors=True)
+def remove_tree(path: Path) -> bool:
+    """Remove a directory tree; never raises. True when it is gone.
+
+    Iterative and fd-based, so any depth works (a tree 5,000 levels deep has paths
+    far past PATH_MAX and would exhaust a recursive walk): it goes down one
+    directory at a time holding one descriptor, and back up through ``..``. It
+    never follows a symlink (it is unlinked like a file), never crosses into
+    another file system, and makes directories the sandbox left unwritable
+    writable before emptying them. What cannot be removed is logged and skipped.
+    """
+    try:
+        top = os.lstat(path)
+    except FileNotFoundError:
+        return True
+    except OSError as exc:
+        log.warning("cannot remove %s: %s", path, exc)
+        return False
+    if not stat.S_ISDIR(top.st_mode):
+        return _try(lambda: os.unlink(path), path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        log.warning("cannot remove %s: %s", path, exc)
+        return False
+    names: list[str] = []  # the directories below ``path`` that ``fd`` is inside
+    stuck: set[tuple[int, int]] = set()  # (dev, inode) of what could not be removed
+    while True:
+        child = _empty_or_descend(fd, top.st_dev, stuck, path, names)
+        if child is not None:
+            os.close(fd)
+            fd, name = child
+            names.append(name)
+            continue
+        if not names:
+            os.close(fd)
+            return _try(lambda: os.rmdir(path), path)
+        name = names.pop()
+        try:
+            parent = os.open("..", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
+        except OSError as exc:  # pragma: no cover - a directory always has a parent
+            os.close(fd)
+            log.warning("cannot remove %s: %s", path, exc)
+            return False
+        here = os.fstat(fd)
+        os.close(fd)
+        fd = parent
+        try:
+            os.rmdir(name, dir_fd=fd)
+        except OSError as exc:
+            stuck.add((here.st_dev, here.st_ino))
+            log.warning("cannot remove %s/.../%s: %s", path, name, exc)
+
+
+def _empty_or_descend(
+    fd: int, dev: int, stuck: set[tuple[int, int]], top: Path, names: list[str]
+) -> tuple[int, str] | None:
+    """Remove what the directory at ``fd`` holds but subdirectories that are not empty;
+    return the first of those (an fd and its name) to go into, or None when done."""
+    with contextlib.suppress(OSError):
+        os.chmod(fd, 0o700)  # (a directory the sandbox left read-only)
+    try:
+        with os.scandir(fd) as it:
+            entries = [(e.name, e.stat(follow_symlinks=False)) for e in it]
+    except OSError as exc:
+        log.warning("cannot list a directory under %s: %s", top, exc)
+        return None
+    for name, st in entries:
+        if (st.st_dev, st.st_ino) in stuck:
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            try:
+                os.unlink(name, dir_fd=fd)
+            except OSError as exc:
+                stuck.add((st.st_dev, st.st_ino))
+                log.warning("cannot remove %s/.../%s: %s", top, name, exc)
+            continue
+        if st.st_dev != dev:  # another file system mounted here: not ours to empty
+            stuck.add((st.st_dev, st.st_ino))
+            log.warning("not removing %s/.../%s: another file system", top, name)
+            continue
+        try:
+            os.rmdir(name, dir_fd=fd)  # empty already
+            continue
+        except OSError:
+            pass
+        try:
+            flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+            return os.open(name, flags, dir_fd=fd), name
+        except OSError as exc:
+            stuck.add((st.st_dev, st.st_ino))
+            log.warning("cannot remove %s/.../%s: %s", top, name, exc)
+    return None
+
+
+def _try(remove: Callable[[], None], path: Path) -> bool:
+    try:
+        remove()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.warning("cannot remove %s: %s", path, exc)
+        return False
+    return True
 
 
 def sweep_workspaces() -> list[str]:
-    """Remove workspaces left by processes of this host that are gone. Returns their ids."""
+    """Remove workspaces left by processes of this host that are gone. Returns the ids
+    removed. Never raises: an entry that cannot be removed is logged and left for
+    the next sweep, so one bad directory never stops a start."""
     removed: list[str] = []
-    root = sandbox_root()
-    for entry in root.iterdir():
-        owner = entry / "owner"
+    try:
+        entries = list(sandbox_root().iterdir())
+    except OSError as exc:
+        log.warning("cannot sweep the sandbox workspaces: %s", exc)
+        return removed
+    for entry in entries:
         try:
-            tag = owner.read_text().strip()
+            tag = (entry / "owner").read_text().strip()
         except OSError:
             continue
-        if not owner_alive(tag):
-            remove_tree(entry)
+        if not owner_alive(tag) and remove_tree(entry):
             removed.append(entry.name)
     return removed
