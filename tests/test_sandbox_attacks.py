@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -58,28 +59,25 @@ def test_special_files_are_refused_without_blocking(backend: SandboxBackend) -> 
             if os.geteuid() == 0:  # (a device node: only root can make one, on the host)
                 os.mknod(sb.workspace / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
                 names.append("null")
-            ticks = 0
-
-            async def ticker() -> None:  # the event loop must keep running meanwhile
-                nonlocal ticks
-                while True:
-                    await asyncio.sleep(0.01)
-                    ticks += 1
-
-            beat = asyncio.ensure_future(ticker())
             out: dict[str, list[Any]] = {}
-            for name in names:
-                t0 = time.monotonic()
-                out[name] = [
-                    await _tool(sb, read_file, path=name),
-                    await _tool(sb, write_file, path=name, content="x"),
-                    await _tool(sb, write_file, path=name, content="x", append=True),
-                    time.monotonic() - t0,
-                ]
+
+            async def attack() -> None:
+                for name in names:
+                    t0 = time.monotonic()
+                    out[name] = [
+                        await _tool(sb, read_file, path=name),
+                        await _tool(sb, write_file, path=name, content="x"),
+                        await _tool(sb, write_file, path=name, content="x", append=True),
+                        time.monotonic() - t0,
+                    ]
+
+            # another call runs beside the attack (a blocked open would stop both: the
+            # event loop itself would be stuck, until the suite's timeout)
+            _, other = await asyncio.gather(
+                attack(), sb.exec(["/bin/sh", "-c", "sleep 0.2; echo still-working"])
+            )
+            assert other.stdout.strip() == b"still-working", other
             listing = await _tool(sb, list_files, path=".")
-            beat.cancel()
-            other = await sb.exec(["/bin/sh", "-c", "echo still-working"])
-            assert other.stdout.strip() == b"still-working" and ticks > 0
             assert "notes.txt" in listing.text  # listing shows them, opens nothing
             return out
 
@@ -107,14 +105,19 @@ def test_write_file_does_not_empty_a_special_file_or_follow_out(backend: Sandbox
 def test_the_host_side_of_a_file_tool_has_a_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
     """Whatever hangs in the host's file system hangs a worker thread, not the loop."""
     monkeypatch.setattr(files, "HOST_DEADLINE_S", 0.2)
+    hung, finished = threading.Event(), threading.Event()
+
+    def stuck() -> None:  # a system call that does not return (until the test lets it)
+        hung.wait(60)
+        finished.set()
 
     async def go() -> None:
         with pytest.raises(ToolError, match="did not answer in 0.2 s"):
-            await files._off_loop(lambda: time.sleep(2), "slow.txt")
+            await files._off_loop(stuck, "slow.txt")
+        assert not finished.is_set()  # the call gave up; the work is still stuck
+        hung.set()
 
-    t0 = time.monotonic()
     run(go())
-    assert time.monotonic() - t0 < 1.5
 
 
 def _deep_tree_script(depth: int) -> str:
