@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from executor.errors import ExecutorError
+from executor.errors import ExecutorError, validation_problems
 from executor.fleet.generation import SamplingParams
 from tools.declare import NAME_RE, Tool
 
@@ -52,11 +52,9 @@ class Agent(BaseModel):
         try:
             super().__init__(**data)
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc']) or 'agent'}: {err['msg']}"
-                for err in exc.errors()
-            )
-            raise AgentDefinitionError(f"invalid agent: {problems}") from None
+            raise AgentDefinitionError(
+                f"invalid agent: {validation_problems(exc, 'agent')}"
+            ) from None
 
     @field_validator("name")
     @classmethod

@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
 from executor.agent import DEFAULT_MODEL
-from executor.errors import ExecutorError
+from executor.errors import ExecutorError, validation_problems
 from executor.fleet.config import ReplicaConfig
 from executor.fleet.health import HealthConfig
 from executor.loop.journal import Journal
@@ -70,10 +70,7 @@ class ExecutorConfig(BaseModel):
                 return cls(**options)
             return cls(**{**dict(base), **options}) if options else base
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}"
-                for err in exc.errors()
-            )
+            problems = validation_problems(exc, "config")
             raise ExecutorError(f"invalid executor options: {problems}") from None
 
     def replica_config(self) -> ReplicaConfig:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pydantic import ValidationError
+
 
 class ExecutorError(RuntimeError):
     """Base class of every error the executor raises on purpose."""
@@ -33,3 +35,10 @@ class ReplicaUnreachableError(ExecutorError):
         super().__init__(f"replica {replica_id} did not answer: {reason}")
         self.replica_id = replica_id
         self.reason = reason
+
+
+def validation_problems(exc: ValidationError, what: str) -> str:
+    """Pydantic's errors in one line, each with the field it names (``what`` when none)."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or what}: {err['msg']}" for err in exc.errors()
+    )

@@ -18,7 +18,7 @@ from rich.table import Table
 
 from executor.agent import DEFAULT_MODEL, Agent, AgentDefinitionError
 from executor.config import ExecutorConfig
-from executor.errors import ExecutorError
+from executor.errors import ExecutorError, validation_problems
 from executor.fleet.config import ReplicaConfig
 from executor.loop.chat_format import ChatFormat
 from executor.loop.driver import check_task
@@ -47,7 +47,7 @@ def replica_config(model: str, max_total_tokens: int, replicas: int) -> ReplicaC
             model=model, max_total_tokens=max_total_tokens, num_cpus=cpus, cpu_threads=cpus
         )
     except ValidationError as exc:
-        problems = "; ".join(f"{e['loc'][0]}: {e['msg']}" for e in exc.errors())
+        problems = validation_problems(exc, "replica")
         raise ExecutorError(f"invalid replica options: {problems}") from None
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from executor.errors import InvalidRequestError
+from executor.errors import InvalidRequestError, validation_problems
 
 
 class SamplingParams(BaseModel):
@@ -92,10 +92,7 @@ class GenerateRequest(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc']) or 'request'}: {err['msg']}"
-                for err in exc.errors()
-            )
+            problems = validation_problems(exc, "request")
             raise InvalidRequestError(f"invalid generate request: {problems}") from None
 
 
