@@ -6,12 +6,12 @@
 - a directory tree too deep for a recursive walk, unreadable directories and
   read-only files: the sandbox's close removes them, and so does the start-up
   sweep of a dead process's workspace;
-- io_uring and modify_ldt (bwrap's seccomp filter);
+- io_uring and modify_ldt (both backends' seccomp filters);
 - host paths leaking into the sandbox through bwrap's own environment and
-  command line (``/proc/1``).
-
-Docker's side of io_uring and of the keeper process, and the disk quota, are not
-here yet (README, "Sandboxes: what is not guaranteed").
+  command line (``/proc/1``) and the mount table (``/proc/self/mountinfo``);
+- filling the disk (bytes, preallocation, inodes) past the workspace's quota;
+- Docker: tracing, writing into or killing the container's keeper, and a
+  container that stops all the same.
 """
 
 from __future__ import annotations
@@ -30,8 +30,15 @@ from sandbox_helpers import run
 from tools import ToolContext, list_files, read_file, write_file
 from tools.builtin import files
 from tools.result import ToolError
-from tools.sandbox import Sandbox, SandboxBackend
-from tools.sandbox.workspace import owner_tag, remove_tree, sandbox_root, sweep_workspaces
+from tools.sandbox import Sandbox, SandboxBackend, SandboxError
+from tools.sandbox.disk import IMAGE, mounts_under
+from tools.sandbox.workspace import (
+    Workspace,
+    owner_tag,
+    remove_tree,
+    sandbox_root,
+    sweep_workspaces,
+)
 
 pytest_plugins = ["sandbox_fixtures"]
 
@@ -176,12 +183,83 @@ def test_remove_tree_never_raises(tmp_path: Path) -> None:
     assert remove_tree(f) is True and not f.exists()
 
 
-# -- bwrap only: its seccomp filter and what pid 1 shows ------------------------------
+# -- the disk quota ------------------------------------------------------------------
+
+QUOTA = 64 * 1024 * 1024
+FILL = (
+    'python3 -c "import os\n'
+    "os.mkdir('many'); n = 0\n"
+    "try:\n"
+    "    while n < 100000: open(f'many/{n}', 'w').close(); n += 1\n"
+    "except OSError as e: print('inodes', n, e.strerror)\"; "
+    "rm -rf many; "
+    "dd if=/dev/zero of=big bs=1M count=200 2>&1; "
+    "fallocate -l 500M pre 2>&1"
+)
+
+
+def _no_root_for_quotas() -> bool:
+    return os.geteuid() != 0
+
+
+@pytest.mark.skipif(_no_root_for_quotas(), reason="workspace quotas need loop mounts (root)")
+def test_a_full_disk_stays_inside_the_quota(backend: SandboxBackend) -> None:
+    """Bytes, preallocation and inodes each hit the quota inside the sandbox; the host's
+    free space moves by less than the quota, the file tools say the workspace is full,
+    and another task's workspace keeps working."""
+
+    async def go() -> tuple[Any, ...]:
+        limits = backend.limits.with_(disk_bytes=QUOTA)
+        async with await backend.open("fill", limits) as sb, await backend.open("other") as other:
+            assert sb.quota_bytes == QUOTA
+            free = _host_free()
+            filled = await sb.exec(["/bin/sh", "-c", FILL], timeout=60)
+            moved = free - _host_free()
+            wrote = await _tool(sb, write_file, path="more.txt", content="x" * 1_000_000)
+            neighbour = await other.exec(["/bin/sh", "-c", "head -c 8M /dev/zero > f && wc -c f"])
+            base = sb.workspace.parent
+            assert mounts_under(base) and (base / IMAGE).exists()
+        return filled, moved, wrote, neighbour, base
+
+    filled, moved, wrote, neighbour, base = run(go())
+    out = filled.text() + filled.text("stderr")
+    assert out.count("No space left on device") >= 3, out  # the inodes, dd, fallocate
+    assert int(out.split("inodes ")[1].split()[0]) > 1000, out  # (a full table, not full blocks)
+    assert moved < QUOTA, moved
+    assert not wrote.ok and "disk quota" in wrote.text, wrote
+    assert neighbour.stdout.strip() == b"8388608 f", neighbour
+    assert not mounts_under(base) and not base.exists()  # unmounted and removed at close
+
+
+def _host_free() -> int:
+    os.sync()
+    st = os.statvfs(sandbox_root())
+    return st.f_bavail * st.f_frsize
+
+
+@pytest.mark.skipif(_no_root_for_quotas(), reason="workspace quotas need loop mounts (root)")
+def test_the_sweep_unmounts_a_dead_process_s_capped_workspace() -> None:
+    ws = Workspace.create("crashed-capped", disk_bytes=QUOTA)
+    (ws.path / "data").write_bytes(b"x" * 4096)
+    (ws.base / "owner").write_text(owner_tag().rsplit(":", 1)[0] + ":999999999")  # no such pid
+    assert mounts_under(ws.base)
+    assert ws.sandbox_id in sweep_workspaces()
+    assert not mounts_under(ws.base) and not ws.base.exists()
+
+
+@pytest.mark.skipif(_no_root_for_quotas(), reason="workspace quotas need loop mounts (root)")
+def test_a_quota_too_small_for_a_file_system_is_refused_clearly() -> None:
+    with pytest.raises(SandboxError, match="disk quota below"):
+        Workspace.create("tiny-quota", disk_bytes=1024)
+    assert not [p for p in sandbox_root().iterdir() if p.name.startswith("tiny-quota")]
+
+
+# -- both backends: seccomp and host paths -------------------------------------------
 
 IO_URING_SETUP, MODIFY_LDT = 425, 154  # x86-64
 
 
-def test_io_uring_and_modify_ldt_are_denied(bwrap_backend: SandboxBackend) -> None:
+def test_io_uring_and_modify_ldt_are_denied(backend: SandboxBackend) -> None:
     code = (
         "import ctypes, os\n"
         "libc = ctypes.CDLL(None, use_errno=True)\n"
@@ -194,12 +272,26 @@ def test_io_uring_and_modify_ldt_are_denied(bwrap_backend: SandboxBackend) -> No
     )
 
     async def go() -> Any:
-        async with await bwrap_backend.open("uring") as sb:
+        async with await backend.open("uring") as sb:
             return await sb.exec(["python3", "-c", code])
 
     res = run(go())
     lines = res.stdout.decode().splitlines()
     assert lines == ["io_uring -1 Operation not permitted", "modify_ldt -1 Operation not permitted"]
+
+
+def test_the_mount_table_shows_no_sandbox_path(backend: SandboxBackend) -> None:
+    """With its own file system the workspace is the root of a mount, and bwrap's /etc
+    files are data: no path under the host's sandbox root shows in mountinfo."""
+
+    async def go() -> Any:
+        async with await backend.open("mounts") as sb:
+            return await sb.exec(["cat", "/proc/self/mountinfo"])
+
+    res = run(go())
+    assert res.exit_code == 0 and "/workspace" in res.text(), res
+    if os.geteuid() == 0:  # (without a quota the workspace is a bind of a host directory)
+        assert str(sandbox_root()) not in res.text(), res.text()
 
 
 def test_pid_1_shows_no_host_path(bwrap_backend: SandboxBackend) -> None:
@@ -216,3 +308,62 @@ def test_pid_1_shows_no_host_path(bwrap_backend: SandboxBackend) -> None:
     host_paths = [str(sandbox_root())] + ([os.getcwd()] if os.getcwd() != "/" else [])
     for host_path in host_paths:
         assert host_path not in shown, (host_path, shown)
+
+
+# -- docker only: the keeper -----------------------------------------------------------
+
+KEEPER_ATTACK = """
+import ctypes, os, signal
+libc = ctypes.CDLL(None, use_errno=True)
+me = os.getpid()
+others = [int(p) for p in os.listdir('/proc') if p.isdigit() and int(p) != me]
+uids = {open(f'/proc/{p}/status').read().split('Uid:')[1].split()[0] for p in others}
+print('keepers', len(others), 'uids', *sorted(uids))
+for pid in others:
+    r = libc.ptrace(16, pid, None, None)  # PTRACE_ATTACH
+    print('ptrace', r, os.strerror(ctypes.get_errno()))
+    buf = ctypes.create_string_buffer(8)
+    local = (ctypes.c_void_p * 2)(ctypes.addressof(buf), 8)
+    remote = (ctypes.c_void_p * 2)(0x400000, 8)
+    r = libc.process_vm_writev(pid, local, 1, remote, 1, 0)
+    print('vm_write', r, os.strerror(ctypes.get_errno()))
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except PermissionError as e:
+        print('kill', e.strerror)
+"""
+
+
+def test_the_keeper_cannot_be_traced_written_or_killed(docker_backend: SandboxBackend) -> None:
+    async def go() -> tuple[Any, Any, Any]:
+        async with await docker_backend.open("keeper") as sb:
+            attack = await sb.exec(["python3", "-c", KEEPER_ATTACK])
+            everything = await sb.exec(["/bin/sh", "-c", "kill -9 -1; echo unreachable"])
+            after = await sb.exec(["/bin/sh", "-c", "echo still-here"])
+            return attack, everything, after
+
+    attack, _everything, after = run(go())
+    lines = attack.text().splitlines()
+    assert lines[0] == "keepers 2 uids 0", attack  # docker-init and sleep, as the container's root
+    assert lines.count("ptrace -1 Operation not permitted") == 2, attack
+    assert lines.count("vm_write -1 Operation not permitted") == 2, attack
+    assert lines.count("kill Operation not permitted") == 2, attack
+    assert after.stdout == b"still-here\n" and after.extra["replaced"] is False, after
+
+
+def test_a_stopped_container_is_replaced_and_keeps_the_workspace(
+    docker_backend: SandboxBackend,
+) -> None:
+    async def go() -> tuple[Any, Any, str, str]:
+        async with await docker_backend.open("stopped") as sb:
+            await sb.exec(["/bin/sh", "-c", "echo kept > notes.txt"])
+            first = sb.container_id  # type: ignore[attr-defined]
+            docker_backend.client.containers.get(first).kill()  # type: ignore[attr-defined]
+            again = await sb.exec(["cat", "notes.txt"])
+            later = await sb.exec(["/bin/sh", "-c", "echo fine"])
+            return again, later, first, sb.container_id  # type: ignore[attr-defined]
+
+    again, later, first, second = run(go())
+    assert again.stdout == b"kept\n" and again.extra["replaced"] is True, again
+    assert later.stdout == b"fine\n" and later.extra["replaced"] is False, later
+    assert first != second

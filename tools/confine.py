@@ -95,7 +95,8 @@ def explain(exc: OSError, path: str) -> ToolError:
         errno.EISDIR: "it is a directory",
         errno.EACCES: "permission denied",
         errno.EPERM: "operation not permitted",
-        errno.ENOSPC: "no space left",
+        errno.ENOSPC: "no space left (the workspace is full: its disk quota is reached)",
+        errno.EDQUOT: "the workspace is full: its disk quota is reached",
         errno.ENXIO: "it is a FIFO or a socket, not a regular file",
     }
     reason = reasons.get(exc.errno or 0, exc.strerror or str(exc))
@@ -123,8 +124,12 @@ def makedirs_beneath(root: Path, path: str, owner: tuple[int, int] | None) -> No
 
 
 def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
-                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+    for test, name in (
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
         if test(mode):
             return name
     return "not a regular file"  # pragma: no cover - every other kind is listed
@@ -135,15 +140,35 @@ def open_file(root: Path, path: str, flags: int, mode: int = 0o644) -> Iterator[
     """``root/path`` opened for the file tools (beneath ``root``, as :func:`open_beneath`).
     The open cannot block (``O_NONBLOCK``, no controlling tty), and anything but a
     regular file or a directory is refused before a byte is read or written."""
-    fd = open_beneath(root, path, flags | os.O_NONBLOCK | os.O_NOCTTY, mode)
     try:
-        st_mode = os.fstat(fd).st_mode
-        if not (stat.S_ISREG(st_mode) or stat.S_ISDIR(st_mode)):
-            raise ToolError(
-                f"{path!r} is {_kind(st_mode)}: only regular files and directories can be "
-                "read or written"
-            )
+        fd = open_beneath(root, path, flags | os.O_NONBLOCK | os.O_NOCTTY, mode)
+    except PermissionError:
+        _refuse_special(root, path)  # (a device on a nodev file system: EACCES)
+        raise
+    try:
+        _refuse_special(root, path, fd)
         os.set_blocking(fd, True)
         yield fd
     finally:
         os.close(fd)
+
+
+def _refuse_special(root: Path, path: str, fd: int | None = None) -> None:
+    """Raise ToolError if ``fd`` (or ``root/path``, looked at through an O_PATH
+    descriptor, which opens nothing) is neither a regular file nor a directory."""
+    if fd is None:
+        try:
+            probe = open_beneath(root, path, os.O_PATH | os.O_NOFOLLOW)
+        except OSError:
+            return
+        try:
+            st_mode = os.fstat(probe).st_mode
+        finally:
+            os.close(probe)
+    else:
+        st_mode = os.fstat(fd).st_mode
+    if not (stat.S_ISREG(st_mode) or stat.S_ISDIR(st_mode) or stat.S_ISLNK(st_mode)):
+        raise ToolError(
+            f"{path!r} is {_kind(st_mode)}: only regular files and directories can be "
+            "read or written"
+        )

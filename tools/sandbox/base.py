@@ -45,6 +45,8 @@ class Limits:
     max_output_bytes: int = 256 * 1024
     #: size of the private /tmp (docker tmpfs; bwrap's tmpfs counts against memory)
     tmp_bytes: int = 64 * 1024 * 1024
+    #: size of the workspace's own file system (see tools.sandbox.disk); None: uncapped
+    disk_bytes: int | None = 1024 * 1024 * 1024
 
     def with_(self, **changes: Any) -> Limits:
         return replace(self, **changes)
@@ -97,6 +99,8 @@ class Sandbox(abc.ABC):
     workdir: str = WORKDIR
     #: uid/gid that owns the workspace (files written by the host are chowned to it)
     owner: tuple[int, int] | None = None
+    #: the size of the workspace's own file system; None: not capped
+    quota_bytes: int | None = None
 
     @abc.abstractmethod
     async def exec(

@@ -105,18 +105,8 @@ class BwrapBackend(SandboxBackend):
         return await asyncio.to_thread(self._open, task_id, limits)
 
     def _open(self, task_id: str, limits: Limits) -> BwrapSandbox:
-        ws = Workspace.create(task_id, owner=(self.uid, self.gid))
+        ws = Workspace.create(task_id, (self.uid, self.gid), limits.disk_bytes)
         try:
-            etc = ws.base / "etc"
-            etc.mkdir(mode=0o755)
-            (etc / "passwd").write_text(
-                f"root:x:0:0:root:/root:/usr/sbin/nologin\n"
-                f"sandbox:x:{self.uid}:{self.gid}:sandbox:{WORKDIR}:/bin/sh\n"
-            )
-            (etc / "group").write_text(f"root:x:0:\nsandbox:x:{self.gid}:\n")
-            (etc / "hosts").write_text("127.0.0.1 localhost sandbox\n::1 localhost\n")
-            for name in ("passwd", "group", "hosts"):
-                os.chmod(etc / name, 0o644)
             group = (
                 cgroup.CgroupV1(f"{os.getpid()}-{ws.sandbox_id}", limits) if self.cgroups else None
             )
@@ -124,6 +114,17 @@ class BwrapBackend(SandboxBackend):
             ws.remove()
             raise
         return BwrapSandbox(self, task_id, ws, limits, group)
+
+    def etc_files(self) -> dict[str, bytes]:
+        """The sandbox's own /etc/passwd, group and hosts (its user, no one else)."""
+        return {
+            "passwd": (
+                f"root:x:0:0:root:/root:/usr/sbin/nologin\n"
+                f"sandbox:x:{self.uid}:{self.gid}:sandbox:{WORKDIR}:/bin/sh\n"
+            ).encode(),
+            "group": f"root:x:0:\nsandbox:x:{self.gid}:\n".encode(),
+            "hosts": b"127.0.0.1 localhost sandbox\n::1 localhost\n",
+        }
 
 
 class BwrapSandbox(Sandbox):
@@ -140,15 +141,18 @@ class BwrapSandbox(Sandbox):
         super().__init__(task_id, ws.path, limits)
         self._backend = backend
         self._ws = ws
+        self.quota_bytes = ws.quota_bytes
         self._group = group
         self._lock = asyncio.Lock()
         self.owner = (backend.uid, backend.gid)
 
-    def _command(self, seccomp_fd: int) -> tuple[list[str], list[str]]:
+    def _command(self, fds: list[int]) -> tuple[list[str], list[str]]:
         """What runs bwrap on the host (limits, the drop to the sandbox's user) and
         bwrap's options. The options go to bwrap in a file (``--args FD``), off its
         command line, which the sandbox can read as /proc/1/cmdline: they name host
-        paths."""
+        paths. The descriptors bwrap reads (the seccomp filter, the /etc files, given
+        as data so that no host path shows in the sandbox's mountinfo) are appended to
+        ``fds``; the caller closes them."""
         b = self._backend
         cmd: list[str] = []
         if self._group is not None:
@@ -170,7 +174,7 @@ class BwrapSandbox(Sandbox):
             "--new-session",
             "--cap-drop", "ALL",
             "--hostname", "sandbox",
-            "--seccomp", str(seccomp_fd),
+            "--seccomp", _keep(fds, seccomp.open_filter()),
             "--ro-bind", "/usr", "/usr",
         ]  # fmt: skip
         for top in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
@@ -181,9 +185,8 @@ class BwrapSandbox(Sandbox):
                 opts += ["--ro-bind", str(host), f"/{top}"]
         for path in ETC_FILES:
             opts += ["--ro-bind-try", path, path]
-        etc = self._ws.base / "etc"
-        for name in ("passwd", "group", "hosts"):
-            opts += ["--ro-bind", str(etc / name), f"/etc/{name}"]
+        for name, data in b.etc_files().items():
+            opts += ["--ro-bind-data", _keep(fds, _memfd(name, data)), f"/etc/{name}"]
         opts += [
             "--proc", "/proc",
             "--dev", "/dev",
@@ -214,27 +217,25 @@ class BwrapSandbox(Sandbox):
         full_env = default_env(WORKDIR, env)
         async with self._lock:
             oom_before = self._group.oom_kills() if self._group else 0
-            fd = seccomp.open_filter()
+            fds: list[int] = []
             try:
-                bwrap, options = self._command(fd)
-                opts_fd = _options_file(options)
-            except BaseException:
-                os.close(fd)
-                raise
-            try:
+                bwrap, options = self._command(fds)
+                opts_fd = _keep(fds, _memfd("bwrap-args", b"".join(
+                    os.fsencode(o) + b"\0" for o in options
+                )))  # fmt: skip
                 run = await supervise(
-                    [*bwrap, "--args", str(opts_fd), "--", *args],
+                    [*bwrap, "--args", opts_fd, "--", *args],
                     stdin=as_bytes(stdin),
                     timeout=timeout,
                     env=full_env,
                     max_output_bytes=self.limits.max_output_bytes,
                     kill_tree=self._kill_tree,
-                    pass_fds=(fd, opts_fd),
+                    pass_fds=tuple(fds),
                     cwd="/",  # (no host directory in the environment bwrap starts with)
                 )
             finally:
-                os.close(fd)
-                os.close(opts_fd)
+                for fd in fds:
+                    os.close(fd)
             if self._group is not None:
                 oom = self._group.oom_kills() > oom_before
             else:
@@ -271,16 +272,22 @@ class BwrapSandbox(Sandbox):
             self._ws.remove()
 
 
-def _options_file(options: list[str]) -> int:
-    """A readable fd holding ``options`` NUL-separated, for ``bwrap --args FD``."""
-    fd = os.memfd_create("bwrap-args", os.MFD_CLOEXEC)
+def _memfd(name: str, data: bytes) -> int:
+    """A readable fd holding ``data``, for bwrap's options that take one."""
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
     try:
-        os.write(fd, b"".join(os.fsencode(o) + b"\0" for o in options))
+        os.write(fd, data)
         os.lseek(fd, 0, os.SEEK_SET)
     except BaseException:
         os.close(fd)
         raise
     return fd
+
+
+def _keep(fds: list[int], fd: int) -> str:
+    """Note ``fd`` for closing, and give it as bwrap's options want it."""
+    fds.append(fd)
+    return str(fd)
 
 
 def _nproc_limit(pids: int) -> int:

@@ -45,8 +45,9 @@ class LocalBackend(SandboxBackend):
         log.warning(WARNING)
 
     async def open(self, task_id: str, limits: Limits | None = None) -> LocalSandbox:
-        ws = await asyncio.to_thread(Workspace.create, task_id)
-        return LocalSandbox(task_id, ws, limits or self.limits)
+        limits = limits or self.limits
+        ws = await asyncio.to_thread(Workspace.create, task_id, None, limits.disk_bytes)
+        return LocalSandbox(task_id, ws, limits)
 
 
 class LocalSandbox(Sandbox):
@@ -56,6 +57,7 @@ class LocalSandbox(Sandbox):
     def __init__(self, task_id: str, ws: Workspace, limits: Limits) -> None:
         super().__init__(task_id, ws.path, limits)
         self._ws = ws
+        self.quota_bytes = ws.quota_bytes
         self.workdir = str(ws.path)
         self.owner = (os.getuid(), os.getgid())
         self._lock = asyncio.Lock()

@@ -1,8 +1,10 @@
 """Per-task workspace directories on the host, and the sweep of orphans.
 
 Layout: ``<root>/<sandbox-id>/`` (root-only) holds ``workspace/`` (bound into
-the sandbox, owned by the sandbox's user) and ``owner`` (``host:pid`` of the
-process that made it). A sandbox id embeds nothing secret; the root is 0711 so
+the sandbox, owned by the sandbox's user; with a disk quota, the mount point of
+its own file system, whose image ``disk.img`` sits beside it: see
+:mod:`tools.sandbox.disk`) and ``owner`` (``host:pid`` of the process that made
+it). A sandbox id embeds nothing secret; the root is 0711 so
 an unprivileged sandbox user can traverse to its own workspace but list none.
 """
 
@@ -18,6 +20,9 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+import tools.sandbox.disk as disk
+from tools.sandbox.base import SandboxError
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +70,15 @@ class Workspace:
     base: Path  # <root>/<sandbox-id>
     path: Path  # <base>/workspace
     owner: tuple[int, int]
+    #: the size of the workspace's own file system; None: not capped
+    quota_bytes: int | None = None
 
     @classmethod
-    def create(cls, task_id: str, owner: tuple[int, int] | None = None) -> Workspace:
+    def create(
+        cls, task_id: str, owner: tuple[int, int] | None = None, disk_bytes: int | None = None
+    ) -> Workspace:
+        """A fresh workspace; with ``disk_bytes``, on a file system of that size where
+        this machine allows one (:func:`tools.sandbox.disk.unavailable`)."""
         sandbox_id = new_sandbox_id(task_id)
         base = sandbox_root() / sandbox_id
         base.mkdir(mode=0o711)
@@ -75,12 +86,29 @@ class Workspace:
         path = base / "workspace"
         path.mkdir(mode=0o700)
         uid_gid = owner or (os.getuid(), os.getgid())
-        if uid_gid != (os.getuid(), os.getgid()):
-            os.chown(path, *uid_gid)
-        return cls(sandbox_id, base, path, uid_gid)
+        ws = cls(sandbox_id, base, path, uid_gid)
+        try:
+            if disk_bytes is not None and disk.unavailable() is None:
+                disk.cap(base, path, disk_bytes, uid_gid)
+                ws.quota_bytes = disk_bytes
+            elif uid_gid != (os.getuid(), os.getgid()):
+                os.chown(path, *uid_gid)
+        except disk.QuotaError as exc:
+            ws.remove()
+            raise SandboxError(f"cannot give the workspace its disk quota: {exc}") from exc
+        except BaseException:
+            ws.remove()
+            raise
+        return ws
 
     def remove(self) -> None:
-        remove_tree(self.base)
+        remove_base(self.base)
+
+
+def remove_base(base: Path) -> bool:
+    """Unmount a workspace's file system and remove its base directory; never raises."""
+    disk.release(base)
+    return remove_tree(base)
 
 
 def remove_tree(path: Path) -> bool:
@@ -203,6 +231,6 @@ def sweep_workspaces() -> list[str]:
             tag = (entry / "owner").read_text().strip()
         except OSError:
             continue
-        if not owner_alive(tag) and remove_tree(entry):
+        if not owner_alive(tag) and remove_base(entry):
             removed.append(entry.name)
     return removed

@@ -43,11 +43,12 @@ from tools.sandbox.docker.container import (
     LABEL_OWNER,
     SANDBOX_UID,
     WarmContainer,
+    alive,
     start_container,
 )
 from tools.sandbox.docker.image import ensure_image
 from tools.sandbox.docker.pool import ContainerPool
-from tools.sandbox.workspace import owner_alive, remove_tree, sweep_workspaces
+from tools.sandbox.workspace import owner_alive, remove_base, sweep_workspaces
 
 _T = TypeVar("_T")
 _Ts = TypeVarTuple("_Ts")
@@ -104,6 +105,11 @@ class DockerBackend(SandboxBackend):
     def _start(self, limits: Limits, task_id: str) -> WarmContainer:
         return start_container(self.client, self.image, limits, task_id)
 
+    def _replace(self, warm: WarmContainer, task_id: str) -> WarmContainer:
+        """A fresh container on ``warm``'s workspace, for a task whose container stopped."""
+        warm.discard()
+        return start_container(self.client, self.image, warm.limits, task_id, warm.workspace)
+
     async def _call(self, fn: Callable[[*_Ts], _T], *args: *_Ts) -> _T:
         return await asyncio.get_running_loop().run_in_executor(self._threads, fn, *args)
 
@@ -126,7 +132,7 @@ class DockerBackend(SandboxBackend):
                 removed.append(container.id)
             base = labels.get(LABEL_BASE)
             if base:
-                remove_tree(Path(base))
+                remove_base(Path(base))
         sweep_workspaces()
         return removed
 
@@ -144,6 +150,7 @@ class DockerSandbox(Sandbox):
         super().__init__(task_id, warm.workspace.path, warm.limits)
         self._backend = backend
         self._warm = warm
+        self.quota_bytes = warm.workspace.quota_bytes
         self._lock = asyncio.Lock()
         self.owner = (SANDBOX_UID, SANDBOX_UID) if os.geteuid() == 0 else None
         self.container_id = warm.id
@@ -165,6 +172,7 @@ class DockerSandbox(Sandbox):
     def _exec(
         self, argv: list[str], stdin: bytes | None, timeout: float, env: dict[str, str]
     ) -> ExecResult:
+        replaced = self._ensure_running()
         api = self._backend.client.api
         host = self._warm.host
         oom_before = host.oom_kills() if host else 0
@@ -214,23 +222,27 @@ class DockerSandbox(Sandbox):
             duration_s=duration,
             stdout_bytes=out.total,
             stderr_bytes=err.total,
-            extra={"container": self.container_id[:12]},
+            extra={"container": self.container_id[:12], "replaced": replaced},
         )
 
+    def _ensure_running(self) -> bool:
+        """Replace a container that stopped since the last call; True when it did."""
+        if self._warm.running():
+            return False
+        self._warm = self._backend._replace(self._warm, self.task_id)
+        self.container_id = self._warm.id
+        return True
+
     def _kill_leftovers(self) -> None:
-        """Nothing a call started outlives it: kill all but the container's init and sleeper."""
+        """Nothing a call started outlives it: kill all but the container's keeper."""
         host = self._warm.host
         if host is not None:
             host.kill_leftovers()
             return
-        # Remote daemon: from inside. kill -1 spares pid 1 (init) but not the sleeper,
-        # whose end stops the container; start it again then (workspace is a bind mount).
-        container = self._warm.container
+        # Remote daemon: from inside, as the sandbox user, whose kill -1 cannot reach
+        # the root keeper.
         with contextlib.suppress(Exception):
-            container.exec_run(["kill", "-9", "-1"], user=f"{SANDBOX_UID}:{SANDBOX_UID}")
-        container.reload()
-        if container.status != "running":
-            container.start()
+            self._warm.container.exec_run(["kill", "-9", "-1"], user=f"{SANDBOX_UID}:{SANDBOX_UID}")
 
     async def close(self) -> None:
         if self.closed:
@@ -267,7 +279,7 @@ class _ExitWatch:
             return
         now = time.monotonic()
         if self.pid and self.host_pids:
-            exited = not _alive(self.pid)
+            exited = not alive(self.pid)
         elif now >= self._next_inspect:
             self._next_inspect = now + 0.25
             info = self.api.exec_inspect(self.exec_id)
@@ -278,14 +290,6 @@ class _ExitWatch:
         if exited:
             self.exited_at = time.monotonic()
             self.kill()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[:1] != ["Z"]
 
 
 def _read_frames(

@@ -1,10 +1,17 @@
-"""One warm sandbox container: how it is started, watched and removed.
+"""One warm sandbox container: how it is started, watched, replaced and removed.
 
-A container runs ``docker-init -- sleep infinity`` as the non-root sandbox
-user with every restriction of the issue (``--network none``, read-only root,
-tmpfs ``/tmp``, ``cap-drop ALL``, ``no-new-privileges``, memory/pids/cpu
+A container runs ``docker-init -- sleep infinity`` (its *keeper*) with every
+restriction (``--network none``, read-only root, tmpfs ``/tmp``, ``cap-drop
+ALL``, ``no-new-privileges``, the project's seccomp profile, memory/pids/cpu
 limits), the host's ``/usr`` read-only and the task's workspace at
-``/workspace``. Commands arrive by ``docker exec``.
+``/workspace``. Commands arrive by ``docker exec`` as the unprivileged sandbox
+user. The keeper runs as the container's root, which holds no capability: a
+command cannot signal it (``kill -9 -1`` ends only the sandbox user's
+processes), and cannot trace or write into it (another uid, and ``ptrace``
+and ``process_vm_*`` are denied anyway), so nothing a command starts can live
+on in it between calls. If the container stops all the same (the engine's
+OOM killer, a restarted daemon), the task's next call gets a fresh container
+on the same workspace.
 
 Docker cannot kill an exec'd process. Where the daemon runs on this host (the
 private daemon of ``infra/dockerd.sh``), the container's cgroups are visible
@@ -25,6 +32,7 @@ from typing import Any
 
 import tools.sandbox.cgroup as cgroup
 from tools.sandbox.base import WORKDIR, Limits, SandboxError
+from tools.sandbox.seccomp import docker_profile
 from tools.sandbox.workspace import Workspace, owner_tag
 
 LABEL = "agent-executor.sandbox"
@@ -55,6 +63,18 @@ class HostView:
     def kill_leftovers(self, timeout_s: float = 2.0) -> bool:
         return cgroup.kill_group(self.pids_dir, timeout_s, keep=self.keep)
 
+    def keeper_alive(self) -> bool:
+        return all(alive(pid) for pid in self.keep)
+
+
+def alive(pid: int) -> bool:
+    """Whether a host pid names a process that has not exited (zombies count as exited)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[:1] != ["Z"]
+
 
 @dataclass
 class WarmContainer:
@@ -67,20 +87,39 @@ class WarmContainer:
     def id(self) -> str:
         return str(self.container.id)
 
+    def running(self) -> bool:
+        """Whether the container still runs (its keeper and init alive)."""
+        if self.host is not None:
+            return self.host.keeper_alive()
+        try:
+            self.container.reload()
+        except Exception:
+            return False
+        return bool(self.container.status == "running")
+
+    def discard(self) -> None:
+        """Remove the container, keep the workspace."""
+        with contextlib.suppress(Exception):
+            self.container.remove(force=True)
+
     def remove(self) -> None:
         try:
-            with contextlib.suppress(Exception):
-                self.container.remove(force=True)
+            self.discard()
         finally:
             self.workspace.remove()
 
 
-def start_container(client: Any, image: str, limits: Limits, task_id: str) -> WarmContainer:
-    """Create and start one sandbox container with a fresh workspace."""
+def start_container(
+    client: Any, image: str, limits: Limits, task_id: str, workspace: Workspace | None = None
+) -> WarmContainer:
+    """Create and start one sandbox container, on ``workspace`` or a fresh one (which
+    is removed again if the container cannot start)."""
     import os
 
     root = os.geteuid() == 0
-    ws = Workspace.create(task_id, owner=(SANDBOX_UID, SANDBOX_UID) if root else None)
+    ws = workspace or Workspace.create(
+        task_id, (SANDBOX_UID, SANDBOX_UID) if root else None, limits.disk_bytes
+    )
     if not root:
         os.chmod(ws.path, 0o777)  # the container's user must write it
     try:
@@ -89,12 +128,12 @@ def start_container(client: Any, image: str, limits: Limits, task_id: str) -> Wa
             command=["sleep", "infinity"],
             detach=True,
             init=True,
-            user=f"{SANDBOX_UID}:{SANDBOX_UID}",
+            user="0:0",  # the keeper: a root without capabilities, out of the commands' reach
             network_mode="none",
             read_only=True,
             tmpfs={"/tmp": f"rw,nosuid,nodev,size={limits.tmp_bytes},mode=1777"},
             cap_drop=["ALL"],
-            security_opt=["no-new-privileges"],
+            security_opt=["no-new-privileges", f"seccomp={docker_profile()}"],
             mem_limit=limits.memory_bytes,
             memswap_limit=limits.memory_bytes,
             pids_limit=limits.pids,
@@ -108,13 +147,17 @@ def start_container(client: Any, image: str, limits: Limits, task_id: str) -> Wa
             labels={LABEL: "1", LABEL_OWNER: owner_tag(), LABEL_BASE: str(ws.base)},
         )
     except Exception as exc:
-        ws.remove()
+        if workspace is None:
+            ws.remove()
         raise SandboxError(f"cannot start a sandbox container: {exc}") from exc
     warm = WarmContainer(container, ws, limits, None)
     try:
         warm.host = _host_view(container)
     except Exception:
-        warm.remove()
+        if workspace is None:
+            warm.remove()
+        else:
+            warm.discard()
         raise
     return warm
 

@@ -139,4 +139,3 @@ def main() -> int:
         return 1
     print(tag)
     return 0
-
