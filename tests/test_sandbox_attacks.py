@@ -9,7 +9,13 @@
 - io_uring and modify_ldt (both backends' seccomp filters);
 - host paths leaking into the sandbox through bwrap's own environment and
   command line (``/proc/1``) and the mount table (``/proc/self/mountinfo``);
-- filling the disk (bytes, preallocation, inodes) past the workspace's quota;
+- filling the disk (bytes, preallocation, inodes) past the workspace's quota,
+  and the memory behind /dev and /dev/shm;
+- the host's file table (every process raising its open-file limit);
+- a command swapping a file for a symlink to a host file while the host-side
+  file tools use it (a race for the moment between check and use);
+- a hard link from the workspace to a host file (which the host-side file tools
+  would then write through);
 - Docker: tracing, writing into or killing the container's keeper, and a
   container that stops all the same.
 """
@@ -107,6 +113,37 @@ def test_write_file_does_not_empty_a_special_file_or_follow_out(backend: Sandbox
 
     ok, again = run(go())
     assert ok.ok and again.text == "new"  # a regular file is still replaced
+
+
+def test_a_symlink_swapped_in_during_file_tool_calls_never_reaches_the_host(
+    backend: SandboxBackend, tmp_path: Path
+) -> None:
+    secret = tmp_path / "host-secret.txt"
+    secret.write_text("host secret")
+    os.chmod(tmp_path, 0o755)
+    flip = (
+        f"end=$(($(date +%s) + 5)); while [ $(date +%s) -lt $end ]; do "
+        f"ln -sfn {secret} f; echo mine > g; mv -f g f; done"
+    )
+
+    async def go() -> list[Any]:
+        async with await backend.open("race") as sb:
+            seen: list[Any] = []
+
+            async def use() -> None:
+                while not os.path.lexists(sb.workspace / "f"):  # the flipping has begun
+                    await asyncio.sleep(0.01)
+                for i in range(100):
+                    seen.append(await _tool(sb, read_file, path="f"))
+                    seen.append(await _tool(sb, write_file, path="f", content=f"host {i}"))
+
+            await asyncio.gather(sb.exec(["/bin/sh", "-c", flip], timeout=20), use())
+            return seen
+
+    seen = run(go())
+    assert secret.read_text() == "host secret"
+    assert not [r for r in seen if "host secret" in r.text]
+    assert any(r.ok for r in seen) and any(not r.ok for r in seen)  # (both states were met)
 
 
 def test_the_host_side_of_a_file_tool_has_a_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -252,6 +289,64 @@ def test_a_quota_too_small_for_a_file_system_is_refused_clearly() -> None:
     with pytest.raises(SandboxError, match="disk quota below"):
         Workspace.create("tiny-quota", disk_bytes=1024)
     assert not [p for p in sandbox_root().iterdir() if p.name.startswith("tiny-quota")]
+
+
+def test_dev_is_read_only_and_dev_shm_is_capped(backend: SandboxBackend) -> None:
+    """/dev and /dev/shm are tmpfs: RAM, outside the disk quota. /dev cannot be written,
+    /dev/shm holds ``tmp_bytes`` at most."""
+    script = (
+        "dd if=/dev/zero of=/dev/shm/x bs=1M count=200 2>&1; "
+        "echo x > /dev/new 2>&1; echo dev=$?; du -m /dev/shm/x"
+    )
+
+    async def go() -> Any:
+        async with await backend.open("shm") as sb:
+            return await sb.exec(["/bin/sh", "-c", script])
+
+    res = run(go())
+    out = res.text()
+    assert "No space left on device" in out and "dev=0" not in out, out
+    assert int(out.split()[-2]) <= backend.limits.tmp_bytes // 2**20, out
+
+
+def test_open_files_are_capped_per_process(backend: SandboxBackend) -> None:
+    """Every process of a call raising its soft limit to the hard one and opening files
+    would otherwise reach the host's file table (fs.file-max) with ~128 processes."""
+    script = (
+        "import os, resource\n"
+        "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))\n"
+        "fds = []\n"
+        "try:\n"
+        "    while len(fds) < 1_000_000: fds.append(os.open('/dev/null', os.O_RDONLY))\n"
+        "except OSError as e: print(hard, len(fds), e.strerror)\n"
+    )
+
+    async def go() -> Any:
+        async with await backend.open("nofile") as sb:
+            return await sb.exec(["python3", "-c", script])
+
+    res = run(go())
+    hard, opened, *why = res.text().split()
+    assert int(hard) == backend.limits.open_files and int(opened) < int(hard), res
+    assert " ".join(why) == "Too many open files", res
+
+
+@pytest.mark.skipif(_no_root_for_quotas(), reason="workspace quotas need loop mounts (root)")
+def test_no_hard_link_reaches_a_host_file(backend: SandboxBackend) -> None:
+    """A hard link from the workspace to a host file would let the host-side file tools
+    (running as root) write through it: the workspace is its own file system."""
+
+    async def go() -> tuple[Any, Any]:
+        async with await backend.open("hardlink") as sb:
+            made = await sb.exec(["/bin/sh", "-c", "ln /usr/bin/env env-link"])
+            wrote = await _tool(sb, write_file, path="env-link", content="#!/bin/false")
+            return made, wrote
+
+    made, wrote = run(go())
+    assert made.exit_code != 0 and b"cross-device" in made.stderr, made
+    assert wrote.ok  # a new file in the workspace, not the host's /usr/bin/env
+    assert Path("/usr/bin/env").read_bytes()[:4] == b"\x7fELF"
 
 
 # -- both backends: seccomp and host paths -------------------------------------------

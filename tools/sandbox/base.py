@@ -43,8 +43,11 @@ class Limits:
     cpus: float = 1.0
     #: bytes kept per stream (stdout, stderr); the rest is counted and dropped
     max_output_bytes: int = 256 * 1024
-    #: size of the private /tmp (docker tmpfs; bwrap's tmpfs counts against memory)
+    #: size of the private /tmp and of /dev/shm (tmpfs: counted against memory too)
     tmp_bytes: int = 64 * 1024 * 1024
+    #: open files per process (RLIMIT_NOFILE, soft and hard): with ``pids`` processes,
+    #: far below the host's file table (``fs.file-max``)
+    open_files: int = 1024
     #: size of the workspace's own file system (see tools.sandbox.disk); None: uncapped
     disk_bytes: int | None = 1024 * 1024 * 1024
 

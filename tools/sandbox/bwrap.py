@@ -89,8 +89,8 @@ class BwrapBackend(SandboxBackend):
         self.cgroups = cgroup.available() if use_cgroups is None else use_cgroups
         if self.cgroups and not self.privileged:
             raise SandboxUnavailable("cgroup limits need root")
-        if not self.cgroups and shutil.which("prlimit") is None:
-            raise SandboxUnavailable("prlimit (util-linux) is needed for rlimits without cgroups")
+        if shutil.which("prlimit") is None:
+            raise SandboxUnavailable("prlimit (util-linux) is needed for the sandbox's rlimits")
         seccomp.program()  # fail now, not on the first call
         sweep_workspaces()
         if self.cgroups:
@@ -154,18 +154,14 @@ class BwrapSandbox(Sandbox):
         as data so that no host path shows in the sandbox's mountinfo) are appended to
         ``fds``; the caller closes them."""
         b = self._backend
+        lim = self.limits
         cmd: list[str] = []
         if self._group is not None:
             cmd += ["/bin/sh", "-c", ENTER, "sandbox-enter", *self._group.procs_files, "--"]
-        else:
-            lim = self.limits
-            cmd += [
-                "prlimit",
-                f"--as={lim.memory_bytes}",
-                f"--nproc={_nproc_limit(lim.pids)}",
-                "--",
-            ]
-        cmd += b.wrapper
+        cmd += ["prlimit", f"--nofile={lim.open_files}"]
+        if self._group is None:
+            cmd += [f"--as={lim.memory_bytes}", f"--nproc={_nproc_limit(lim.pids)}"]
+        cmd += ["--", *b.wrapper]
         opts: list[str] = [
             "--unshare-all",
             "--unshare-user",
@@ -190,6 +186,8 @@ class BwrapSandbox(Sandbox):
         opts += [
             "--proc", "/proc",
             "--dev", "/dev",
+            "--size", str(self.limits.tmp_bytes), "--tmpfs", "/dev/shm",
+            "--remount-ro", "/dev",
             "--size", str(self.limits.tmp_bytes), "--tmpfs", "/tmp",
             "--bind", str(self.workspace), WORKDIR,
             "--remount-ro", "/",

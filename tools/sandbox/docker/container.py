@@ -116,6 +116,8 @@ def start_container(
     is removed again if the container cannot start)."""
     import os
 
+    from docker.types import Ulimit
+
     root = os.geteuid() == 0
     ws = workspace or Workspace.create(
         task_id, (SANDBOX_UID, SANDBOX_UID) if root else None, limits.disk_bytes
@@ -137,6 +139,8 @@ def start_container(
             mem_limit=limits.memory_bytes,
             memswap_limit=limits.memory_bytes,
             pids_limit=limits.pids,
+            shm_size=limits.tmp_bytes,
+            ulimits=[Ulimit(name="nofile", soft=limits.open_files, hard=limits.open_files)],
             nano_cpus=int(limits.cpus * 1e9),
             volumes={
                 "/usr": {"bind": "/usr", "mode": "ro"},
