@@ -76,8 +76,9 @@ def test_failover_benchmark_scenario_loses_nothing(pool: Any) -> None:
 
     victim = pool.add(1)[0]
     args = failover.parse_args(["--tasks", "2", "--history-tokens", "600"])
+    assert args.task_counts == [2]
     try:
-        report = asyncio.run(failover.scenario(pool, victim, "r1", args, Console(quiet=True)))
+        report = asyncio.run(failover.scenario(pool, victim, "r1", args, Console(quiet=True), 2))
     finally:
         pool.remove(victim)
     assert report["affected_tasks"] == 2
