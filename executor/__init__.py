@@ -19,6 +19,7 @@ from executor.fleet.config import ReplicaConfig
 from executor.fleet.generation import SamplingParams
 from executor.fleet.health import HealthConfig
 from executor.fleet.pool import ReplicaPool
+from executor.remote import RemoteExecutor
 from executor.result import CallStep, FailoverStep, Step, TaskResult, TaskStatus, ToolStep
 from executor.runtime import Executor, TaskHandle
 from executor.sdk import arun_task, resume_task, run_task, shutdown
@@ -29,7 +30,8 @@ from tools.web.policy import WebPolicy
 __all__ = [
     "Agent", "AgentDefinitionError", "CallStep", "Executor", "ExecutorConfig", "ExecutorError",
     "FailoverStep", "HealthConfig", "InvalidRequestError", "ReplicaConfig", "ReplicaPool",
-    "ReplicaUnavailableError", "ReplicaUnreachableError", "SamplingParams", "SchedulerConfig",
+    "RemoteExecutor", "ReplicaUnavailableError", "ReplicaUnreachableError", "SamplingParams",
+    "SchedulerConfig",
     "Step", "TaskHandle", "TaskResult", "TaskStatus", "Telemetry", "TelemetryExporter",
     "ToolStep", "WebPolicy", "arun_task", "resume_task", "run_task", "shutdown",
 ]

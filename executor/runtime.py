@@ -217,6 +217,10 @@ class Executor:
 
         ``agent`` is needed when the task used tools other than the built-ins.
         """
+        return await self.resume_handle(task_id, agent).result()
+
+    def resume_handle(self, task_id: str, agent: Agent | None = None) -> TaskHandle:
+        """``resume`` without waiting: the resumed task's handle (a service resumes many)."""
         try:
             record = self.journal.get(task_id)
         except JournalError as exc:
@@ -228,9 +232,15 @@ class Executor:
         agent = agent or agent_from_journal(record.agent)
         self._check(agent)
         driver = TaskDriver(self.services, agent, record.goal, task_id, record=record)
-        return await self._spawn(task_id, driver).result()
+        return self._spawn(task_id, driver)
 
     def _on_step(self, task_id: str, step: Step) -> None:
+        self.refresh_gauges()
+        if self.on_step is not None:
+            self.on_step(task_id, step)
+
+    def refresh_gauges(self) -> None:
+        """Set the queue-depth and KV-occupancy gauges from the scheduler core now."""
         s = self._services
         if s is not None:
             s.telemetry.set_queue_depth(s.dispatcher.queue_depth)
@@ -238,8 +248,6 @@ class Executor:
                 s.telemetry.set_kv_occupancy(
                     view.replica_id, view.kv_reserved_tokens, view.kv_capacity_tokens
                 )
-        if self.on_step is not None:
-            self.on_step(task_id, step)
 
 
 def agent_from_journal(desc: dict[str, Any]) -> Agent:

@@ -18,13 +18,16 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import os
 import threading
 from collections.abc import Coroutine
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from executor.agent import Agent
+from executor.errors import ExecutorError
 from executor.loop.journal import Journal
+from executor.remote import URL_ENV, run_remote
 from executor.result import TaskResult
 from executor.runtime import Executor
 
@@ -103,12 +106,25 @@ class _Embedded:
 _EMBEDDED = _Embedded()
 
 
-def run_task(agent: Agent, goal: str, **executor_options: Any) -> TaskResult:
+def run_task(
+    agent: Agent, goal: str, *, executor: str | None = None, **executor_options: Any
+) -> TaskResult:
     """Run one task to its end and return its result (blocking).
 
     ``executor_options`` (``replicas``, ``sandbox``, ``journal``, ``telemetry``...)
     apply when the embedded executor for the agent's model is first started.
+    ``executor``: the URL of an executor service to run it on instead (default:
+    ``$EXECUTOR_URL``; its token from ``$EXECUTOR_TOKEN``); the agent is then one the
+    service has by name, or one of built-in tools only.
     """
+    url = executor or os.environ.get(URL_ENV)
+    if url:
+        if executor_options:
+            raise ExecutorError(
+                f"executor options ({', '.join(executor_options)}) are the service's own; "
+                "they cannot be given with a service URL"
+            )
+        return run_remote(agent, goal, url)
     return _EMBEDDED.submit(_EMBEDDED._run(agent, goal, executor_options)).result()
 
 

@@ -102,7 +102,10 @@ class Telemetry:
         *,
         otlp_endpoint: str | None = None,
         service_name: str = "agent-executor",
+        prometheus: bool = False,
     ) -> None:
+        """``prometheus``: also expose the metrics to ``prometheus_client``'s registry (a
+        service's ``/metrics`` serves it), whatever the exporter."""
         if exporter not in EXPORTERS:
             raise ValueError(
                 f"unknown telemetry exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}"
@@ -138,6 +141,11 @@ class Telemetry:
             metric_exporter = OTLPMetricExporter(endpoint=f"{base}/v1/metrics" if base else None)
             self._tracer_provider.add_span_processor(BatchSpanProcessor(span_exporter))
             readers.append(PeriodicExportingMetricReader(metric_exporter))
+        if prometheus:
+            # Imported here: only a service needs prometheus_client.
+            from opentelemetry.exporter.prometheus import PrometheusMetricReader
+
+            readers.append(PrometheusMetricReader())
         self._meter_provider = MeterProvider(resource=resource, metric_readers=readers)
 
         self._tracer = self._tracer_provider.get_tracer(INSTRUMENTATION_SCOPE)

@@ -31,6 +31,7 @@ LAYERS = [
     {"executor.agent"},
     {"executor.loop"},
     {"executor.config", "executor.runtime", "executor.sdk", "executor"},
+    {"executor.service"},
     {"executor.cli", "executor.__main__"},
     {"benchmarks"},
 ]

@@ -12,6 +12,7 @@ from rich.logging import RichHandler
 from executor.cli.demo import add_demo_commands
 from executor.cli.models import add_model_commands
 from executor.cli.replicas import add_replica_commands
+from executor.cli.serve import add_serve_command
 from executor.cli.tasks import add_task_commands
 from executor.errors import ExecutorError
 
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_demo_commands(sub)
     add_task_commands(sub)
     add_replica_commands(sub)
+    add_serve_command(sub)
     return parser
 
 

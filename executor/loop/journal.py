@@ -274,17 +274,30 @@ class Journal:
                 f"{exc}"
             ) from None
 
-    def list(self, limit: int = 50) -> builtins.list[dict[str, Any]]:
+    def list(
+        self, limit: int = 50, *, status: str | None = None, offset: int = 0
+    ) -> builtins.list[dict[str, Any]]:
+        """Tasks newest first (``status``: only those in it; ``offset``: skip as many)."""
         with self._lock:
-            return self._list(limit)
+            return self._list(limit, status, offset)
 
-    def _list(self, limit: int) -> builtins.list[dict[str, Any]]:
+    def _list(self, limit: int, status: str | None, offset: int) -> builtins.list[dict[str, Any]]:
         rows = self._db.execute(
             "SELECT t.task_id, json_extract(t.agent, '$.name'), t.goal, t.status, t.created_at, "
             "t.updated_at, (SELECT COUNT(*) FROM steps s "
             "WHERE s.task_id = t.task_id AND s.kind = 'call') "
-            "FROM tasks t ORDER BY t.created_at DESC LIMIT ?",
-            (limit,),
+            "FROM tasks t WHERE (? IS NULL OR t.status = ?) "
+            "ORDER BY t.created_at DESC, t.task_id LIMIT ? OFFSET ?",
+            (status, status, limit, offset),
         ).fetchall()
         keys = ("task_id", "agent", "goal", "status", "created_at", "updated_at", "calls")
         return [dict(zip(keys, row, strict=True)) for row in rows]
+
+    def unfinished(self) -> builtins.list[str]:
+        """The ids of the tasks still ``running`` (a driver that died left them so), oldest
+        first: what a restarted service resumes."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT task_id FROM tasks WHERE status = 'running' ORDER BY created_at"
+            ).fetchall()
+        return [r[0] for r in rows]

@@ -1,0 +1,166 @@
+"""The HTTP routes (FastAPI): tasks, their events, replicas, health and metrics.
+
+    app = create_app(service, token="...")     # served by uvicorn (executor.service.server)
+
+Every route but ``/healthz`` wants ``Authorization: Bearer <token>`` when a token is
+set. Request bodies are bounded (``max_body_bytes``) before they are parsed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import ValidationError
+
+from executor.errors import ExecutorError
+from executor.service.auth import authorized
+from executor.service.events import task_events
+from executor.service.idempotency import MAX_KEY_CHARS, KeyReused, body_hash
+from executor.service.models import (
+    ReplicaView,
+    ServiceStatus,
+    SubmitRequest,
+    SubmitResponse,
+    TaskPage,
+    TaskView,
+)
+from executor.service.tasks import BadAgent, Busy, TaskService, UnknownAgent, UnknownTask
+
+MAX_BODY_BYTES = 64 * 1024
+RETRY_AFTER_S = 2
+
+
+def create_app(service: TaskService, *, token: str | None = None,
+               max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:  # fmt: skip
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await service.start()
+        try:
+            yield
+        finally:
+            await service.close()
+
+    app = FastAPI(title="agent executor", version="1", lifespan=lifespan)
+
+    @app.middleware("http")
+    async def bound_body(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > max_body_bytes:
+            return JSONResponse(
+                {"detail": f"the body is over {max_body_bytes} bytes"}, status_code=413
+            )
+        return await call_next(request)
+
+    def auth(authorization: Annotated[str | None, Header()] = None) -> None:
+        if not authorized(authorization, token):
+            raise HTTPException(401, "a valid bearer token is required",
+                                headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+
+    guarded = [Depends(auth)]
+
+    @app.exception_handler(UnknownTask)
+    @app.exception_handler(UnknownAgent)
+    async def not_found(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", dependencies=guarded)
+    async def readyz() -> JSONResponse:
+        ready = service.ready()
+        return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+
+    @app.get("/metrics", dependencies=guarded)
+    async def metrics() -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+        service.executor.refresh_gauges()
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/v1/tasks", status_code=202, response_model=SubmitResponse,
+              dependencies=guarded)  # fmt: skip
+    async def submit(
+        request: Request,
+        idempotency_key: Annotated[str | None, Header(max_length=MAX_KEY_CHARS)] = None,
+    ) -> Any:
+        body = await request.body()
+        if len(body) > max_body_bytes:  # (a chunked body has no content-length)
+            raise HTTPException(413, f"the body is over {max_body_bytes} bytes")
+        try:
+            req = SubmitRequest.model_validate_json(body)
+        except ValidationError as exc:
+            raise HTTPException(422, _problems(exc)) from None
+        try:
+            task_id, _new = service.submit(req, idempotency_key, body_hash(body))
+        except KeyReused:
+            raise HTTPException(409, "this Idempotency-Key was used with another body") from None
+        except Busy as exc:
+            raise HTTPException(429, str(exc),
+                                headers={"Retry-After": str(RETRY_AFTER_S)}) from None  # fmt: skip
+        except BadAgent as exc:
+            raise HTTPException(422, [{"loc": ["body", "agent"], "msg": str(exc)}]) from None
+        except UnknownAgent:
+            raise
+        except ExecutorError as exc:  # the goal does not fit, or the agent is refused
+            raise HTTPException(422, [{"loc": ["body", "goal"], "msg": str(exc)}]) from None
+        return SubmitResponse(task_id=task_id, status=service.status(service.record(task_id)))
+
+    @app.get("/v1/tasks", response_model=TaskPage, dependencies=guarded)
+    async def list_tasks(
+        status: ServiceStatus | None = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> TaskPage:
+        tasks = service.page(status, limit, offset)
+        return TaskPage(tasks=tasks, next_offset=offset + limit if len(tasks) == limit else None)
+
+    @app.get("/v1/tasks/{task_id}", response_model=TaskView, dependencies=guarded)
+    async def get_task(task_id: str) -> TaskView:
+        return service.view(task_id)
+
+    @app.get("/v1/tasks/{task_id}/events", dependencies=guarded)
+    async def events(
+        task_id: str,
+        last_event_id: Annotated[int | None, Header()] = None,
+        after: Annotated[int | None, Query(ge=-1)] = None,
+    ) -> StreamingResponse:
+        service.record(task_id)  # 404 before the stream starts
+        start = after if after is not None else last_event_id if last_event_id is not None else -1
+        return StreamingResponse(
+            task_events(service, task_id, start), media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )  # fmt: skip
+
+    @app.post("/v1/tasks/{task_id}/cancel", response_model=SubmitResponse,
+              dependencies=guarded)  # fmt: skip
+    async def cancel(task_id: str) -> SubmitResponse:
+        return SubmitResponse(task_id=task_id, status=service.cancel(task_id))
+
+    @app.get("/v1/replicas", response_model=list[ReplicaView], dependencies=guarded)
+    async def replicas() -> list[ReplicaView]:
+        return service.replicas()
+
+    @app.post("/v1/replicas/{replica_id}/drain", status_code=202, dependencies=guarded)
+    async def drain(replica_id: str) -> dict[str, str]:
+        if replica_id not in {r.replica_id for r in service.replicas()}:
+            raise HTTPException(404, f"no replica {replica_id!r}")
+        service.drain(replica_id)
+        return {"replica_id": replica_id, "status": "draining"}
+
+    return app
+
+
+def _problems(exc: ValidationError) -> list[dict[str, Any]]:
+    """Pydantic's errors, each with where in the body it is (``["body", "goal"]``)."""
+    return [
+        {"loc": ["body", *map(str, e["loc"])], "msg": e["msg"], "type": e["type"]}
+        for e in exc.errors(include_url=False, include_context=False, include_input=False)
+    ]

@@ -1,0 +1,258 @@
+"""The service's tasks: one long-lived Executor (one scheduler core), the tasks it runs,
+their idempotency keys, their views, and the unfinished ones resumed at start.
+
+The journal is the source of truth: a task's view and its events are read from it,
+so they are the same before and after a restart of the service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from typing import Any
+
+from pydantic import ValidationError
+
+from executor.agent import Agent, AgentDefinitionError
+from executor.errors import ExecutorError, validation_problems
+from executor.loop.journal import JournalError, TaskRecord
+from executor.result import Step, TaskResult
+from executor.runtime import Executor, TaskHandle, agent_from_journal
+from executor.service.agents import inline_agent
+from executor.service.idempotency import IdempotencyStore, KeyReused
+from executor.service.models import (
+    ReplicaView,
+    ServiceStatus,
+    SubmitRequest,
+    TaskSummary,
+    TaskView,
+)
+
+log = logging.getLogger("executor.service")
+
+
+class UnknownAgent(ExecutorError):
+    pass
+
+
+class UnknownTask(ExecutorError):
+    pass
+
+
+class Busy(ExecutorError):
+    """Too many tasks at once: try again later."""
+
+
+class BadAgent(ExecutorError):
+    pass
+
+
+class TaskService:
+    def __init__(self, executor: Executor, agents: dict[str, Agent], *,
+                 max_active: int = 256) -> None:  # fmt: skip
+        self.executor = executor
+        self.agents = agents
+        self.max_active = max_active
+        self.handles: dict[str, TaskHandle] = {}
+        self.cancelled: set[str] = set()
+        self.resumed: set[str] = set()
+        self._drains: set[asyncio.Task[None]] = set()
+        self._changed: dict[str, set[asyncio.Event]] = {}
+        self.idempotency: IdempotencyStore | None = None
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.executor.start()
+        self.idempotency = IdempotencyStore(self.executor.journal.path)
+        self.resume_unfinished()
+
+    async def close(self) -> None:
+        await self.executor.close()
+        if self.idempotency is not None:
+            self.idempotency.close()
+
+    def on_step(self, task_id: str, step: Step) -> None:
+        self._wake(task_id)
+
+    def _wake(self, task_id: str) -> None:
+        for event in self._changed.get(task_id, ()):
+            event.set()
+
+    def resume_unfinished(self) -> list[str]:
+        """Continue every task the journal has as running (a crash left them so)."""
+        journal = self.executor.journal
+        resumed = []
+        for task_id in journal.unfinished():
+            if task_id in self.handles:
+                continue
+            record = journal.get(task_id)
+            try:
+                agent = self.agents.get(str(record.agent.get("name"))) or agent_from_journal(
+                    record.agent
+                )
+                self._track(self.executor.resume_handle(task_id, agent))
+            except ExecutorError as exc:
+                log.warning("cannot resume task %s: %s", task_id, exc)
+                journal.finish(task_id, "failed", error=f"not resumed after a restart: {exc}")
+                continue
+            resumed.append(task_id)
+            self.resumed.add(task_id)
+        if resumed:
+            log.info("resumed %d unfinished task(s): %s", len(resumed), ", ".join(resumed))
+        return resumed
+
+    # -- tasks --------------------------------------------------------------------
+
+    def agent_for(self, req: SubmitRequest) -> Agent:
+        if isinstance(req.agent, str):
+            agent = self.agents.get(req.agent)
+            if agent is None:
+                raise UnknownAgent(
+                    f"no agent {req.agent!r}; this service has: {', '.join(self.agents) or '-'}"
+                )
+        else:
+            try:
+                agent = inline_agent(req.agent, self.executor.model)
+            except ValidationError as exc:
+                raise BadAgent(validation_problems(exc, "agent")) from None
+            except AgentDefinitionError as exc:
+                raise BadAgent(str(exc)) from None
+        if req.max_steps is not None:
+            agent = agent.model_copy(update={"max_steps": req.max_steps})
+        return agent
+
+    def active(self) -> int:
+        return sum(1 for h in self.handles.values() if not h.done())
+
+    def submit(self, req: SubmitRequest, key: str | None, digest: str) -> tuple[str, bool]:
+        """(task id, whether it is new). Raises ``KeyReused``, ``Busy``, ``UnknownAgent``,
+        ``BadAgent``."""
+        agent = self.agent_for(req)
+        task_id = f"task-{uuid.uuid4().hex[:12]}"
+        if key is not None:
+            assert self.idempotency is not None
+            first = self.idempotency.claim(key, digest, task_id)
+            if first != task_id:
+                return first, False
+        try:
+            self._admit()
+            self._track(self.executor.submit(agent, req.goal, task_id=task_id))
+        except (ExecutorError, KeyReused):
+            if key is not None and self.idempotency is not None:
+                self.idempotency.release(key, task_id)
+            raise
+        return task_id, True
+
+    def _admit(self) -> None:
+        queue_limit = self.executor.config.scheduler.admission_queue_limit
+        if self.active() >= self.max_active:
+            raise Busy(f"{self.max_active} tasks are running or queued (the service's limit)")
+        if self.executor.dispatcher.queue_depth >= queue_limit:
+            raise Busy(f"the admission queue is full ({queue_limit} tasks)")
+
+    def _track(self, handle: TaskHandle) -> None:
+        self.handles[handle.task_id] = handle
+        handle.future.add_done_callback(lambda _: self._finished(handle.task_id))
+
+    def _finished(self, task_id: str) -> None:
+        self._wake(task_id)
+        handle = self.handles.get(task_id)
+        if handle is not None and handle.future.done() and not handle.future.cancelled():
+            handle.future.exception()  # retrieved: a failed task is in its view, not the log
+
+    def cancel(self, task_id: str) -> ServiceStatus:
+        record = self.record(task_id)
+        handle = self.handles.get(task_id)
+        if handle is not None and not handle.done():
+            self.cancelled.add(task_id)
+            handle.future.cancel()
+            return "cancelled"
+        return self.status(record)
+
+    def record(self, task_id: str) -> TaskRecord:
+        try:
+            return self.executor.journal.get(task_id)
+        except JournalError:
+            raise UnknownTask(f"no task {task_id!r}") from None
+
+    def status(self, record: TaskRecord) -> ServiceStatus:
+        if record.status == "running":
+            handle = self.handles.get(record.task_id)
+            if handle is not None and handle.done():
+                return "cancelled" if record.task_id in self.cancelled else "failed"
+            view = self.executor.dispatcher.core.task(record.task_id)
+            if view is not None and view.state.value == "queued":
+                return "queued"
+            return "running"
+        if record.status == "failed" and record.error == "cancelled":
+            return "cancelled"
+        status: ServiceStatus = record.status  # type: ignore[assignment]
+        return status
+
+    def view(self, task_id: str) -> TaskView:
+        handle = self.handles.get(task_id)
+        fut = handle.future if handle is not None else None
+        if fut is not None and fut.done() and not fut.cancelled() and fut.exception() is None:
+            result: TaskResult = fut.result()
+            return TaskView(**{**result.model_dump(), "status": result.status})
+        record = self.record(task_id)
+        steps: list[Any] = [
+            info for p in record.payloads if (info := getattr(p, "info", None)) is not None
+        ]
+        return TaskView(
+            task_id=task_id, agent=str(record.agent.get("name")), goal=record.goal,
+            status=self.status(record), output=record.output, error=record.error,
+            steps=steps, latency_s=record.updated_at - record.created_at,
+            resumed=task_id in self.resumed,
+        )  # fmt: skip
+
+    def page(self, status: str | None, limit: int, offset: int) -> list[TaskSummary]:
+        journal_status = {"queued": "running", "cancelled": "failed"}.get(status or "", status)
+        rows = self.executor.journal.list(limit, status=journal_status, offset=offset)
+        out = []
+        for row in rows:
+            record = self.executor.journal.get(row["task_id"])
+            s = self.status(record)
+            if status is None or s == status:
+                out.append(TaskSummary(**{**row, "status": s}))
+        return out
+
+    def watch(self, task_id: str) -> asyncio.Event:
+        event = asyncio.Event()
+        self._changed.setdefault(task_id, set()).add(event)
+        return event
+
+    def unwatch(self, task_id: str, event: asyncio.Event) -> None:
+        watchers = self._changed.get(task_id)
+        if watchers is not None:
+            watchers.discard(event)
+            if not watchers:
+                del self._changed[task_id]
+
+    # -- replicas -----------------------------------------------------------------
+
+    def replicas(self) -> list[ReplicaView]:
+        return [
+            ReplicaView(
+                replica_id=v.replica_id,
+                state=v.state.value,
+                kv_capacity_tokens=v.kv_capacity_tokens,
+                kv_reserved_tokens=v.kv_reserved_tokens,
+                running_calls=v.running_calls,
+            )  # fmt: skip
+            for v in self.executor.dispatcher.core.replicas()
+        ]
+
+    def drain(self, replica_id: str) -> None:
+        """Start draining a replica (its tasks move at their next tool wait)."""
+        task = asyncio.get_running_loop().create_task(self.executor.drain(replica_id))
+        self._drains.add(task)
+        task.add_done_callback(self._drains.discard)
+
+    def ready(self) -> bool:
+        try:
+            return bool(self.executor.dispatcher.live_replicas())
+        except ExecutorError:  # not started yet
+            return False
