@@ -16,6 +16,7 @@ All of it runs on one event loop thread: the core is never touched concurrently.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -78,12 +79,16 @@ class Dispatcher:
         core: SchedulerCore,
         *,
         replace_dead: bool = False,
+        retry_after_s: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """``replace_dead``: the fleet starts a replica in place of each one that dies
-        (the core then lets their tasks wait for it instead of failing them)."""
+        (the core then lets their tasks wait for it instead of failing them).
+        ``retry_after_s``: how long a call that found its replica unreachable waits
+        for the replica's death before it is retried there (``HealthConfig``)."""
         self.core = core
         self.replace_dead = replace_dead
+        self.retry_after_s = retry_after_s
         self._clock = clock
         # A task's next outcome (a RunCall, or a refusal): awaited by the task, or
         # kept until it asks (a re-placement after a replica death can come first).
@@ -183,7 +188,16 @@ class Dispatcher:
 
     async def call_failed(self, task_id: str, replica_id: str, reason: str) -> Grant:
         """The call failed on a replica that is not known dead (it did not answer this
-        time): the core retries it there, or fails the task past its retry limit."""
+        time): the core retries it there, or fails the task past its retry limit. The
+        retry waits ``retry_after_s`` first: if the replica is declared dead meanwhile
+        (a node that died is unreachable for seconds before Ray says so), the task
+        moves instead, its retries unspent."""
+        lost = self.lost(replica_id)
+        if self.retry_after_s > 0 and not lost.done():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(lost), self.retry_after_s)
+        if lost.done():  # the core placed the task again when the replica died
+            return await self.after_replica_death(task_id, replica_id, lost.result())
 
         def report(t: float) -> None:
             view = self.core.task(task_id)

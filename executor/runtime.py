@@ -108,7 +108,10 @@ class Executor:
                 await sandboxes.close()
                 raise
             self.pool = pool
-        dispatcher = Dispatcher(SchedulerCore(c.scheduler), replace_dead=c.heal)
+        dispatcher = Dispatcher(
+            SchedulerCore(c.scheduler), replace_dead=c.heal,
+            retry_after_s=c.health.retry_after_s if c.health is not None else 0.0,
+        )  # fmt: skip
         fleet = Fleet(
             self.pool, dispatcher, heal=c.heal, health=c.health,
             control=ControlChannel(journal.path),

@@ -360,6 +360,36 @@ def test_dispatcher_a_transient_call_failure_is_retried_on_the_same_replica() ->
     asyncio.run(scenario())
 
 
+def test_dispatcher_an_unreachable_replica_declared_dead_during_the_retry_wait() -> None:
+    """A node that died leaves its actors unreachable for seconds before anyone calls
+    them dead: the retry waits ``retry_after_s`` for the verdict, and a death meanwhile
+    moves the task, its retries unspent (retried at once, it failed: tests/test_node_death)."""
+
+    async def scenario() -> None:
+        core = SchedulerCore(SchedulerConfig(max_call_retries=0))
+        d = Dispatcher(core, retry_after_s=30)
+        d.replica_joined("r0", 10_000)
+        first = await d.arrive("a", "agent", 2, 100)
+        d.replica_joined("r1", 10_000)
+        waiting = asyncio.ensure_future(d.call_failed("a", first.replica_id, "unavailable"))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()  # no retry yet: with no retries left, that would fail it
+        d.replica_died(first.replica_id, "no health answer")
+        grant = await asyncio.wait_for(waiting, 1)
+        assert grant.replica_id == "r1" and grant.moved_from == first.replica_id
+
+        # nobody declares it dead: the retry comes after the wait
+        d = Dispatcher(SchedulerCore(SchedulerConfig(max_call_retries=1)), retry_after_s=0.2)
+        d.replica_joined("r0", 10_000)
+        first = await d.arrive("b", "agent", 2, 100)
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        again = await d.call_failed("b", first.replica_id, "unavailable")
+        assert again.replica_id == "r0" and loop.time() - t0 >= 0.2
+
+    asyncio.run(scenario())
+
+
 def test_dispatcher_keeps_a_replacement_for_the_task_that_did_not_report_the_death() -> None:
     """Two calls die with their replica; the first task to notice reports the death and
     both are placed again: the second task's new place waits for it (no lost grant)."""

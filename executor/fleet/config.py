@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 import subprocess
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+# Ray's built-in resources, declared through their own fields (num_cpus, num_gpus).
+_BUILTIN_RESOURCES = {"CPU", "GPU", "memory", "object_store_memory"}
 
 
 def cuda_available() -> bool:
@@ -32,10 +36,27 @@ class ReplicaConfig(BaseModel):
     tp_size: int = Field(1, ge=1)
     num_cpus: float = Field(1.0, ge=0)
     num_gpus: float | None = Field(None, ge=0)  # None: tp_size on CUDA, 0 on CPU
+    # Custom Ray resources the replica's actor needs, e.g. {"node_a": 0.5}: it is placed
+    # only on a node that declares them (``ray start --resources '{"node_a": 1}'``).
+    resources: dict[str, float] = Field(default_factory=dict)
     cpu_threads: int | None = Field(None, ge=1)  # torch threads of the engine; None: num_cpus
     random_seed: int = 0
     log_level: str = "error"
     engine_args: dict[str, Any] = Field(default_factory=dict)  # passed to sglang.Engine as is
+
+    @field_validator("resources")
+    @classmethod
+    def _custom_resources(cls, value: dict[str, float]) -> dict[str, float]:
+        for name, amount in value.items():
+            if not name:
+                raise ValueError("a resource needs a name")
+            if name in _BUILTIN_RESOURCES:
+                raise ValueError(f"{name!r} is not a custom resource: use num_cpus / num_gpus")
+            if not (math.isfinite(amount) and amount >= 0):
+                raise ValueError(f"resource {name!r} must be a number >= 0, got {amount}")
+            if amount > 1 and not amount.is_integer():  # Ray's own rule, caught before it
+                raise ValueError(f"resource {name!r}: amounts above 1 must be whole, got {amount}")
+        return value
 
     def resolved_device(self) -> Literal["cpu", "cuda"]:
         if self.device == "auto":

@@ -34,10 +34,18 @@ class HealthConfig:
     passes, so this must exceed the longest one (a long prefill chunk on a CPU)."""
     failures: int = 2
     """Misses in a row that declare a replica dead."""
+    retry_after_s: float = 4.0
+    """A call that found its replica unreachable (Ray's ``ActorUnavailableError``) is
+    retried there after this long, unless the replica is declared dead meanwhile (the
+    task then moves). A node that died shows its actors as unreachable for ~10 s
+    before Ray calls them dead, and each such call fails in ~2 s: retried at once, a
+    task spent its retries (and failed) before the probes' verdict."""
 
     def __post_init__(self) -> None:
         if self.interval_s <= 0 or self.timeout_s <= 0 or self.failures < 1:
             raise ValueError("health checks need interval_s > 0, timeout_s > 0, failures >= 1")
+        if self.retry_after_s < 0:
+            raise ValueError("retry_after_s must be >= 0")
 
 
 class HealthMonitor:

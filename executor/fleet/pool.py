@@ -5,15 +5,20 @@
 
 By default the pool starts an embedded local Ray cluster; pass ``address=`` to
 join an existing one. Each replica declares its resources (CPUs here; GPUs and
-tensor parallelism on GPU hosts), so Ray places it where they are.
+tensor parallelism on GPU hosts; custom node resources from
+``ReplicaConfig.resources``), so Ray places it where they are. ``add`` can give
+new replicas another shape than the pool's (e.g. pinned to one node); a
+replacement for a dead replica takes the pool's own.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import ray
@@ -27,8 +32,25 @@ from executor.fleet.handle import ReplicaHandle
 from executor.models import resolve
 
 NAMESPACE = "agent-executor"
+# Starts of one replica whose actor died of something else than its own __init__.
+START_ATTEMPTS = 3
+log = logging.getLogger(__name__)
 # Engine warnings that say nothing actionable on a CPU host (GGUF/Triton availability).
 _ENGINE_ENV = {"PYTHONWARNINGS": "ignore::UserWarning", "TOKENIZERS_PARALLELISM": "false"}
+
+
+_FIELD = {"CPU": "num_cpus", "GPU": "num_gpus"}  # the ReplicaConfig field of a resource
+
+
+def _needs(cfg: ReplicaConfig) -> dict[str, float]:
+    """What one replica of ``cfg`` asks Ray for (zero amounts left out)."""
+    needs = {"CPU": cfg.num_cpus, "GPU": cfg.resolved_num_gpus(), **cfg.resources}
+    return {name: amount for name, amount in needs.items() if amount > 0}
+
+
+def _describe(resources: dict[str, float]) -> str:
+    shown = {k: v for k, v in resources.items() if "memory" not in k and not k.startswith("node:")}
+    return ", ".join(f"{k}={v:g}" for k, v in sorted(shown.items())) or "nothing"
 
 
 class ReplicaPool:
@@ -40,8 +62,8 @@ class ReplicaPool:
         progress: bool = False,
         start_timeout_s: float = 600.0,
     ) -> None:
-        if replicas < 1:
-            raise ValueError("a pool needs at least one replica")
+        if replicas < 0:
+            raise ValueError("a pool cannot have a negative number of replicas")
         self.size = replicas
         self.config = config or ReplicaConfig()
         self.address = address
@@ -50,6 +72,8 @@ class ReplicaPool:
         self._connection: RayConnection | None = None
         self._handles: dict[str, ReplicaHandle] = {}
         self._next_index = 0
+        self._index_lock = threading.Lock()  # add() may run in several threads (healing)
+        self._names: dict[str, str] = {}  # actor names other than the default (restarts)
         self._owns_actors = True
         # Actors are named (unique per pool) so that another driver can attach to them.
         self.pool_id = uuid.uuid4().hex[:8]
@@ -59,45 +83,76 @@ class ReplicaPool:
     def start(self) -> ReplicaPool:
         model_path = str(resolve(self.config.model))  # build/convert once, in the driver
         self._connection = connect(self.address)
-        self._check_resources()
-        self._console.print(
-            f"[bold]starting {self.size} replica(s)[/] of {self.config.model} "
-            f"(KV pool {self.config.max_total_tokens} tokens each)"
-        )
+        if not self.size:  # connected only: replicas come with add()
+            return self
         try:
+            self.check_resources([self.config] * self.size)
+            self._console.print(
+                f"[bold]starting {self.size} replica(s)[/] of {self.config.model} "
+                f"(KV pool {self.config.max_total_tokens} tokens each)"
+            )
             self.add(self.size, model_path)
         except BaseException:
             self.shutdown()
             raise
         return self
 
-    def _check_resources(self) -> None:
-        need = self.size * self.config.num_cpus
-        have = ray.cluster_resources().get("CPU", 0.0)
-        if need > have:
-            raise ExecutorError(
-                f"{self.size} replica(s) x {self.config.num_cpus} CPU need {need:g} CPUs but the "
-                f"Ray cluster has {have:g}; lower num_cpus per replica or add nodes"
-            )
+    def check_resources(self, configs: Sequence[ReplicaConfig]) -> None:
+        """Refuse at once replicas the cluster can never hold (Ray would keep them
+        pending forever): more of a resource than all live nodes have together, or one
+        replica's needs that no single node has."""
+        if not configs:
+            return
+        have = ray.cluster_resources()
+        total: dict[str, float] = {}
+        for cfg in configs:
+            for name, amount in _needs(cfg).items():
+                total[name] = total.get(name, 0.0) + amount
+        for name, need in total.items():
+            if need > have.get(name, 0.0) + 1e-9:
+                per = ", ".join(sorted({f"{_needs(c).get(name, 0):g}" for c in configs}))
+                raise ExecutorError(
+                    f"{len(configs)} replica(s) x {per} {name} need {need:g} {name} but the "
+                    f"Ray cluster has {have.get(name, 0.0):g}; lower {_FIELD.get(name, name)} "
+                    "per replica or add nodes"
+                )
+        nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+        for cfg in configs:
+            needs = _needs(cfg)
+            if not any(all(res.get(k, 0.0) + 1e-9 >= v for k, v in needs.items()) for res in nodes):
+                shape = ", ".join(f"{k}={v:g}" for k, v in needs.items())
+                raise ExecutorError(
+                    f"no node of the Ray cluster has {shape} for one replica; the nodes have "
+                    + "; ".join(_describe(res) for res in nodes)
+                )
 
-    def add(self, count: int, model_path: str | None = None) -> list[str]:
-        """Start ``count`` more replicas and wait until they serve."""
+    def add(
+        self, count: int, model_path: str | None = None, *, config: ReplicaConfig | None = None
+    ) -> list[str]:
+        """Start ``count`` more replicas (of ``config``, default the pool's) and wait
+        until they serve."""
+        return self.add_each([config or self.config] * count, model_path)
+
+    def add_each(
+        self, configs: Sequence[ReplicaConfig], model_path: str | None = None
+    ) -> list[str]:
+        """Start one replica per config, all at once, and wait until they serve. Each
+        config must serve the pool's model (its shape may differ: resources, KV pool)."""
+        wrong = {c.model for c in configs} - {self.config.model}
+        if wrong:
+            raise ExecutorError(
+                f"this pool serves {self.config.model!r}; a replica of {sorted(wrong)} "
+                "belongs in another pool"
+            )
         model_path = model_path or str(resolve(self.config.model))
-        cfg = self.config
-        actor_cls = ray.remote(ReplicaActor)
-        new: dict[str, Any] = {}
-        for _ in range(count):
-            rid = f"r{self._next_index}"
-            self._next_index += 1
-            env = dict(_ENGINE_ENV, OMP_NUM_THREADS=str(cfg.threads()))
-            new[rid] = actor_cls.options(
-                name=self.actor_name(rid),
-                namespace=NAMESPACE,
-                num_cpus=cfg.num_cpus,
-                num_gpus=cfg.resolved_num_gpus(),
-                max_concurrency=1000,
-                runtime_env={"env_vars": env},
-            ).remote(rid, cfg, model_path)
+        shapes: dict[str, ReplicaConfig] = {}
+        for cfg in configs:
+            with self._index_lock:
+                rid = f"r{self._next_index}"
+                self._next_index += 1
+            shapes[rid] = cfg
+        new = {rid: self._create(rid, cfg, model_path) for rid, cfg in shapes.items()}
+        attempts = dict.fromkeys(new, 1)
         started = time.perf_counter()
         pending = {actor.ready.remote(): rid for rid, actor in new.items()}
         try:
@@ -109,7 +164,22 @@ class ReplicaPool:
                         f"{self.start_timeout_s:.0f} s"
                     )
                 rid = pending.pop(done[0])
-                info = ray.get(done[0])
+                try:
+                    info = ray.get(done[0])
+                except ray.exceptions.RayActorError as exc:
+                    # Not its own fault (its node died, its worker crashed): once more. Ray
+                    # may place a new actor on a node that died until its health check
+                    # says so (seconds), and then cancels the actor instead of moving it.
+                    if exc.actor_init_failed or attempts[rid] >= START_ATTEMPTS:
+                        raise
+                    log.warning("replica %s died before it served (%s); starting it again",
+                                rid, str(exc).splitlines()[-1])  # fmt: skip
+                    attempts[rid] += 1
+                    # a dead actor keeps its name: the new one gets another
+                    self._names[rid] = f"{self._default_name(rid)}-{attempts[rid]}"
+                    new[rid] = self._create(rid, shapes[rid], model_path)
+                    pending[new[rid].ready.remote()] = rid
+                    continue
                 self._handles[rid] = ReplicaHandle(rid, new[rid], info)
                 waited = time.perf_counter() - started
                 self._console.print(
@@ -122,7 +192,27 @@ class ReplicaPool:
             raise ExecutorError(f"a replica failed to start: {exc}") from exc
         return list(new)
 
+    def _create(self, replica_id: str, cfg: ReplicaConfig, model_path: str) -> Any:
+        env = dict(_ENGINE_ENV, OMP_NUM_THREADS=str(cfg.threads()))
+        return (
+            ray.remote(ReplicaActor)
+            .options(
+                name=self.actor_name(replica_id),
+                namespace=NAMESPACE,
+                num_cpus=cfg.num_cpus,
+                num_gpus=cfg.resolved_num_gpus(),
+                resources=dict(cfg.resources),
+                max_concurrency=1000,
+                runtime_env={"env_vars": env},
+            )
+            .remote(replica_id, cfg, model_path)
+        )
+
     def actor_name(self, replica_id: str) -> str:
+        """The replica's actor name on the cluster (for ``attach``)."""
+        return self._names.get(replica_id) or self._default_name(replica_id)
+
+    def _default_name(self, replica_id: str) -> str:
         return f"aex-{self.pool_id}-{replica_id}"
 
     @classmethod
