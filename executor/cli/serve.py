@@ -9,15 +9,12 @@ from typing import Any
 from rich.console import Console
 
 from executor.agent import DEFAULT_MODEL
-from executor.cli.tasks import replica_config
-from executor.config import ExecutorConfig
+from executor.cli.tasks import add_executor_options, executor_config
 from executor.errors import ExecutorError
 from executor.fleet.pool import ReplicaPool
 from executor.service import ServiceOptions, build_service, serve
 from executor.service.agents import load_agents
 from executor.service.auth import check_bind, load_token
-from tools.sandbox import BACKENDS
-from tools.web.policy import WebPolicy
 
 
 def add_serve_command(sub: Any) -> None:
@@ -37,11 +34,7 @@ def add_serve_command(sub: Any) -> None:
         help="a Python module whose Agent objects clients may name (repeatable)",
     )  # fmt: skip
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"model (default: {DEFAULT_MODEL})")
-    p.add_argument("--replicas", type=int, default=1, help="replicas to start (default: 1)")
-    p.add_argument("--max-total-tokens", type=int, default=16384, help="KV pool per replica")
-    p.add_argument("--sandbox", default="bwrap", choices=BACKENDS, help="tool sandbox (bwrap)")
-    p.add_argument("--allow-host", action="append", default=[], help="web_fetch may reach it")
-    p.add_argument("--journal", default=None, help="journal file (default: the user's data dir)")
+    add_executor_options(p)
     p.add_argument(
         "--telemetry", default=None, choices=["none", "console", "otlp"],
         help="OpenTelemetry exporter besides /metrics (default: none)",
@@ -70,13 +63,7 @@ def cmd_serve(args: argparse.Namespace, console: Console) -> int:
         raise ExecutorError("--replica-actor needs --ray-address")
     agents = load_agents(args.agents, args.model)
     pool = ReplicaPool.attach(args.ray_address, args.replica_actor) if args.replica_actor else None
-    config = ExecutorConfig(
-        model=args.model, replicas=args.replicas,
-        replica=replica_config(args.model, args.max_total_tokens, args.replicas),
-        sandbox=args.sandbox, journal=args.journal,
-        web=WebPolicy(allow_hosts=tuple(args.allow_host)), progress=True,
-    )  # fmt: skip
-    service = build_service(config, agents, pool=pool, max_active=args.max_active,
+    service = build_service(executor_config(args), agents, pool=pool, max_active=args.max_active,
                             telemetry=args.telemetry)  # fmt: skip
     console.print(f"serving on http://{args.host}:{args.port} (docs at /docs)")
     sys.stdout.flush()

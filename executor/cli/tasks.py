@@ -37,6 +37,27 @@ DEFAULT_INSTRUCTIONS = (
 )
 
 
+def add_executor_options(p: argparse.ArgumentParser) -> None:
+    """The options that shape an executor, shared by ``run`` and ``serve``."""
+    p.add_argument("--replicas", type=int, default=1, help="replicas to start (default: 1)")
+    p.add_argument("--max-total-tokens", type=int, default=16384, help="KV pool per replica")
+    p.add_argument("--sandbox", default="bwrap", choices=BACKENDS, help="tool sandbox (bwrap)")
+    p.add_argument("--allow-host", action="append", default=[], help="web_fetch may reach it")
+    p.add_argument("--journal", default=None, help="journal file (default: the user's data dir)")
+
+
+def executor_config(
+    args: argparse.Namespace, shape: ReplicaConfig | None = None, **extra: Any
+) -> ExecutorConfig:
+    """The ExecutorConfig of ``add_executor_options``' options (and ``--model``)."""
+    return ExecutorConfig(
+        model=args.model, replicas=args.replicas,
+        replica=shape or replica_config(args.model, args.max_total_tokens, args.replicas),
+        sandbox=args.sandbox, journal=args.journal,
+        web=WebPolicy(allow_hosts=tuple(args.allow_host)), progress=True, **extra,
+    )  # fmt: skip
+
+
 def replica_config(model: str, max_total_tokens: int, replicas: int) -> ReplicaConfig:
     """Replicas share this machine's cores (a CPU engine runs one torch thread per core)."""
     if replicas < 1:
@@ -82,11 +103,7 @@ def add_task_commands(sub: Any) -> None:
     p.add_argument("--max-steps", type=int, default=8, help="model calls allowed (default: 8)")
     p.add_argument("--max-new-tokens", type=int, default=256, help="tokens per reply (256)")
     p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (0)")
-    p.add_argument("--replicas", type=int, default=1, help="replicas to start (default: 1)")
-    p.add_argument("--max-total-tokens", type=int, default=16384, help="KV pool per replica")
-    p.add_argument("--sandbox", default="bwrap", choices=BACKENDS, help="tool sandbox (bwrap)")
-    p.add_argument("--allow-host", action="append", default=[], help="web_fetch may reach it")
-    p.add_argument("--journal", default=None, help="journal file (default: the user's data dir)")
+    add_executor_options(p)
     p.add_argument(
         "--telemetry", default=None, choices=["none", "console", "otlp"],
         help="OpenTelemetry exporter (default: $EXECUTOR_TELEMETRY or none)",
@@ -219,13 +236,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     return _drive(
         args, console,
         lambda on_step: Executor(
-            ExecutorConfig(
-                model=args.model, replicas=args.replicas,
-                replica=shape,
-                sandbox=args.sandbox, journal=args.journal, telemetry=args.telemetry,
-                web=WebPolicy(allow_hosts=tuple(args.allow_host)), progress=True,
-            ),
-            on_step=on_step,
+            executor_config(args, shape, telemetry=args.telemetry), on_step=on_step
         ),
         lambda ex: ex.run(agent, args.goal),
     )  # fmt: skip
