@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import shutil
 import signal
@@ -115,6 +116,7 @@ class BwrapBackend(SandboxBackend):
             raise
         return BwrapSandbox(self, task_id, ws, limits, group)
 
+    @functools.cached_property
     def etc_files(self) -> dict[str, bytes]:
         """The sandbox's own /etc/passwd, group and hosts (its user, no one else)."""
         return {
@@ -181,7 +183,7 @@ class BwrapSandbox(Sandbox):
                 opts += ["--ro-bind", str(host), f"/{top}"]
         for path in ETC_FILES:
             opts += ["--ro-bind-try", path, path]
-        for name, data in b.etc_files().items():
+        for name, data in b.etc_files.items():
             opts += ["--ro-bind-data", _keep(fds, _memfd(name, data)), f"/etc/{name}"]
         opts += [
             "--proc", "/proc",
