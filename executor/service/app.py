@@ -12,12 +12,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi import Cookie, Depends, FastAPI, Header, HTTPException, Query, Request, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, StreamingResponse
 from pydantic import ValidationError
 
 from executor.errors import ExecutorError
-from executor.service.auth import authorized
+from executor.service.auth import authorized, same_secret
+from executor.service.dashboard import Dashboard, page
 from executor.service.events import task_events
 from executor.service.idempotency import MAX_KEY_CHARS, KeyReused, body_hash
 from executor.service.models import (
@@ -28,20 +29,32 @@ from executor.service.models import (
     TaskPage,
     TaskView,
 )
-from executor.service.tasks import BadAgent, Busy, TaskService, UnknownAgent, UnknownTask
+from executor.service.tasks import (
+    BadAgent,
+    Busy,
+    LastReplica,
+    TaskService,
+    UnknownAgent,
+    UnknownTask,
+)
 
 MAX_BODY_BYTES = 64 * 1024
 RETRY_AFTER_S = 2
+COOKIE = "executor_token"  # the dashboard's: set from its link, good for GET only
 
 
 def create_app(service: TaskService, *, token: str | None = None,
                max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:  # fmt: skip
+    dashboard = Dashboard(service)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await service.start()
+        dashboard.start()
         try:
             yield
         finally:
+            await dashboard.stop()
             await service.close()
 
     app = FastAPI(title="agent executor", version="1", lifespan=lifespan)
@@ -57,10 +70,17 @@ def create_app(service: TaskService, *, token: str | None = None,
             )
         return await call_next(request)
 
-    def auth(authorization: Annotated[str | None, Header()] = None) -> None:
-        if not authorized(authorization, token):
-            raise HTTPException(401, "a valid bearer token is required",
-                                headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+    def auth(
+        request: Request,
+        authorization: Annotated[str | None, Header()] = None,
+        executor_token: Annotated[str | None, Cookie()] = None,
+    ) -> None:
+        if authorized(authorization, token):
+            return
+        if request.method == "GET" and executor_token and same_secret(executor_token, token):
+            return  # the dashboard (a cookie never authorises a change: no CSRF)
+        raise HTTPException(401, "a valid bearer token is required",
+                            headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
 
     guarded = [Depends(auth)]
 
@@ -68,6 +88,34 @@ def create_app(service: TaskService, *, token: str | None = None,
     @app.exception_handler(UnknownAgent)
     async def not_found(request: Request, exc: Exception) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index(
+        request: Request,
+        link_token: Annotated[str | None, Query(alias="token")] = None,
+        executor_token: Annotated[str | None, Cookie()] = None,
+    ) -> Response:
+        """The live dashboard. Open ``/?token=...`` once: the token goes into an HttpOnly
+        cookie and out of the address bar."""
+        if link_token is not None:
+            if not same_secret(link_token, token):
+                raise HTTPException(401, "wrong token")
+            back = RedirectResponse("/", status_code=303)
+            back.set_cookie(COOKIE, link_token, httponly=True, samesite="strict",
+                            secure=request.url.scheme == "https")  # fmt: skip
+            return back
+        if token is not None and not same_secret(executor_token, token):
+            return HTMLResponse("<p>open <code>/?token=YOUR_TOKEN</code> once</p>", 401)
+        return HTMLResponse(page())
+
+    @app.get("/v1/dashboard", dependencies=guarded)
+    async def dashboard_snapshot() -> dict[str, Any]:
+        return dashboard.snapshot()
+
+    @app.get("/v1/dashboard/events", dependencies=guarded)
+    async def dashboard_events() -> StreamingResponse:
+        return StreamingResponse(dashboard.events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache"})  # fmt: skip
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -152,7 +200,10 @@ def create_app(service: TaskService, *, token: str | None = None,
     async def drain(replica_id: str) -> dict[str, str]:
         if replica_id not in {r.replica_id for r in service.replicas()}:
             raise HTTPException(404, f"no replica {replica_id!r}")
-        service.drain(replica_id)
+        try:
+            service.drain(replica_id)
+        except LastReplica as exc:
+            raise HTTPException(409, str(exc)) from None
         return {"replica_id": replica_id, "status": "draining"}
 
     return app

@@ -48,6 +48,10 @@ class BadAgent(ExecutorError):
     pass
 
 
+class LastReplica(ExecutorError):
+    """Draining it would leave no replica serving."""
+
+
 class TaskService:
     def __init__(self, executor: Executor, agents: dict[str, Agent], *,
                  max_active: int = 256) -> None:  # fmt: skip
@@ -58,6 +62,7 @@ class TaskService:
         self.cancelled: set[str] = set()
         self.resumed: set[str] = set()
         self._drains: set[asyncio.Task[None]] = set()
+        self.drained: set[str] = set()  # replicas this service drained (the core: dead)
         self._changed: dict[str, set[asyncio.Event]] = {}
         self.idempotency: IdempotencyStore | None = None
 
@@ -237,7 +242,7 @@ class TaskService:
         return [
             ReplicaView(
                 replica_id=v.replica_id,
-                state=v.state.value,
+                state="drained" if v.replica_id in self.drained else v.state.value,
                 kv_capacity_tokens=v.kv_capacity_tokens,
                 kv_reserved_tokens=v.kv_reserved_tokens,
                 running_calls=v.running_calls,
@@ -247,7 +252,18 @@ class TaskService:
 
     def drain(self, replica_id: str) -> None:
         """Start draining a replica (its tasks move at their next tool wait)."""
-        task = asyncio.get_running_loop().create_task(self.executor.drain(replica_id))
+        if len(self.executor.dispatcher.live_replicas()) < 2:
+            raise LastReplica(f"replica {replica_id} is the last one serving; add one first")
+
+        async def drain() -> None:
+            try:
+                await self.executor.drain(replica_id)
+            except ExecutorError as exc:
+                log.warning("drain of %s failed: %s", replica_id, exc)
+                return
+            self.drained.add(replica_id)
+
+        task = asyncio.get_running_loop().create_task(drain())
         self._drains.add(task)
         task.add_done_callback(self._drains.discard)
 
