@@ -77,7 +77,8 @@ class Ours:
     async def call(self, task: ReplayTask, k: int, ids: list[int], out: int) -> CallResult:
         d, plan = self.dispatcher, task.plan
         if k == 0:
-            grant = await d.arrive(task.task_id, plan.agent, plan.calls, plan.expected_history)
+            grant = await d.arrive(task.task_id, plan.agent, plan.calls, plan.expected_history,
+                                   prompt_tokens=len(ids))  # fmt: skip
         else:
             grant = await d.next_call(task.task_id)
         r = await generate(self.replicas[grant.replica_id], task, k, ids, out)

@@ -156,22 +156,28 @@ class Dispatcher:
     # -- a task's lifecycle -------------------------------------------------------
 
     async def arrive(
-        self, task_id: str, agent: str, expected_calls: int, expected_history_tokens: int
-    ) -> Grant:
+        self, task_id: str, agent: str, expected_calls: int, expected_history_tokens: int,
+        prompt_tokens: int = 0,
+    ) -> Grant:  # fmt: skip
+        """A new task (``prompt_tokens``: its first call's prompt, exactly)."""
         return await self._granted(
             task_id,
-            lambda t: self.send(
-                TaskArrived(t, task_id, agent, expected_calls, expected_history_tokens)
-            ),
-        )
+            lambda t: self.send(TaskArrived(
+                t, task_id, agent, expected_calls, expected_history_tokens,
+                prompt_tokens=prompt_tokens,
+            )),
+        )  # fmt: skip
 
     async def ready(
-        self, task_id: str, agent: str, expected_calls: int, expected_history_tokens: int
-    ) -> Grant:
+        self, task_id: str, agent: str, expected_calls: int, expected_history_tokens: int,
+        prompt_tokens: int = 0,
+    ) -> Grant:  # fmt: skip
         """The task's next call is ready: its first (or the first of a resumed task, or
         of one the core has forgotten), or a later one."""
         if self.core.task(task_id) is None:
-            return await self.arrive(task_id, agent, expected_calls, expected_history_tokens)
+            return await self.arrive(
+                task_id, agent, expected_calls, expected_history_tokens, prompt_tokens
+            )
         return await self.next_call(task_id)
 
     async def next_call(self, task_id: str) -> Grant:

@@ -9,7 +9,7 @@ reads no clock and does no I/O.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from scheduler.admission_queue import AdmissionQueue
 from scheduler.config import SchedulerConfig
@@ -25,9 +25,10 @@ from scheduler.decisions import (
     RunCall,
 )
 from scheduler.errors import InvalidEvent
+from scheduler.estimates import GrowthStats, ToolStats
 from scheduler.events import Event, ReplicaId, TaskId
-from scheduler.fleet_index import FleetIndex
-from scheduler.policies.admission import AdmissionPolicy, KVBudgetAdmission
+from scheduler.ledger import FleetIndex, Ledger
+from scheduler.policies.admission import AdmissionPolicy, KVBudgetAdmission, UsageAdmission
 from scheduler.policies.failover import FailoverPolicy, MigrationLimitedFailover
 from scheduler.policies.ordering import EarliestDeadlineFirst, OrderingPolicy
 from scheduler.policies.placement import PlacementPolicy, SpreadPlacement
@@ -41,8 +42,8 @@ from scheduler.states import (
     next_task_state,
 )
 from scheduler.task import Task
-from scheduler.tool_stats import ToolStats
 
+_PAUSES = (ReleaseCause.TOOL_WAIT, ReleaseCause.WAITING_CAP, ReleaseCause.OVER_BUDGET)
 _READY = TaskState.READY
 _ACTIVE = ReplicaState.ACTIVE
 _DEAD = ReplicaState.DEAD
@@ -64,7 +65,11 @@ class Book:
     ) -> None:
         c = config or SchedulerConfig()
         self.config = c
-        self.admission = admission or KVBudgetAdmission(c.kv_headroom)
+        self.admission = admission or (
+            UsageAdmission(c.kv_headroom, GrowthStats(c.growth_quantile,
+                                                      prior=c.growth_prior_tokens))
+            if c.reservation == "usage" else KVBudgetAdmission(c.kv_headroom)
+        )  # fmt: skip
         self.placement = placement or SpreadPlacement()
         self.ordering = ordering or EarliestDeadlineFirst()
         self.retention = retention or CostAwareRetention(
@@ -76,6 +81,7 @@ class Book:
         self._tasks: dict[TaskId, Task] = {}
         self._replicas: dict[ReplicaId, Replica] = {}
         self._fleet = FleetIndex()
+        self._ledger = Ledger(self._fleet)
         self._queue = AdmissionQueue(c.admission_queue_limit)
         self._tools = ToolStats(c.tool_ewma_alpha, c.default_tool_s)
         self._budgets: dict[int, int] = {}  # budget -> active replicas with it
@@ -133,38 +139,52 @@ class Book:
     # reserve / release --------------------------------------------------
 
     def _reserve(self, task: Task, r: Replica, need: int) -> None:
-        task.replica = r.id
-        task.kv_held = True
-        task.reserved = need
+        self._ledger.hold(task, r, need)
         task.cold = True
-        r.reserved += need
-        r.pinned[task.id] = task
-        agents = r.agents
-        agents[task.agent] = agents.get(task.agent, 0) + 1
-        self._fleet.update(r)
 
     def _release(self, task: Task, cause: ReleaseCause, out: list[Decision]) -> None:
         """Stop counting the task's KV on its replica (the engine may evict it)."""
         r = self._home(task)
-        r.reserved -= task.reserved
-        if task.state is TaskState.TOOL:
-            r.waiting_tokens -= task.reserved
-        del r.pinned[task.id]
-        n = r.agents[task.agent] - 1
-        if n:
-            r.agents[task.agent] = n
-        else:
-            del r.agents[task.agent]
+        self._ledger.free(task, r)
+        if cause in _PAUSES:
+            task.pauses += 1
         out.append(ReleaseKV(task.id, r.id, task.history, cause))
         task.lost_kv = MoveCause.KV_RELEASED
-        task.kv_held = False
-        task.reserved = 0
-        task.replica = None
         task.cold = True
         self._freed = True
-        self._fleet.update(r)
         if r.state is ReplicaState.DRAINING and not r.pinned:
             out.append(ReplicaDrained(r.id))
+
+    def _pausable(self, task: Task) -> bool:
+        """May the task's KV be released under pressure once more (anti-thrash)?"""
+        cap = self.config.max_pauses
+        return cap is None or task.pauses < cap
+
+    def _relieve(self, r: Replica, out: list[Decision]) -> None:
+        """Growth pushed ``r`` over its budget: pause tool-waiting tasks until its
+        reservations are under the low water (hysteresis: the next step's growth does
+        not pause again at once)."""
+        if r.reserved > r.budget:
+            target = int(r.budget * self.config.pause_low_water)
+            self._pause_while(r, lambda: r.reserved > target, ReleaseCause.OVER_BUDGET, out)
+
+    def _pause_while(
+        self, r: Replica, over: Callable[[], bool], cause: ReleaseCause, out: list[Decision]
+    ) -> None:
+        """Release tool-waiting tasks' KV on ``r``, the one expected back last first,
+        while ``over()``. A task in a call is never paused; one at its pause limit is
+        passed over (it stays a candidate for later)."""
+        passed: list[Task] = []
+        while over():
+            victim = r.pop_latest_waiting()
+            if victim is None:
+                break
+            if self._pausable(victim):
+                self._release(victim, cause, out)
+            else:
+                passed.append(victim)
+        for task in passed:
+            r.repush_waiting(task, self._next_seq())
 
     # ready / dispatch ---------------------------------------------------
 

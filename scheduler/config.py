@@ -13,6 +13,21 @@ class SchedulerConfig:
     expected peak, the shared system prompt, fragmentation)."""
     admission_queue_limit: int = 10_000
     """New tasks waiting for admission beyond this are rejected."""
+    reservation: str = "usage"
+    """What a resident task holds against its replica: ``usage`` (v2: its history,
+    or its first prompt, plus the growth expected to its next call) or ``peak``
+    (v1: its expected peak history for its whole life)."""
+    growth_quantile: float = 0.9
+    """Usage reservation: the quantile of an agent's per-step growth it expects."""
+    growth_prior_tokens: int = 1024
+    """Usage reservation: the growth expected before an agent has 8 steps observed."""
+    # pausing under pressure
+    max_pauses: int | None = 3
+    """KV releases under pressure one task may take; then it keeps its KV (None: no
+    limit). Anti-thrash, with the low water below."""
+    pause_low_water: float = 0.9
+    """When growth pushes a replica over its budget, tool-waiting tasks are paused
+    until its reservations are back under this fraction of the budget."""
     # compute
     max_running_calls: int = 8
     """Concurrent calls per replica (a replica may override it when it joins)."""
@@ -52,5 +67,22 @@ class SchedulerConfig:
             raise ValueError("prefill_tokens_per_s must be > 0")
         if not 0.0 < self.tool_ewma_alpha <= 1.0:
             raise ValueError("tool_ewma_alpha must be in (0, 1]")
+        if self.reservation not in ("usage", "peak"):
+            raise ValueError("reservation must be 'usage' or 'peak'")
+        if not 0.0 < self.growth_quantile <= 1.0 or self.growth_prior_tokens < 0:
+            raise ValueError("need 0 < growth_quantile <= 1 and growth_prior_tokens >= 0")
+        if not 0.0 < self.pause_low_water <= 1.0:
+            raise ValueError("pause_low_water must be in (0, 1]")
+        if self.max_pauses is not None and self.max_pauses < 0:
+            raise ValueError("max_pauses must be >= 0 (or None)")
         if self.max_migrations < 0 or self.max_call_retries < 0:
             raise ValueError("max_migrations and max_call_retries must be >= 0")
+
+
+def v1(config: SchedulerConfig | None = None) -> SchedulerConfig:
+    """The v1 admission (peak reservations, no pause limit, no low water) on top of
+    ``config``: the baseline v2 is measured against."""
+    from dataclasses import replace
+
+    return replace(config or SchedulerConfig(), reservation="peak", max_pauses=None,
+                   pause_low_water=1.0)  # fmt: skip

@@ -161,9 +161,12 @@ class SchedulerCore(Book):
                 "expected_calls must be >= 1 and expected_history_tokens >= 0", event=e
             )
         deadline = e.deadline if e.deadline is not None else e.time + self.config.slo_s
+        if e.prompt_tokens < 0:
+            raise InvalidEvent("prompt_tokens must be >= 0", event=e)
         task = Task(
             e.task_id, e.agent, e.time, deadline, e.expected_calls, e.expected_history_tokens
         )
+        task.prompt = e.prompt_tokens
         if self._hopeless():
             task.state = next_task_state(task.state, TaskTrigger.REJECT)
             out.append(Reject(task.id, "no live replica is left (every replica died)"))
@@ -209,25 +212,19 @@ class SchedulerCore(Book):
             raise InvalidEvent("token counts and latency must be >= 0, cached <= prompt", e)
         r = self._replicas[e.replica_id]
         r.running -= 1
+        before = task.history
         task.history = e.prompt_tokens + e.output_tokens
+        self.admission.observe(task, before, task.history)
         task.calls_done += 1
         task.attained_s += e.latency_s
         task.retries = 0
         task.cold = False
         task.state = next_task_state(task.state, TaskTrigger.FINISH_CALL)
         need = self.admission.reservation(task)
-        if need != task.reserved:
-            r.reserved += need - task.reserved
-            task.reserved = need
-            self._fleet.update(r)
-            if r.reserved > r.budget:  # history outgrew its expected peak
-                while r.reserved > r.budget:
-                    victim = r.pop_latest_waiting()
-                    if victim is None:
-                        break
-                    self._release(victim, ReleaseCause.OVER_BUDGET, out)
-                if r.reserved > r.budget:
-                    self._release(task, ReleaseCause.OVER_BUDGET, out)
+        if self._ledger.resize(task, r, need) and r.reserved > r.budget:
+            self._relieve(r, out)  # its history outgrew what it was admitted with
+            if r.reserved > r.budget:
+                self._release(task, ReleaseCause.OVER_BUDGET, out)
         self._dispatch(r, out)
 
     def _on_call_failed(self, e: CallFailed, out: list[Decision]) -> None:
@@ -257,19 +254,19 @@ class SchedulerCore(Book):
         pressure = len(self._queue) > 0
         if self._on_draining(task):
             self._release(task, ReleaseCause.DRAINING, out)  # it moves at its tool wait
-        elif task.kv_held and not self.retention.keep(task, expected, pressure):
+        elif (
+            task.kv_held and self._pausable(task)
+            and not self.retention.keep(task, expected, pressure)
+        ):
             self._release(task, ReleaseCause.TOOL_WAIT, out)
         task.state = next_task_state(task.state, TaskTrigger.START_TOOL)
         if not task.kv_held:
             return
         r = self._home(task)
         r.push_waiting(task, self._next_seq())
-        cap = self.retention.waiting_cap(r)
-        while pressure and r.waiting_tokens > cap:
-            victim = r.pop_latest_waiting()
-            if victim is None:  # pragma: no cover - waiting_tokens counts heap members
-                break
-            self._release(victim, ReleaseCause.WAITING_CAP, out)
+        if pressure:
+            cap = self.retention.waiting_cap(r)
+            self._pause_while(r, lambda: r.waiting_tokens > cap, ReleaseCause.WAITING_CAP, out)
 
     def _on_tool_finished(self, e: ToolFinished, out: list[Decision]) -> None:
         task = self._get_task(e, e.task_id)
@@ -350,19 +347,12 @@ class SchedulerCore(Book):
         self._fleet.remove(r)
         if was_active:
             self._budget_count(r.budget, -1)
-        lost = list(r.pinned.values())
-        r.pinned = {}
-        r.agents = {}
-        r.reserved = 0
+        lost = self._ledger.lose(r)
         r.running = 0
         r.run_queue.clear()
-        r.clear_waiting()
         if e.replacing:
             self._replacing.add(r.id)
         for task in lost:
-            task.kv_held = False
-            task.reserved = 0
-            task.replica = None
             task.cold = True
             task.lost_kv = MoveCause.REPLICA_DIED
             task.dead_replica = r.id

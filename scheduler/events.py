@@ -15,7 +15,9 @@ ReplicaId = str
 @dataclass(frozen=True, slots=True)
 class TaskArrived:
     """A new task wants to run. ``expected_history_tokens`` is its expected peak
-    history (what admission reserves); ``agent`` names the shared system prompt
+    history (what peak admission reserves); ``prompt_tokens`` the exact size of its
+    first call's prompt, when the driver knows it (what usage admission reserves,
+    with the growth to the next call); ``agent`` names the shared system prompt
     (tasks of the same agent share a prefix). ``deadline`` defaults to
     ``time + config.slo_s``."""
 
@@ -25,6 +27,7 @@ class TaskArrived:
     expected_calls: int = 1
     expected_history_tokens: int = 0
     deadline: float | None = None
+    prompt_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,6 +53,10 @@ class Replica:
         self.waiting_tokens += task.reserved
         heapq.heappush(self._waiting_heap, (-task.expected_return, seq, task, task.tool_started))
 
+    def repush_waiting(self, task: Task, seq: int) -> None:
+        """Put back a task :meth:`pop_latest_waiting` returned (its tokens still count)."""
+        heapq.heappush(self._waiting_heap, (-task.expected_return, seq, task, task.tool_started))
+
     def pop_latest_waiting(self) -> Task | None:
         """The tool-waiting task (KV held here) expected back last, or None."""
         heap = self._waiting_heap

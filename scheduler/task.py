@@ -14,7 +14,7 @@ class Task:
         "id", "agent", "state", "arrival", "deadline", "expected_calls", "expected_peak",
         "replica", "last_replica", "kv_held", "reserved", "history", "calls_done",
         "attained_s", "migrations", "retries", "tool", "tool_started", "expected_return",
-        "ready_seq", "ready_since", "cold", "lost_kv", "dead_replica",
+        "ready_seq", "ready_since", "cold", "lost_kv", "dead_replica", "prompt", "pauses",
     )
 
     def __init__(
@@ -45,6 +45,8 @@ class Task:
         self.cold = True  # next call expects a full prefill
         self.lost_kv = MoveCause.KV_RELEASED  # why its KV left last_replica
         self.dead_replica: ReplicaId | None = None  # the last replica that died under it
+        self.prompt = 0  # its first call's prompt (tokens), when the driver said
+        self.pauses = 0  # KV releases under pressure (tool wait, waiting cap, over budget)
 
     def __repr__(self) -> str:
         return (

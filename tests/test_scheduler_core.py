@@ -31,13 +31,16 @@ from scheduler import (
     ToolFinished,
     ToolStarted,
 )
+from scheduler.config import v1
 from scheduler.decisions import ReleaseCause as RC
 from scheduler.policies import EarliestDeadlineFirst, LeastAttainedService
 from scheduler.states import TASK_TRANSITIONS, TaskTrigger, next_task_state
 
 
 def core(**kw: object) -> SchedulerCore:
-    return SchedulerCore(SchedulerConfig(**kw))  # type: ignore[arg-type]
+    """A core with v1 admission (peak reservations): these tests spell out its KV
+    accounting; tests/test_admission_v2.py has the usage reservations'."""
+    return SchedulerCore(v1(SchedulerConfig(**kw)))  # type: ignore[arg-type]
 
 
 def finish(

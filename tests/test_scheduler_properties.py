@@ -30,6 +30,7 @@ from scheduler import (
     InvalidEvent,
     NextCall,
     Reject,
+    ReleaseCause,
     ReleaseKV,
     Replace,
     ReplicaDied,
@@ -61,7 +62,12 @@ configs = st.builds(
     max_call_retries=st.integers(0, 2),
     starvation_s=st.sampled_from([1.0, 30.0]),
     prefill_tokens_per_s=st.just(10_000.0),
+    reservation=st.sampled_from(["usage", "peak"]),
+    growth_prior_tokens=st.sampled_from([0, 1024]),
+    max_pauses=st.sampled_from([None, 0, 1, 3]),
+    pause_low_water=st.sampled_from([0.5, 0.9, 1.0]),
 )
+PAUSES = (ReleaseCause.TOOL_WAIT, ReleaseCause.WAITING_CAP, ReleaseCause.OVER_BUDGET)
 
 
 @dataclass
@@ -81,6 +87,7 @@ class Driver:
     draining: list[str] = field(default_factory=list)
     dead: list[str] = field(default_factory=list)
     log: list[Decision] = field(default_factory=list)
+    pauses: dict[str, int] = field(default_factory=dict)
 
     def send(self, event: Event) -> list[Decision]:
         decisions = self.core.handle(event)
@@ -99,6 +106,10 @@ class Driver:
         elif isinstance(d, ReleaseKV):
             assert self.holder.get(d.task_id) in (None, d.replica_id), d
             self.holder[d.task_id] = None
+            if d.cause in PAUSES:
+                self.pauses[d.task_id] = self.pauses.get(d.task_id, 0) + 1
+                cap = self.core.config.max_pauses
+                assert cap is None or self.pauses[d.task_id] <= cap, (d, cap)  # anti-thrash
         elif isinstance(d, Replace):
             self.holder[d.task_id] = d.to_replica
         elif isinstance(d, Reject | Fail):
@@ -139,7 +150,9 @@ class Driver:
             self.live.add(tid)
             self.history[tid] = 0
             self.calls[tid] = 0
-            self.send(TaskArrived(t, tid, f"ag{a % 3}", 1 + a % 4, [500, 3_000, 20_000][b % 3]))
+            prompt = [0, 200 + a][a % 2]  # the first prompt's size, when the driver says
+            self.send(TaskArrived(t, tid, f"ag{a % 3}", 1 + a % 4, [500, 3_000, 20_000][b % 3],
+                                  prompt_tokens=prompt))  # fmt: skip
         elif kind == 1 and self.running:
             tid = sorted(self.running)[a % len(self.running)]
             rid = self.running.pop(tid)

@@ -190,7 +190,8 @@ class TaskDriver:
         schema = json.dumps(reply_schema(self.agent, action.tool_choice))
         sampling = {**self.agent.sampling.model_dump(exclude_none=True), "json_schema": schema}
         grant = await s.dispatcher.ready(
-            self.task_id, self.agent.name, self.agent.max_steps, self._expected_history()
+            self.task_id, self.agent.name, self.agent.max_steps, self._expected_history(),
+            prompt_tokens=len(action.input_ids),
         )
         waited = grant.waited_s
         while True:

@@ -1,7 +1,7 @@
 """Pluggable policies of the scheduler core, one per file, each behind a small
 Protocol: admission, placement, ordering, KV retention, failover."""
 
-from scheduler.policies.admission import AdmissionPolicy, KVBudgetAdmission
+from scheduler.policies.admission import AdmissionPolicy, KVBudgetAdmission, UsageAdmission
 from scheduler.policies.failover import FailoverPolicy, MigrationLimitedFailover
 from scheduler.policies.ordering import (
     EarliestDeadlineFirst,
@@ -13,7 +13,8 @@ from scheduler.policies.placement import PlacementPolicy, SpreadPlacement
 from scheduler.policies.retention import CostAwareRetention, RetentionPolicy
 
 __all__ = [
-    "AdmissionPolicy", "KVBudgetAdmission", "FailoverPolicy", "MigrationLimitedFailover",
+    "AdmissionPolicy", "KVBudgetAdmission", "UsageAdmission", "FailoverPolicy",
+    "MigrationLimitedFailover",
     "OrderingPolicy", "LeastAttainedService", "EarliestDeadlineFirst", "ordering_by_name",
     "PlacementPolicy", "SpreadPlacement", "RetentionPolicy", "CostAwareRetention",
 ]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from scheduler.fleet_index import FleetIndex
+from scheduler.ledger import FleetIndex
 from scheduler.replica import Replica
 from scheduler.task import Task
 

@@ -1,0 +1,136 @@
+"""The KV ledger: the one place that changes what tasks hold against replicas,
+and the index of active replicas by free budget that it keeps in step.
+
+A task whose KV is resident on a replica *holds* a reservation there (tokens);
+a replica's ``reserved`` is the sum of its tasks' reservations and never exceeds
+its budget after an event (the book pauses tasks when growth would push it over).
+Every change goes through :meth:`Ledger.hold`, :meth:`Ledger.resize`,
+:meth:`Ledger.free` and :meth:`Ledger.lose`, which keep the replica's totals, its pinned tasks, its
+per-agent counts and the fleet index in step.
+
+:class:`FleetIndex`: active replicas ordered by free KV budget (most free first).
+A max-heap with lazy invalidation: every change of a replica's free budget pushes
+a fresh entry (its ``version``); stale entries are dropped when they surface. The
+heap is rebuilt when stale entries outnumber live ones, so memory stays
+O(replicas) and every operation is O(log replicas) amortized.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterator
+
+from scheduler.replica import Replica
+from scheduler.states import ReplicaState, TaskState
+from scheduler.task import Task
+
+
+class FleetIndex:
+    __slots__ = ("_heap", "_members")
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[int, int, int, Replica]] = []
+        self._members: dict[str, Replica] = {}
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    def update(self, replica: Replica) -> None:
+        """Record the replica's current free budget (call after every change)."""
+        replica.version += 1
+        if replica.state is not ReplicaState.ACTIVE:
+            self._members.pop(replica.id, None)
+            return
+        self._members[replica.id] = replica
+        heapq.heappush(self._heap, (-replica.free, replica.seq, replica.version, replica))
+        if len(self._heap) > 4 * len(self._members) + 64:
+            self._rebuild()
+
+    def remove(self, replica: Replica) -> None:
+        replica.version += 1
+        self._members.pop(replica.id, None)
+
+    def _rebuild(self) -> None:
+        self._heap = [(-r.free, r.seq, r.version, r) for r in self._members.values()]
+        heapq.heapify(self._heap)
+
+    def _valid(self, entry: tuple[int, int, int, Replica]) -> bool:
+        r = entry[3]
+        return entry[2] == r.version and r.state is ReplicaState.ACTIVE
+
+    def most_free(self, k: int) -> list[Replica]:
+        """Up to ``k`` active replicas with the most free budget, most free first."""
+        heap = self._heap
+        out: list[Replica] = []
+        keep: list[tuple[int, int, int, Replica]] = []
+        while heap and len(out) < k:
+            entry = heapq.heappop(heap)
+            if self._valid(entry):
+                out.append(entry[3])
+                keep.append(entry)
+        for entry in keep:
+            heapq.heappush(heap, entry)
+        return out
+
+    def __iter__(self) -> Iterator[Replica]:
+        return iter(self._members.values())
+
+
+
+class Ledger:
+    __slots__ = ("_fleet",)
+
+    def __init__(self, fleet: FleetIndex) -> None:
+        self._fleet = fleet
+
+    def hold(self, task: Task, r: Replica, tokens: int) -> None:
+        """Pin the task on ``r``, holding ``tokens`` there."""
+        task.replica = r.id
+        task.kv_held = True
+        task.reserved = tokens
+        r.reserved += tokens
+        r.pinned[task.id] = task
+        agents = r.agents
+        agents[task.agent] = agents.get(task.agent, 0) + 1
+        self._fleet.update(r)
+
+    def resize(self, task: Task, r: Replica, tokens: int) -> bool:
+        """Hold ``tokens`` instead (never while the task waits on a tool: the waiting
+        total counts its reservation). Returns whether it changed."""
+        assert task.kv_held and task.replica == r.id and task.state is not TaskState.TOOL
+        if tokens == task.reserved:
+            return False
+        r.reserved += tokens - task.reserved
+        task.reserved = tokens
+        self._fleet.update(r)
+        return True
+
+    def lose(self, r: Replica) -> list[Task]:
+        """The replica died: everything held there is gone at once (it has left the
+        fleet index). Returns the tasks that held KV there."""
+        lost = list(r.pinned.values())
+        r.pinned = {}
+        r.agents = {}
+        r.reserved = 0
+        r.clear_waiting()
+        for task in lost:
+            task.kv_held = False
+            task.reserved = 0
+            task.replica = None
+        return lost
+
+    def free(self, task: Task, r: Replica) -> None:
+        """The task holds nothing on ``r`` any more."""
+        r.reserved -= task.reserved
+        if task.state is TaskState.TOOL:
+            r.waiting_tokens -= task.reserved
+        del r.pinned[task.id]
+        n = r.agents[task.agent] - 1
+        if n:
+            r.agents[task.agent] = n
+        else:
+            del r.agents[task.agent]
+        task.kv_held = False
+        task.reserved = 0
+        task.replica = None
+        self._fleet.update(r)
