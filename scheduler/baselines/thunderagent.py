@@ -2,10 +2,14 @@
 Program-Aware Agentic Inference System"): scheduling by program (here: a task).
 
 * Admission by actual tokens: a program is admitted, from a global FCFS waiting
-  queue, onto the replica with the most free KV while the sum of its resident
-  programs' current tokens (each one's context so far; a program about to call
-  counts its next prompt plus ``output_reserve``) stays under
-  ``memory_threshold`` x the replica's KV. Nothing is reserved for growth.
+  queue, onto a replica where the sum of its resident programs' current tokens
+  (each one's context so far; a program about to call counts its next prompt
+  plus ``output_reserve``) stays under ``memory_threshold`` x the replica's KV.
+  Nothing is reserved for growth. Among the replicas with room it takes the one
+  with the fewest resident programs (ties: the most free KV). Choosing by free
+  KV alone piles young (small) programs onto a few replicas, whose compute then
+  saturates: in the 64-replica simulation that placement reached p95 = 60 s at
+  6.2 tasks/s against ~10.7 with this one, so the stronger reading is kept.
 * Under pressure (a program's next call does not fit on its replica), it pauses
   the smallest *acting* programs there (in a tool call: no decode is preempted;
   re-prefill grows with the square of the context, so the smallest are the
@@ -210,9 +214,11 @@ class ThunderAgentScheduler:
                 self.programs.pop(tid, None)
                 out.append(Reject(tid, "larger than any replica's KV"))
                 continue
-            rid = max(open_reps, key=lambda r: (open_reps[r].budget - open_reps[r].used, r))
-            if open_reps[rid].budget - open_reps[rid].used < need:
+            fits = [r for r, rep in open_reps.items() if rep.budget - rep.used >= need]
+            if not fits:
                 break
+            rid = min(fits, key=lambda r: (len(open_reps[r].programs),
+                                           open_reps[r].used - open_reps[r].budget, r))  # fmt: skip
             self._new.popleft()
             self._place(self.programs[tid], rid, need, out)
 
