@@ -214,10 +214,10 @@ class ThunderAgentScheduler:
                 self.programs.pop(tid, None)
                 out.append(Reject(tid, "larger than any replica's KV"))
                 continue
-            fits = [r for r, rep in open_reps.items() if rep.budget - rep.used >= need]
-            if not fits:
+            room = [r for r, rep in open_reps.items() if rep.budget - rep.used >= need]
+            if not room:
                 break
-            rid = min(fits, key=lambda r: (len(open_reps[r].programs),
+            rid = min(room, key=lambda r: (len(open_reps[r].programs),
                                            open_reps[r].used - open_reps[r].budget, r))  # fmt: skip
             self._new.popleft()
             self._place(self.programs[tid], rid, need, out)
