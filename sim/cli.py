@@ -45,6 +45,15 @@ Policies:
                across tool waits, failover
   ours-las     the core with least-attained-service ordering
   ours-edf     the core with earliest-deadline-first ordering
+  sticky       SGLang router --policy manual --assignment-mode min_load, task id as
+               the key: every call of a task to the replica its first call got
+               (fewest in-flight calls); no admission control
+  thunderagent ThunderAgent (arXiv 2602.13692): programs admitted by their actual
+               tokens, the smallest tool-waiting ones paused under KV pressure,
+               resumed best-fit-decreasing (re-prefilled); no failover
+  continuum    Continuum / CacheTTL (arXiv 2511.02230): sticky, program-level
+               FCFS, KV pinned through tools whose moving-average time is under a
+               2 s TTL, left to LRU eviction otherwise
   cache_aware  SGLang router's cache_aware policy (approximate prefix match per
                worker, threshold 0.3; shortest queue when imbalanced: max-min > 64
                and max > 1.5 x min); no admission control

@@ -80,6 +80,11 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
                    help="engine's own cap on concurrent calls (32)")
     g.add_argument("--no-prefix-cache", action="store_true",
                    help="engine without prefix caching: every call prefills its whole prompt")
+    g.add_argument("--host-tier-gb", type=nonneg_float, default=0.0,
+                   help="host DRAM per replica for released/evicted KV, GB (0: none); "
+                        "reloaded instead of re-prefilled (SGLang HiCache)")
+    g.add_argument("--host-tier-gbps", type=positive_float, default=50.0,
+                   help="host tier load bandwidth back to the GPU, GB/s (50)")
 
 
 def add_workload_args(p: argparse.ArgumentParser) -> None:
@@ -139,6 +144,8 @@ def engine_spec(a: argparse.Namespace, p: argparse.ArgumentParser) -> EngineSpec
             kv_bytes_per_token=a.kv_bytes_per_token or shape.kv_bytes_per_token,
             max_running_requests=a.max_running_requests,
             prefix_cache=not a.no_prefix_cache,
+            host_tier_bytes=a.host_tier_gb * 1e9,
+            host_tier_gbps=a.host_tier_gbps,
         )
     except ValueError as exc:
         p.error(str(exc))

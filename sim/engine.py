@@ -8,10 +8,26 @@ another call. A call that cannot get KV room (or a running slot) waits in the
 engine's FIFO, as SGLang's own waiting queue does. A task's call hits the cache
 for its whole cached history, or, failing that, for the agent's shared system
 prompt when another call of the agent is cached or running here.
+
+Options some policies and runs use (all off by default, and then the engine
+behaves exactly as above):
+
+- pins (``pin``): a pinned cached history is not evicted until its pin's time
+  has passed (Continuum's KV time-to-live); a call that needs its room waits;
+- program FCFS (``program_fcfs``): the waiting queue is ordered by the call's
+  ``priority`` (its task's arrival) instead of the call's own arrival;
+- a host-memory tier (``EngineSpec.host_tier_bytes``, SGLang HiCache): a history
+  that leaves the GPU (released or evicted) is kept in host DRAM, LRU within its
+  capacity, and a later call of the task on this replica loads it back at
+  ``host_tier_gbps`` (bytes = tokens x KV bytes per token) instead of
+  re-prefilling it. Loads share the replica's host link and use no compute; the
+  copy to the host is taken to be free (it overlaps the work, as HiCache's
+  write-back does).
 """
 
 from __future__ import annotations
 
+from bisect import insort
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
@@ -35,6 +51,8 @@ class SimCall:
     decode_left: float = 0.0
     alloc: int = 0
     finished: float = 0.0
+    priority: float = 0.0  # program FCFS: its task's arrival
+    load_left: float = 0.0  # seconds of host-tier load left
 
 
 @dataclass(slots=True)
@@ -47,11 +65,16 @@ class EngineStats:
     evictions: int = 0
     evicted_tokens: int = 0
     calls: int = 0
+    offloaded_tokens: int = 0  # written to the host tier
+    reloaded_tokens: int = 0  # loaded back from it instead of re-prefilled
     extra: dict[str, float] = field(default_factory=dict)
 
 
 class SimEngine:
-    def __init__(self, replica_id: str, spec: EngineSpec, system_prompt_tokens: int = 0) -> None:
+    def __init__(
+        self, replica_id: str, spec: EngineSpec, system_prompt_tokens: int = 0,
+        program_fcfs: bool = False,
+    ) -> None:
         self.id = replica_id
         self.spec = spec
         self.system_prompt = system_prompt_tokens
@@ -70,6 +93,12 @@ class SimEngine:
         self._d0 = spec.d0
         self._d1 = spec.d1
         self.slowdown = 1.0  # its work takes this many times as long (a shared host)
+        self.program_fcfs = program_fcfs
+        self.pins: dict[str, float] = {}  # task -> time its pin ends
+        self.loading: list[SimCall] = []  # calls loading their history from the host
+        self.host: OrderedDict[str, int] = OrderedDict()  # task -> tokens (LRU first)
+        self.host_used = 0
+        self.host_capacity = int(spec.host_tier_bytes // spec.kv_bytes_per_token)
 
     # ----------------------------------------------------------- accounting
 
@@ -125,10 +154,17 @@ class SimEngine:
                 c.prefill_left -= pr * dt
             for c in self.decode:
                 c.decode_left -= dr * dt
+            if self.loading:  # the loads share the host link
+                share = dt / len(self.loading)
+                for c in self.loading:
+                    c.load_left -= share
         self._account(now)
 
     def next_change(self) -> float | None:
-        """Time of the next phase change of a running call, or None if idle."""
+        """Time of the next phase change of a running call (or of a pin's end that
+        may let a waiting call start), or None if idle."""
+        if self.loading or (self.pins and self.waiting):
+            return self._next_option_change()
         if not (self.prefill or self.decode):
             return None
         pr, dr = self._rates()
@@ -139,6 +175,23 @@ class SimEngine:
             best = min(best, min(c.decode_left for c in self.decode) / dr)
         return self._t + max(best, 0.0)
 
+    def _next_option_change(self) -> float | None:
+        best = float("inf")
+        if self.prefill or self.decode:
+            pr, dr = self._rates()
+            if self.prefill:
+                best = min(c.prefill_left for c in self.prefill) / pr
+            if self.decode and dr > 0:
+                best = min(best, min(c.decode_left for c in self.decode) / dr)
+        if self.loading:
+            best = min(best, min(c.load_left for c in self.loading) * len(self.loading))
+        t = self._t + max(best, 0.0)
+        if self.waiting:
+            ends = [u for u in self.pins.values() if u > self._t]
+            if ends:
+                t = min(t, min(ends))
+        return t if t < float("inf") else None
+
     # ---------------------------------------------------------------- KV
 
     def _ref_agent(self, agent: str, d: int) -> None:
@@ -148,25 +201,70 @@ class SimEngine:
         else:
             self.agent_refs.pop(agent, None)
 
-    def drop(self, task_id: str, now: float) -> None:
+    def drop(self, task_id: str, now: float, offload: bool = True) -> None:
+        """The task's cached history leaves the GPU (to the host tier, if there is
+        one and ``offload``: the task will call again)."""
         entry = self.cache.pop(task_id, None)
+        self.pins.pop(task_id, None)
         if entry is not None:
             self._account(now)
             self.used -= entry[0]
             self._ref_agent(entry[1], -1)
+            if offload:
+                self._offload(task_id, entry[0])
+
+    def pin(self, task_id: str, until: float) -> None:
+        """Keep the task's cached history from eviction until ``until`` (a TTL)."""
+        if task_id in self.cache:
+            self.pins[task_id] = until
+
+    def _offload(self, task_id: str, tokens: int) -> None:
+        if not 0 < tokens <= self.host_capacity:
+            return
+        old = self.host.pop(task_id, None)
+        self.host_used -= old or 0
+        while self.host_used + tokens > self.host_capacity:
+            _, t = self.host.popitem(last=False)
+            self.host_used -= t
+        self.host[task_id] = tokens
+        self.host_used += tokens
+        self.stats.offloaded_tokens += tokens
 
     def _evict_for(self, need: int) -> bool:
         cache = self.cache
+        if self.pins:
+            return self._evict_unpinned(need)
         while self.capacity - self.used < need and cache:
-            _, (tokens, agent) = cache.popitem(last=False)
+            victim, (tokens, agent) = cache.popitem(last=False)
             self.used -= tokens
             self._ref_agent(agent, -1)
             self.stats.evictions += 1
             self.stats.evicted_tokens += tokens
+            if self.host_capacity:
+                self._offload(victim, tokens)
+        return self.capacity - self.used >= need
+
+    def _evict_unpinned(self, need: int) -> bool:
+        """LRU eviction that skips histories pinned past now (expired pins go)."""
+        now = self._t
+        for task, until in list(self.pins.items()):
+            if until <= now:
+                del self.pins[task]
+        for victim in [t for t in self.cache if t not in self.pins]:
+            if self.capacity - self.used >= need:
+                break
+            tokens, agent = self.cache.pop(victim)
+            self.used -= tokens
+            self._ref_agent(agent, -1)
+            self.stats.evictions += 1
+            self.stats.evicted_tokens += tokens
+            if self.host_capacity:
+                self._offload(victim, tokens)
         return self.capacity - self.used >= need
 
     def _try_start(self, call: SimCall, now: float) -> bool:
-        if len(self.prefill) + len(self.decode) >= self.spec.max_running_requests:
+        running = len(self.prefill) + len(self.decode) + len(self.loading)
+        if running >= self.spec.max_running_requests:
             return False
         if call.task_id in self.running_tasks:
             return False  # one call per task at a time (a router may double-send)
@@ -182,8 +280,17 @@ class SimEngine:
             return False
         if own is not None:
             self._ref_agent(own[1], -1)
+            self.pins.pop(call.task_id, None)
+        hosted = self.host.pop(call.task_id, 0) if self.host and not own_tokens else 0
+        if hosted:
+            self.host_used -= hosted
+            hosted = min(hosted, call.prompt) if self.spec.prefix_cache else 0
         if own_tokens:
             cached = min(own_tokens, call.prompt)
+        elif hosted:
+            cached = hosted
+            self.stats.reloaded_tokens += hosted
+            call.load_left = self.spec.host_load_seconds(hosted)
         elif self.spec.prefix_cache and self.agent_refs.get(call.agent):
             cached = min(self.system_prompt, call.prompt)
         else:
@@ -203,7 +310,9 @@ class SimEngine:
         self.stats.reprefilled_tokens += max(0, call.history_before - cached)
         self._ref_agent(call.agent, +1)
         self.running_tasks.add(call.task_id)
-        if call.prefill_left > 0:
+        if call.load_left > 0:
+            self.loading.append(call)
+        elif call.prefill_left > 0:
             self.prefill.append(call)
         elif call.output > 0:
             self.decode.append(call)
@@ -215,7 +324,11 @@ class SimEngine:
 
     def submit(self, call: SimCall, now: float) -> None:
         self.advance(now)
-        if self.waiting or not self._try_start(call, now):
+        if self.program_fcfs:
+            insort(self.waiting, call, key=lambda c: c.priority)
+            while self.waiting and self._try_start(self.waiting[0], now):
+                self.waiting.popleft()
+        elif self.waiting or not self._try_start(call, now):
             self.waiting.append(call)
         self.version += 1
 
@@ -223,6 +336,15 @@ class SimEngine:
         """Advance to ``now``; move calls between phases; return finished calls."""
         self.advance(now)
         done: list[SimCall] = []
+        if self.loading:
+            still = []
+            for c in self.loading:
+                if c.load_left <= 1e-9:
+                    c.load_left = 0.0
+                    (self.prefill if c.prefill_left > 0 else self.decode).append(c)
+                else:
+                    still.append(c)
+            self.loading = still
         if self.prefill:
             still = []
             for c in self.prefill:
@@ -258,9 +380,12 @@ class SimEngine:
     def kill(self, now: float) -> list[SimCall]:
         """The replica dies: return the calls it was running or holding."""
         self.advance(now)
-        lost = self.prefill + self.decode + list(self.waiting)
-        self.prefill, self.decode, self.waiting = [], [], deque()
+        lost = self.loading + self.prefill + self.decode + list(self.waiting)
+        self.prefill, self.decode, self.waiting, self.loading = [], [], deque(), []
         self.cache.clear()
+        self.pins.clear()
+        self.host.clear()
+        self.host_used = 0
         self.agent_refs.clear()
         self.running_tasks.clear()
         self.used = 0

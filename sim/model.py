@@ -29,6 +29,11 @@ with its context, and replicas that share a host:
 - ``host_contention``: replicas that share a host's CPU cores (all of a
   simulation's replicas) slow each other: each other busy one makes this one's
   work take this fraction longer.
+
+A host-memory tier (``host_tier_bytes`` > 0; SGLang's HiCache): histories that
+leave the GPU are kept in that much host DRAM per replica and loaded back at
+``host_tier_gbps`` GB/s (:meth:`EngineSpec.host_load_seconds`) instead of being
+re-prefilled (``sim.engine``).
 """
 
 from __future__ import annotations
@@ -95,6 +100,8 @@ class EngineSpec:
     decode_context_s: float = 0.0
     call_overhead_s: float = 0.0
     host_contention: float = 0.0
+    host_tier_bytes: float = 0.0  # host DRAM per replica for offloaded KV (0: none)
+    host_tier_gbps: float = 50.0  # its load bandwidth back to the GPU, GB/s
 
     def __post_init__(self) -> None:
         if self.prefill_tokens_per_s <= 0 or self.decode_tokens_per_s <= 0:
@@ -111,6 +118,8 @@ class EngineSpec:
         )  # fmt: skip
         if min(extra) < 0:
             raise ValueError("the attention, context, overhead and contention terms must be >= 0")
+        if self.host_tier_bytes < 0 or self.host_tier_gbps <= 0:
+            raise ValueError("host tier bytes must be >= 0 and its bandwidth > 0")
 
     @property
     def kv_capacity_tokens(self) -> int:
@@ -123,6 +132,10 @@ class EngineSpec:
     @property
     def d1(self) -> float:
         return self.decode_batch_slowdown * self.d0
+
+    def host_load_seconds(self, tokens: int) -> float:
+        """Time to load ``tokens`` of KV back from the host tier."""
+        return tokens * self.kv_bytes_per_token / (self.host_tier_gbps * 1e9)
 
     def prefill_seconds(
         self, uncached_tokens: int, prompt_tokens: int, queued_tokens: float = 0.0

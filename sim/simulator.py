@@ -7,14 +7,21 @@ from __future__ import annotations
 
 import heapq
 import time as wallclock
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, assert_never
 
-from scheduler.baselines import CacheAwareRouter, RoundRobinRouter
+from scheduler.baselines import (
+    CacheAwareRouter,
+    ContinuumScheduler,
+    PinKV,
+    RoundRobinRouter,
+    StickyRouter,
+    ThunderAgentScheduler,
+)
 from scheduler.config import SchedulerConfig
 from scheduler.core import SchedulerCore
-from scheduler.decisions import Decision, Fail, Reject, ReleaseKV, RunCall
+from scheduler.decisions import Decision, Fail, Reject, ReleaseCause, ReleaseKV, RunCall
 from scheduler.events import (
     CallFinished,
     Event,
@@ -32,11 +39,15 @@ from sim.model import EngineSpec
 from sim.workload import TaskPlan, WorkloadGenerator, WorkloadSpec
 
 DEFAULT_ORDERING = "edf"  # EDF and LAS gave the same p95 (README, "A simulated 64-replica fleet")
-POLICIES = ("ours", "ours-las", "ours-edf", "cache_aware", "round_robin")
+POLICIES = (
+    "ours", "ours-las", "ours-edf", "sticky", "thunderagent", "continuum", "cache_aware",
+    "round_robin",
+)
+_ENDED = (ReleaseCause.TASK_DONE, ReleaseCause.TASK_FAILED, ReleaseCause.CANCELLED)
 
 
 class Scheduler(Protocol):
-    def handle(self, event: Event) -> list[Decision]: ...
+    def handle(self, event: Event) -> Sequence[Decision | PinKV]: ...
 
 
 # ------------------------------------------------ the simulator's own events
@@ -140,6 +151,12 @@ def make_scheduler(
         return CacheAwareRouter(prompt_of, system_prompt_tokens=cfg.workload.system_prompt_tokens)
     if name == "round_robin":
         return RoundRobinRouter()
+    if name == "sticky":
+        return StickyRouter()
+    if name == "thunderagent":
+        return ThunderAgentScheduler(prompt_of)
+    if name == "continuum":
+        return ContinuumScheduler()
     raise ValueError(f"unknown policy {name!r} (choose from {', '.join(POLICIES)})")
 
 
@@ -157,7 +174,11 @@ class Simulation:
         self.tasks: dict[str, SimTask] = {}
         self.sched = make_scheduler(policy, cfg, self._prompt_of)
         sp = cfg.workload.system_prompt_tokens
-        self.engines = {f"r{i}": SimEngine(f"r{i}", cfg.engine, sp) for i in range(cfg.replicas)}
+        fcfs = policy == "continuum"  # program-level FCFS in the engines' waiting queues
+        self.engines = {
+            f"r{i}": SimEngine(f"r{i}", cfg.engine, sp, program_fcfs=fcfs)
+            for i in range(cfg.replicas)
+        }
         self._heap: list[tuple[float, int, SimEvent]] = []
         self._seq = 0
         self._now = 0.0
@@ -190,21 +211,26 @@ class Simulation:
         for d in self.sched.handle(event):
             self._apply(d)
 
-    def _apply(self, d: Decision) -> None:
+    def _apply(self, d: Decision | PinKV) -> None:
         if isinstance(d, RunCall):
             st = self.tasks[d.task_id]
             plan = st.plan
             call = SimCall(
                 task_id=d.task_id, agent=plan.agent,
                 prompt=st.history + plan.new_tokens[st.k], output=plan.output_tokens[st.k],
-                history_before=st.history, submitted=self._now,
+                history_before=st.history, submitted=self._now, priority=plan.arrival,
             )
             st.in_flight = d.replica_id
             eng = self.engines[d.replica_id]
             eng.submit(call, self._now)
             self._wake(eng)
         elif isinstance(d, ReleaseKV):
-            self.engines[d.replica_id].drop(d.task_id, self._now)
+            self.engines[d.replica_id].drop(d.task_id, self._now, offload=d.cause not in _ENDED)
+        elif isinstance(d, PinKV):
+            eng = self.engines[d.replica_id]
+            if eng.alive:
+                eng.pin(d.task_id, self._now + d.ttl_s)
+                self._wake(eng)
         elif isinstance(d, Reject):
             st = self.tasks[d.task_id]
             st.rejected = True
