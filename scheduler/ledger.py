@@ -26,23 +26,29 @@ from scheduler.task import Task
 
 
 class FleetIndex:
-    __slots__ = ("_heap", "_members")
+    """Active replicas by free budget (most free first) and by resident tasks (fewest
+    first): two heaps with lazy invalidation (see the module docstring)."""
+
+    __slots__ = ("_heap", "_by_tasks", "_members")
 
     def __init__(self) -> None:
         self._heap: list[tuple[int, int, int, Replica]] = []
+        self._by_tasks: list[tuple[int, int, int, Replica]] = []
         self._members: dict[str, Replica] = {}
 
     def __len__(self) -> int:
         return len(self._members)
 
     def update(self, replica: Replica) -> None:
-        """Record the replica's current free budget (call after every change)."""
+        """Record the replica's current free budget and tasks (call after every change)."""
         replica.version += 1
         if replica.state is not ReplicaState.ACTIVE:
             self._members.pop(replica.id, None)
             return
         self._members[replica.id] = replica
-        heapq.heappush(self._heap, (-replica.free, replica.seq, replica.version, replica))
+        v = replica.version
+        heapq.heappush(self._heap, (-replica.free, replica.seq, v, replica))
+        heapq.heappush(self._by_tasks, (len(replica.pinned), replica.seq, v, replica))
         if len(self._heap) > 4 * len(self._members) + 64:
             self._rebuild()
 
@@ -51,16 +57,17 @@ class FleetIndex:
         self._members.pop(replica.id, None)
 
     def _rebuild(self) -> None:
-        self._heap = [(-r.free, r.seq, r.version, r) for r in self._members.values()]
+        members = self._members.values()
+        self._heap = [(-r.free, r.seq, r.version, r) for r in members]
+        self._by_tasks = [(len(r.pinned), r.seq, r.version, r) for r in members]
         heapq.heapify(self._heap)
+        heapq.heapify(self._by_tasks)
 
     def _valid(self, entry: tuple[int, int, int, Replica]) -> bool:
         r = entry[3]
         return entry[2] == r.version and r.state is ReplicaState.ACTIVE
 
-    def most_free(self, k: int) -> list[Replica]:
-        """Up to ``k`` active replicas with the most free budget, most free first."""
-        heap = self._heap
+    def _top(self, heap: list[tuple[int, int, int, Replica]], k: int) -> list[Replica]:
         out: list[Replica] = []
         keep: list[tuple[int, int, int, Replica]] = []
         while heap and len(out) < k:
@@ -72,9 +79,16 @@ class FleetIndex:
             heapq.heappush(heap, entry)
         return out
 
+    def most_free(self, k: int) -> list[Replica]:
+        """Up to ``k`` active replicas with the most free budget, most free first."""
+        return self._top(self._heap, k)
+
+    def fewest_tasks(self, k: int) -> list[Replica]:
+        """Up to ``k`` active replicas with the fewest resident tasks, fewest first."""
+        return self._top(self._by_tasks, k)
+
     def __iter__(self) -> Iterator[Replica]:
         return iter(self._members.values())
-
 
 
 class Ledger:

@@ -43,6 +43,8 @@ Policies:
   ours         the scheduler core (scheduler/core.py) with its default ordering
                ({DEFAULT_ORDERING}): KV-budget admission, sticky placement, KV retention
                across tool waits, failover
+  ours-v1      the core with admission v1: each task reserves its expected peak
+               history for its whole life (no pause limit, no low water)
   ours-las     the core with least-attained-service ordering
   ours-edf     the core with earliest-deadline-first ordering
   sticky       SGLang router --policy manual --assignment-mode min_load, task id as

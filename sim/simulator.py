@@ -19,7 +19,7 @@ from scheduler.baselines import (
     StickyRouter,
     ThunderAgentScheduler,
 )
-from scheduler.config import SchedulerConfig
+from scheduler.config import SchedulerConfig, v1
 from scheduler.core import SchedulerCore
 from scheduler.decisions import Decision, Fail, Reject, ReleaseCause, ReleaseKV, RunCall
 from scheduler.events import (
@@ -40,7 +40,7 @@ from sim.workload import TaskPlan, WorkloadGenerator, WorkloadSpec
 
 DEFAULT_ORDERING = "edf"  # EDF and LAS gave the same p95 (README, "A simulated 64-replica fleet")
 POLICIES = (
-    "ours", "ours-las", "ours-edf", "sticky", "thunderagent", "continuum", "cache_aware",
+    "ours", "ours-v1", "ours-las", "ours-edf", "sticky", "thunderagent", "continuum", "cache_aware",
     "round_robin",
 )
 _ENDED = (ReleaseCause.TASK_DONE, ReleaseCause.TASK_FAILED, ReleaseCause.CANCELLED)
@@ -145,6 +145,8 @@ def make_scheduler(
     sched_cfg = cfg.scheduler_config
     if name == "ours":
         return SchedulerCore(sched_cfg, ordering=ordering_by_name(DEFAULT_ORDERING))
+    if name == "ours-v1":  # peak reservations, as before admission v2
+        return SchedulerCore(v1(sched_cfg), ordering=ordering_by_name(DEFAULT_ORDERING))
     if name.startswith("ours-"):
         return SchedulerCore(sched_cfg, ordering=ordering_by_name(name[5:]))
     if name == "cache_aware":
@@ -311,7 +313,8 @@ class Simulation:
                     if self._measured(st):
                         self._outstanding += 1
                     self._send(TaskArrived(
-                        t, plan.task_id, plan.agent, plan.calls, plan.expected_history
+                        t, plan.task_id, plan.agent, plan.calls, plan.expected_history,
+                        prompt_tokens=plan.new_tokens[0],
                     ))
                     nxt = self._next_plan()
                     if nxt is not None:

@@ -2,11 +2,16 @@
 
 Sticky by construction: the core only asks for a placement when the task has no
 replica holding its KV; every call of a placed task runs where it is pinned.
-``SpreadPlacement`` puts the task where it fits best: the most free KV budget
-(counted in tasks of this size that still fit), then the lowest load (running +
-ready calls), then a replica already holding tasks of the same agent (shared
-system-prompt prefix), then join order. Only the ``candidates`` replicas with
-the most free budget are compared, so a placement is O(candidates x log R).
+``SpreadPlacement`` spreads tasks over compute: of the replicas where the task's
+reservation fits, the one with the fewest resident tasks, then the lowest load
+(running + ready calls), then one already holding tasks of the same agent (shared
+system-prompt prefix), then join order. The ``candidates`` replicas with the
+fewest tasks are compared, and the ``candidates`` with the most free budget when
+none of those has room, so a placement is O(candidates x log R).
+
+(With admission v2, choosing by free KV first, as v1 did, piles young tasks, whose
+reservations are small, onto the few replicas holding them: the 64-replica
+simulation: p95 73.8 s against 59.8 s.)
 """
 
 from __future__ import annotations
@@ -33,11 +38,13 @@ class SpreadPlacement:
     def choose(self, task: Task, need: int, fleet: FleetIndex) -> Replica | None:
         best: Replica | None = None
         best_key: tuple[int, int, int, int] | None = None
-        for r in fleet.most_free(self.candidates):
-            free = r.free
-            if free < need:
-                break  # sorted by free: nothing after fits either
-            key = (-(free // need), r.load, 0 if r.agents.get(task.agent) else 1, r.seq)
-            if best_key is None or key < best_key:
-                best, best_key = r, key
-        return best
+        for candidates in (fleet.fewest_tasks(self.candidates), fleet.most_free(self.candidates)):
+            for r in candidates:
+                if r.free < need:
+                    continue
+                key = (len(r.pinned), r.load, 0 if r.agents.get(task.agent) else 1, r.seq)
+                if best_key is None or key < best_key:
+                    best, best_key = r, key
+            if best is not None:
+                return best
+        return None
