@@ -25,7 +25,7 @@ class SchedulerConfig:
     max_pauses: int | None = 3
     """KV releases under pressure one task may take; then it keeps its KV (None: no
     limit). Anti-thrash, with the low water below."""
-    pause_low_water: float = 0.9
+    pause_low_water: float = 1.0
     """When growth pushes a replica over its budget, tool-waiting tasks are paused
     until its reservations are back under this fraction of the budget."""
     # compute

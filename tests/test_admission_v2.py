@@ -102,7 +102,15 @@ def grow_to_overflow(c: SchedulerCore) -> list:
 
 
 def test_growth_past_the_budget_pauses_the_task_back_last() -> None:
-    c = core()
+    c = core()  # default: pause just enough (low water 1.0)
+    out = grow_to_overflow(c)
+    released = [(d.task_id, d.cause) for d in out if isinstance(d, ReleaseKV)]
+    assert released == [("a", RC.OVER_BUDGET)]  # 11,672 - 2,624 = 9,048 <= 10,000
+    c.check_invariants()
+
+
+def test_a_low_water_pauses_below_the_budget() -> None:
+    c = core(pause_low_water=0.9)
     out = grow_to_overflow(c)
     # c holds 5,400 + 1,024; a and b 1,600 + 1,024 each: 11,672 > 10,000. Pausing a
     # (back last) leaves 9,048, over the low water (9,000): b is paused too.
@@ -125,7 +133,7 @@ def test_a_task_at_its_pause_limit_is_passed_over() -> None:
 
 
 def test_a_paused_task_comes_back_before_new_arrivals() -> None:
-    c = core()
+    c = core(pause_low_water=0.9)
     grow_to_overflow(c)  # a and b paused; c holds 6,424 of 10,000
     assert RunCall("new0", "r0", cold=True) in arrive(c, 5, "new0", 1_500)  # 2,524 fits
     assert arrive(c, 6, "new1", 1_500) == [Queue("new1", "admission")]
