@@ -4,8 +4,10 @@ The core (:mod:`scheduler.core`) is sans-I/O; this adapter gives it the time
 (``time.monotonic``), turns each task's lifecycle into events, and turns the
 core's decisions into effects: a ``RunCall`` resolves the future the task is
 awaiting (its permission to call that replica now); ``Reject`` and ``Fail`` raise
-in the task; ``Queue``, ``ReleaseKV`` and ``Replace`` are counted for telemetry
-(the engine evicts released KV itself, least recently used first). It holds no
+in the task; ``Queue``, ``ReleaseKV`` and ``Replace`` are counted for telemetry,
+and a ``ReleaseKV`` is handed to ``on_release`` (the fleet closes the task's engine
+session where replicas release in the engine; elsewhere the engine evicts released
+KV itself, least recently used first). It holds no
 policy: whether a task waits or fails, where it goes, when it moves, is the
 core's decision. Replica deaths are queued for the fleet (:meth:`Dispatcher.deaths`),
 which discards the dead actor and starts a replacement.
@@ -98,6 +100,8 @@ class Dispatcher:
         self._moved: dict[str, str] = {}  # task -> the dead replica it was moved off
         self.stats = DispatchStats()
         self._deaths: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+        # (replica, task) of every KV release: the fleet closes the task's engine session
+        self.on_release: Callable[[str, str], None] | None = None
 
     def now(self) -> float:
         return max(self._clock(), self.core.now)
@@ -130,6 +134,8 @@ class Dispatcher:
                 self.stats.queued_replica += 1
         elif isinstance(d, ReleaseKV):
             self.stats.released_kv_tokens += d.tokens
+            if self.on_release is not None:
+                self.on_release(d.replica_id, d.task_id)
         elif isinstance(d, Replace):
             self.stats.replacements.append(d)
             if d.cause is MoveCause.REPLICA_DIED and d.from_replica is not None:

@@ -44,6 +44,11 @@ def add_executor_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sandbox", default="bwrap", choices=BACKENDS, help="tool sandbox (bwrap)")
     p.add_argument("--allow-host", action="append", default=[], help="web_fetch may reach it")
     p.add_argument("--journal", default=None, help="journal file (default: the user's data dir)")
+    p.add_argument(
+        "--release-in-engine", action="store_true",
+        help="tag each task's KV with an SGLang session and close it when the scheduler "
+        "releases the task, so the engine evicts it first (default: LRU decides)",
+    )  # fmt: skip
 
 
 def executor_config(
@@ -52,20 +57,24 @@ def executor_config(
     """The ExecutorConfig of ``add_executor_options``' options (and ``--model``)."""
     return ExecutorConfig(
         model=args.model, replicas=args.replicas,
-        replica=shape or replica_config(args.model, args.max_total_tokens, args.replicas),
+        replica=shape or replica_config(args.model, args.max_total_tokens, args.replicas,
+                                        release_in_engine=args.release_in_engine),
         sandbox=args.sandbox, journal=args.journal,
         web=WebPolicy(allow_hosts=tuple(args.allow_host)), progress=True, **extra,
     )  # fmt: skip
 
 
-def replica_config(model: str, max_total_tokens: int, replicas: int) -> ReplicaConfig:
+def replica_config(
+    model: str, max_total_tokens: int, replicas: int, *, release_in_engine: bool = False
+) -> ReplicaConfig:
     """Replicas share this machine's cores (a CPU engine runs one torch thread per core)."""
     if replicas < 1:
         raise ExecutorError(f"--replicas must be at least 1, not {replicas}")
     cpus = max(1, (os.cpu_count() or 1) // replicas)
     try:
         return ReplicaConfig(
-            model=model, max_total_tokens=max_total_tokens, num_cpus=cpus, cpu_threads=cpus
+            model=model, max_total_tokens=max_total_tokens, num_cpus=cpus, cpu_threads=cpus,
+            release_in_engine=release_in_engine,
         )
     except ValidationError as exc:
         problems = validation_problems(exc, "replica")
@@ -231,7 +240,8 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     # everything that can be refused is refused here, before Ray or a replica starts
     if not args.goal.strip():
         raise ExecutorError("the goal is empty: say what the agent should do")
-    shape = replica_config(args.model, args.max_total_tokens, args.replicas)
+    shape = replica_config(args.model, args.max_total_tokens, args.replicas,
+                           release_in_engine=args.release_in_engine)  # fmt: skip
     check_task(agent, args.goal, ChatFormat.load(resolve(args.model)), shape.max_total_tokens)
     return _drive(
         args, console,

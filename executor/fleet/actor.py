@@ -61,6 +61,7 @@ class ReplicaActor:
         started = time.perf_counter()
         self._engine = sglang.Engine(**config.engine_kwargs(model_path, device, free_port()))
         self.start_s = time.perf_counter() - started
+        self._sessions: set[str] = set()  # open engine sessions (release_in_engine)
         # get_server_info() runs its own event loop and fails inside an async actor;
         # the scheduler's start-up record holds the same figures.
         info = self._engine._scheduler_init_result.scheduler_infos[0]
@@ -93,6 +94,7 @@ class ReplicaActor:
             "vocab_size": self.vocab_size,
             "pid": os.getpid(),
             "engine_pids": self.engine_pids,
+            "release_in_engine": self.config.release_in_engine,
         }
 
     async def health(self, timeout_s: float = 10.0) -> dict[str, Any]:
@@ -140,10 +142,14 @@ class ReplicaActor:
         req = GenerateRequest.parse(request)
         ids = self._prompt_ids(req)
         self._check_fits(len(ids), req.sampling.max_new_tokens)
+        session: dict[str, Any] = {}
+        if req.session_id is not None and self.config.release_in_engine:
+            await self._open_session(req.session_id)
+            session["session_id"] = req.session_id
         started = time.perf_counter()
         try:
             out = await self._engine.async_generate(
-                input_ids=ids, sampling_params=req.sampling.to_sglang(), rid=req.rid
+                input_ids=ids, sampling_params=req.sampling.to_sglang(), rid=req.rid, **session
             )
         except ValueError as exc:  # SGLang's own validation of the request
             raise InvalidRequestError(f"the engine refused the request: {exc}") from None
@@ -165,6 +171,36 @@ class ReplicaActor:
             finish_reason=kind,
             latency_s=latency,
         )
+
+    # -- sessions: release in the engine ------------------------------------------
+
+    async def _open_session(self, session_id: str) -> None:
+        if session_id in self._sessions:
+            return
+        from sglang.srt.managers.io_struct import OpenSessionReqInput
+
+        await self._engine.tokenizer_manager.open_session(OpenSessionReqInput(
+            capacity_of_str_len=1 << 30, session_id=session_id,
+            timeout=self.config.session_idle_s,
+        ), None)  # fmt: skip
+        self._sessions.add(session_id)
+
+    async def release(self, session_id: str) -> bool:
+        """Close the task's session: the engine evicts its KV before retained ones.
+        False when there is none (not releasing in the engine, or no call yet)."""
+        if session_id not in self._sessions:
+            return False
+        from sglang.srt.managers.io_struct import CloseSessionReqInput
+
+        self._sessions.discard(session_id)
+        await self._engine.tokenizer_manager.close_session(
+            CloseSessionReqInput(session_id=session_id), None
+        )
+        return True
+
+    def sessions(self) -> list[str]:
+        """The tasks whose KV is tagged in the engine now."""
+        return sorted(self._sessions)
 
     # -- KV pool ----------------------------------------------------------------
 

@@ -43,6 +43,14 @@ class ReplicaConfig(BaseModel):
     random_seed: int = 0
     log_level: str = "error"
     engine_args: dict[str, Any] = Field(default_factory=dict)  # passed to sglang.Engine as is
+    release_in_engine: bool = False
+    """Each task's calls carry a session (SGLang's session radix cache): when the
+    scheduler releases a task's KV, its session is closed and the engine evicts that
+    history before any retained one (measured on the CPU backend: README, "Release in
+    the engine"). Off: a release is bookkeeping and the engine's LRU decides."""
+    session_idle_s: float = Field(900.0, gt=0)
+    """With ``release_in_engine``: a session no release reached (its driver died) is
+    closed after this long without a call."""
 
     @field_validator("resources")
     @classmethod
@@ -95,5 +103,7 @@ class ReplicaConfig(BaseModel):
                 attention_backend="torch_native", disable_cuda_graph=True, dtype="float32",
                 sleep_on_idle=True,
             )  # fmt: skip
+        if self.release_in_engine:
+            kwargs["enable_session_radix_cache"] = True
         kwargs.update(self.engine_args)
         return kwargs

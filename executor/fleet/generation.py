@@ -73,6 +73,9 @@ class GenerateRequest(BaseModel):
     text: str | None = None
     sampling: SamplingParams = Field(default_factory=SamplingParams)
     rid: str | None = None  # request id, for tracing and abort
+    session_id: str | None = Field(None, min_length=1, max_length=256)
+    """The task the call belongs to: its KV is tagged with it where the replica
+    releases in the engine (``ReplicaConfig.release_in_engine``); ignored elsewhere."""
 
     @model_validator(mode="after")
     def _one_prompt(self) -> GenerateRequest:

@@ -91,6 +91,15 @@ class ReplicaHandle:
     async def agenerate(self, request: GenerateRequest | dict[str, Any]) -> GenerateResult:
         return await self._await(self.actor.generate.remote(request))
 
+    async def arelease(self, session_id: str) -> bool:
+        """Close the task's engine session (see ``ReplicaActor.release``)."""
+        released: bool = await self._await(self.actor.release.remote(session_id))
+        return released
+
+    def sessions(self, timeout: float | None = 10) -> list[str]:
+        open_sessions: list[str] = self._get(self.actor.sessions.remote(), timeout)
+        return open_sessions
+
     async def acapacity(self) -> Capacity:
         return await self._await(self.actor.capacity.remote())
 

@@ -25,6 +25,7 @@ from typing import Any
 from executor.dispatch import Dispatcher
 from executor.errors import ExecutorError
 from executor.fleet.control import Command, ControlChannel
+from executor.fleet.handle import ReplicaHandle
 from executor.fleet.health import HealthConfig, HealthMonitor
 from executor.fleet.pool import ReplicaPool
 from executor.fleet.registry import ReplicaRegistry
@@ -54,6 +55,7 @@ class Fleet:
         self._jobs: set[asyncio.Task[Any]] = set()
 
     def start(self) -> None:
+        self.dispatcher.on_release = self._release_in_engine
         self._spawn(self._watch_deaths())
         if self.health is not None:
             monitor = HealthMonitor(self.health, self.replicas, self.dispatcher.replica_died)
@@ -71,6 +73,19 @@ class Fleet:
         self._jobs.add(job)
         job.add_done_callback(self._jobs.discard)
         return job
+
+    def _release_in_engine(self, replica_id: str, task_id: str) -> None:
+        """The core released the task's KV: where the replica tags KV by task, close
+        the task's session so the engine evicts that history first."""
+        handle = self.replicas.get(replica_id)
+        if handle is not None and handle.info.get("release_in_engine"):
+            self._spawn(self._close_session(handle, task_id))
+
+    async def _close_session(self, handle: ReplicaHandle, task_id: str) -> None:
+        try:
+            await handle.arelease(task_id)
+        except ExecutorError as exc:  # a replica that died took the session with it
+            log.debug("closing the session of %s on %s: %s", task_id, handle.replica_id, exc)
 
     def _note(self, message: str) -> None:
         self.events.append(message)

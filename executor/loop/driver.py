@@ -196,7 +196,8 @@ class TaskDriver:
         waited = grant.waited_s
         while True:
             request = {"input_ids": action.input_ids, "sampling": sampling,
-                       "rid": _request_id(self.task_id, action.step)}  # fmt: skip
+                       "rid": _request_id(self.task_id, action.step),
+                       "session_id": self.task_id}  # fmt: skip
             chat = s.telemetry.chat_span(model=s.model, task_id=self.task_id, step=action.step)
             with chat as span:
                 if grant.moved_from is not None:
