@@ -235,13 +235,8 @@ class SimEngine:
         if self.pins:
             return self._evict_unpinned(need)
         while self.capacity - self.used < need and cache:
-            victim, (tokens, agent) = cache.popitem(last=False)
-            self.used -= tokens
-            self._ref_agent(agent, -1)
-            self.stats.evictions += 1
-            self.stats.evicted_tokens += tokens
-            if self.host_capacity:
-                self._offload(victim, tokens)
+            victim = next(iter(cache))
+            self._evict(victim)
         return self.capacity - self.used >= need
 
     def _evict_unpinned(self, need: int) -> bool:
@@ -253,14 +248,18 @@ class SimEngine:
         for victim in [t for t in self.cache if t not in self.pins]:
             if self.capacity - self.used >= need:
                 break
-            tokens, agent = self.cache.pop(victim)
-            self.used -= tokens
-            self._ref_agent(agent, -1)
-            self.stats.evictions += 1
-            self.stats.evicted_tokens += tokens
-            if self.host_capacity:
-                self._offload(victim, tokens)
+            self._evict(victim)
         return self.capacity - self.used >= need
+
+    def _evict(self, victim: str) -> None:
+        """Drop one history from the GPU cache (to the host tier, if there is one)."""
+        tokens, agent = self.cache.pop(victim)
+        self.used -= tokens
+        self._ref_agent(agent, -1)
+        self.stats.evictions += 1
+        self.stats.evicted_tokens += tokens
+        if self.host_capacity:
+            self._offload(victim, tokens)
 
     def _try_start(self, call: SimCall, now: float) -> bool:
         running = len(self.prefill) + len(self.decode) + len(self.loading)
