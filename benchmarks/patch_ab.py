@@ -71,8 +71,9 @@ def install_overlay(work: Path) -> None:
     )
 
 
-def start_engine(backend: Path, model: str, max_total_tokens: int, context_length: int,
-                 threads: str = "") -> tuple[Any, Any]:
+def start_engine(
+    backend: Path, model: str, max_total_tokens: int, context_length: int, threads: str = ""
+) -> tuple[Any, Any]:
     """An engine in a child process that loads ``backend`` as the attention backend.
     Returns (connection, process): send (ids, max_new_tokens) or "flush", None to stop."""
     from executor.fleet.actor import free_port
@@ -132,8 +133,11 @@ def _serve(conn: Any, overlay: str, model_path: str, kwargs: dict[str, Any]) -> 
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.patch_ab", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.patch_ab",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--model", default="tiny")
     p.add_argument("--history", default="1000,8000")
     p.add_argument("--new-tokens", type=int, default=200)
@@ -196,11 +200,20 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for conn, proc in procs:
             stop_engine(conn, proc)
-    hits = {n: len((work / f"{n}_{files[s.partition(':')[0]].name}.hits").read_text().split())
-            if (work / f"{n}_{files[s.partition(':')[0]].name}.hits").exists() else 0
-            for n, s in (("A", args.a), ("B", args.b))}
-    report = {"model": args.model, "gen": args.gen, "a": args.a, "b": args.b,
-              "overlay_loaded_in_processes": hits, "rows": rows}
+    hits = {
+        n: len((work / f"{n}_{files[s.partition(':')[0]].name}.hits").read_text().split())
+        if (work / f"{n}_{files[s.partition(':')[0]].name}.hits").exists()
+        else 0
+        for n, s in (("A", args.a), ("B", args.b))
+    }
+    report = {
+        "model": args.model,
+        "gen": args.gen,
+        "a": args.a,
+        "b": args.b,
+        "overlay_loaded_in_processes": hits,
+        "rows": rows,
+    }
     text = json.dumps(report, indent=2)
     print(text)
     if args.json:

@@ -41,18 +41,41 @@ BUCKETS: list[tuple[str, tuple[str, ...]]] = [
     ("qkv/o projections, rope, norms", ("rotary", "qkv_proj", "o_proj", "RMSNorm", "norm")),
     ("logits + sampling", ("logits_processor", "sample", "Sampler", "lm_head")),
     ("forward: other (embed, metadata, model glue)", ("forward_extend", "model_runner", "forward")),
-    ("scheduling (batch building, radix match, alloc)", (
-        "get_next_batch_to_run", "prepare_for_extend", "match_prefix", "schedule_policy",
-        "alloc", "get_new_batch_prefill", "PrefillAdder",
-    )),
-    ("output processing (stream/detokenize)", (
-        "process_batch_result", "stream_output", "detokeniz", "handle_batch_output",
-        "_handle_batch_output", "decode",
-    )),
-    ("request intake (recv, tokenizer side)", (
-        "recv_requests", "process_input_requests", "handle_generate_request",
-        "tokeniz", "_send_one_request", "generate_request", "_wait_one_response",
-    )),
+    (
+        "scheduling (batch building, radix match, alloc)",
+        (
+            "get_next_batch_to_run",
+            "prepare_for_extend",
+            "match_prefix",
+            "schedule_policy",
+            "alloc",
+            "get_new_batch_prefill",
+            "PrefillAdder",
+        ),
+    ),
+    (
+        "output processing (stream/detokenize)",
+        (
+            "process_batch_result",
+            "stream_output",
+            "detokeniz",
+            "handle_batch_output",
+            "_handle_batch_output",
+            "decode",
+        ),
+    ),
+    (
+        "request intake (recv, tokenizer side)",
+        (
+            "recv_requests",
+            "process_input_requests",
+            "handle_generate_request",
+            "tokeniz",
+            "_send_one_request",
+            "generate_request",
+            "_wait_one_response",
+        ),
+    ),
     ("IPC (zmq, pickle)", ("zmq", "pickle", "send_pyobj", "recv_pyobj")),
     ("event loop / polling", ("event_loop", "poll", "select", "asyncio", "run_forever")),
 ]
@@ -74,8 +97,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--calls", type=int, default=30, help="warm calls sampled per length")
     p.add_argument("--rate", type=int, default=1000, help="py-spy samples per second")
     p.add_argument("--no-spy", action="store_true", help="time only, no py-spy")
-    p.add_argument("--engine-arg", action="append", default=[], metavar="KEY=JSON",
-                   help="extra sglang.Engine argument (repeatable), e.g. sleep_on_idle=false")
+    p.add_argument(
+        "--engine-arg",
+        action="append",
+        default=[],
+        metavar="KEY=JSON",
+        help="extra sglang.Engine argument (repeatable), e.g. sleep_on_idle=false",
+    )
+    p.add_argument(
+        "--attention-patch",
+        choices=["installed", "warm"],
+        default="installed",
+        help="warm: load sglang_warm_attention's backend as an overlay",
+    )
     p.add_argument("--json", type=Path, default=None)
     return p.parse_args(argv)
 
@@ -145,6 +179,10 @@ def engine_processes(engine: Any) -> dict[str, int]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ["SGLANG_USE_CPU_ENGINE"] = "1"
+    if args.attention_patch == "warm":
+        from benchmarks.prefill import overlay_warm_patch
+
+        overlay_warm_patch()
     import sglang
     import torch
 
@@ -191,8 +229,9 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(1.5)  # py-spy attaches
             lat, cached = [], []
             for k in range(args.calls):
-                p = prompt[:history] + [100 + (k * 37 + j) % (vocab - 100) for j in range(
-                    args.new_tokens)]  # fresh new tokens each call: only the history is cached
+                p = prompt[:history] + [
+                    100 + (k * 37 + j) % (vocab - 100) for j in range(args.new_tokens)
+                ]  # fresh new tokens each call: only the history is cached
                 t0 = time.perf_counter()
                 out = engine.generate(input_ids=p, sampling_params=one)
                 lat.append(time.perf_counter() - t0)
@@ -214,8 +253,9 @@ def main(argv: list[str] | None = None) -> int:
                 row["per_process_ms_per_call"][label] = {
                     "busy_ms": round(sum(counts.values()) * scale, 2),
                     "buckets_ms": {b: round(n * scale, 2) for b, n in counts.most_common()},
-                    "top_leaf_frames": [(f, round(n * scale, 2))
-                                        for f, n in leaf_lines(tmp / f"{pid}.txt")],
+                    "top_leaf_frames": [
+                        (f, round(n * scale, 2)) for f, n in leaf_lines(tmp / f"{pid}.txt")
+                    ],
                 }
             shutil.rmtree(tmp, ignore_errors=True)
             report["rows"].append(row)

@@ -42,7 +42,7 @@ def _reference(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
 
 
 @pytest.mark.parametrize("heads,kv_heads", [(4, 2), (9, 3), (4, 4)])
-@pytest.mark.parametrize("layout", ["contiguous", "scattered"])
+@pytest.mark.parametrize("layout", ["contiguous", "runs", "scattered"])
 def test_warm_extend_equals_masked_attention(heads: int, kv_heads: int, layout: str) -> None:
     torch.manual_seed(0)
     ns = _helpers()
@@ -50,6 +50,15 @@ def test_warm_extend_equals_masked_attention(heads: int, kv_heads: int, layout: 
     k_cache, v_cache = torch.randn(1000, kv_heads, dim), torch.randn(1000, kv_heads, dim)
     if layout == "contiguous":
         tokens = torch.arange(17, 17 + prefix + new)
+    elif layout == "runs":  # prompt, output, observation in three runs; new ones elsewhere
+        tokens = torch.cat(
+            [
+                torch.arange(500, 600),
+                torch.arange(40, 190),
+                torch.arange(700, 750),
+                torch.arange(900, 900 + new),
+            ]
+        )
     else:
         tokens = torch.randperm(1000)[: prefix + new]
     q = torch.randn(new, heads, dim).movedim(0, 1)  # the backend's [H, n, D] view

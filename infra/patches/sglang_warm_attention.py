@@ -14,9 +14,11 @@ This splits the attention in two exact parts and merges them by their log-sum-ex
   every cached one); GQA folded into the query length so K/V are not repeated;
 - the new queries over themselves: an ordinary causal attention (square, small).
 
-K and V are read as views of the pool when the request's slots are one contiguous
-run (the common case: a task's history is allocated in order), else gathered once.
-The decode step uses the same in-place read. Idempotent; fails loudly when the code
+The cached prefix is read in place: each contiguous run of its KV slots (a task's
+history is allocated in a few runs: prompt, decoded output, observation...) is a
+view of the pool, attended to on its own and merged in; past 16 runs it is gathered
+once. Only the new tokens' K/V (n rows) are copied. The decode step reads the pool
+in place when the request's slots are one run. Idempotent; fails loudly when the code
 it expects is not there; greedy outputs checked identical warm vs cold
 (tests/test_warm_attention.py).
 """
@@ -49,37 +51,67 @@ def _agent_kv_rows(cache: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     return cache[tokens]
 
 
+_AGENT_MAX_RUNS = 16
+
+
+def _agent_runs(tokens: torch.Tensor) -> list[tuple[int, int]]:
+    """[start, end) index ranges of `tokens` whose slots are consecutive."""
+    n = tokens.shape[0]
+    if n == 0:
+        return []
+    cuts = (torch.nonzero(tokens[1:] - tokens[:-1] != 1).flatten() + 1).tolist()
+    edges = [0, *cuts, n]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def _agent_merge(o1, l1, o2, l2):
+    """Two attention results over disjoint key sets, merged by their log-sum-exp."""
+    m = torch.maximum(l1, l2)
+    w1, w2 = torch.exp(l1 - m), torch.exp(l2 - m)
+    return (o1 * w1 + o2 * w2) / (w1 + w2), m + torch.log(w1 + w2)
+
+
 def _agent_warm_extend(q, k_cache, v_cache, tokens, prefix, scale):
     """Causal attention of n new queries q [H, n, D] after `prefix` cached tokens.
 
     tokens: the request's KV slots (prefix + n). Returns [n, H, Dv]. Exact: the
-    prefix part (no mask) and the new part (causal) are merged by log-sum-exp."""
+    prefix (no mask; each contiguous run of slots read in place) and the new tokens
+    (causal) are attended separately and merged by log-sum-exp."""
     h, n, d = q.shape
-    k = _agent_kv_rows(k_cache, tokens)
-    v = _agent_kv_rows(v_cache, tokens)
-    if k.dtype != q.dtype:
-        k, v = k.to(q.dtype), v.to(q.dtype)
-    kvh, dv = k.shape[1], v.shape[-1]
+    kvh, dv = k_cache.shape[1], v_cache.shape[-1]
     g = h // kvh
-    o1, l1 = _agent_flash(
-        q.reshape(1, kvh, g * n, d),
-        k[:prefix].movedim(0, 1).unsqueeze(0),
-        v[:prefix].movedim(0, 1).unsqueeze(0),
-        0.0,
-        False,
-        scale=scale,
-    )[:2]
-    kn, vn = k[prefix:].movedim(0, 1), v[prefix:].movedim(0, 1)
+    q_folded = q.reshape(1, kvh, g * n, d)  # GQA folded into the query length
+    runs = _agent_runs(tokens[:prefix])
+    if len(runs) <= _AGENT_MAX_RUNS:
+        parts = []
+        for a, b in runs:
+            first = int(tokens[a])
+            parts.append((k_cache[first : first + b - a], v_cache[first : first + b - a]))
+    else:
+        parts = [(k_cache[tokens[:prefix]], v_cache[tokens[:prefix]])]
+    out = lse = None
+    for k, v in parts:
+        if k.dtype != q.dtype:
+            k, v = k.to(q.dtype), v.to(q.dtype)
+        o, l = _agent_flash(
+            q_folded, k.movedim(0, 1).unsqueeze(0), v.movedim(0, 1).unsqueeze(0),
+            0.0, False, scale=scale,
+        )[:2]
+        o, l = o.reshape(h, n, dv), l.reshape(h, n, 1)
+        out, lse = (o, l) if out is None else _agent_merge(out, lse, o, l)
+    new = tokens[prefix:]
+    kn, vn = k_cache[new].movedim(0, 1), v_cache[new].movedim(0, 1)
+    if kn.dtype != q.dtype:
+        kn, vn = kn.to(q.dtype), vn.to(q.dtype)
     if g > 1:
         kn, vn = kn.repeat_interleave(g, 0), vn.repeat_interleave(g, 0)
-    o2, l2 = _agent_flash(
+    o, l = _agent_flash(
         q.unsqueeze(0), kn.unsqueeze(0), vn.unsqueeze(0), 0.0, True, scale=scale
     )[:2]
-    l1, l2 = l1.reshape(h, n, 1), l2.reshape(h, n, 1)
-    m = torch.maximum(l1, l2)
-    w1, w2 = torch.exp(l1 - m), torch.exp(l2 - m)
-    out = (o1.reshape(h, n, dv) * w1 + o2.reshape(h, n, dv) * w2) / (w1 + w2)
-    return out.movedim(0, 1)
+    o, l = o.reshape(h, n, dv), l.reshape(h, n, 1)
+    if out is not None:
+        o, _ = _agent_merge(out, lse, o, l)
+    return o.movedim(0, 1)
 '''
 
 EXTEND_ANCHOR = f"""            {PREREQUISITE}
