@@ -177,9 +177,10 @@ def gpu_plan(history: int = 30_000, new: int = 300) -> dict[str, Any]:
 
 
 def add_limits(results: list[dict[str, Any]], cfg: dict[str, Any], gflops: float) -> None:
+    """limit_s per row at the row's own matmul_gflops (measured beside it), else ``gflops``."""
     for row in results:
         f = warm_call_flops(cfg, row["history_tokens"], row["new_tokens"])
-        limit = (f["linear"] + f["attention"]) / (gflops * 1e9)
+        limit = (f["linear"] + f["attention"]) / (row.get("matmul_gflops", gflops) * 1e9)
         row["warm_gflop"] = round((f["linear"] + f["attention"]) / 1e9, 3)
         row["warm_attention_share"] = round(f["attention"] / (f["linear"] + f["attention"]), 3)
         row["limit_s"] = round(limit, 5)
@@ -257,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
             for history in sorted(args.history):
                 console.print(f"history {history:>6} tokens + {args.new_tokens} new ...", end=" ")
                 row = measure(handle, ids[: history + args.new_tokens], history, args.repeats)
+                # the rate at this moment, beside the row it bounds (a shared host varies)
+                row["matmul_gflops"] = round(matmul_gflops(config.threads()), 1)
                 results.append(row)
                 console.print(
                     f"cold {row['cold_s']:.3f} s  warm {row['warm_s']:.3f} s  "
@@ -271,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     for row in results:
         console.print(
             f"history {row['history_tokens']:>6}: warm {row['warm_s']:.3f} s, limit "
-            f"{row['limit_s']:.3f} s ({row['warm_gflop']} GFLOP), x{row['warm_over_limit']}"
+            f"{row['limit_s']:.3f} s ({row['warm_gflop']} GFLOP at "
+            f"{row.get('matmul_gflops', gflops)} GFLOP/s), x{row['warm_over_limit']}"
         )
     loaded = len(Path(f"{overlay}.hits").read_text().split()) if overlay else None
     if overlay is not None and not loaded:
