@@ -10,7 +10,15 @@ history plus ``new`` tokens (a tool result, say), one token generated.
 
 Latency is the engine's (measured inside the replica actor); medians over repeats.
 
+Beside each row, the physical limit of the warm call on this machine: the new
+tokens' FLOPs (their linear layers, the last one's LM head, and their attention
+over the cached history and each other) at the matmul rate measured here with
+torch (fp32, the engine's thread count), and how far the warm call is from it.
+The JSON also holds the plan for a GPU fleet (not a measurement): warm and cold
+prefill of a 30K-token history on the simulator's 70B engine model.
+
     python -m benchmarks.prefill --json out/prefill.json
+    python -m benchmarks.prefill --model smollm2-135m --history 1000,2000,4000 --repeats 3
 """
 
 from __future__ import annotations
@@ -67,6 +75,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="CPUs the replica declares and uses (default: all)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic token ids")
+    p.add_argument(
+        "--attention-patch",
+        choices=["installed", "warm"],
+        default="installed",
+        help="installed: the SGLang as installed; warm: load sglang_warm_attention's backend "
+        "in the engine as an overlay (measures the patch where it is not installed yet)",
+    )
     args = p.parse_args(argv)
     if args.new_tokens < 1 or args.repeats < 1:
         p.error("--new-tokens and --repeats must be >= 1")
@@ -100,6 +115,89 @@ def measure(handle: Any, ids: list[int], history: int, repeats: int) -> dict[str
         "cold_all_s": [round(v, 5) for v in cold_s],
         "warm_all_s": [round(v, 5) for v in warm_s],
     }
+
+
+def matmul_gflops(threads: int, n: int = 1024, repeats: int = 7) -> float:
+    """This machine's fp32 matmul rate (GFLOP/s) with the engine's thread count."""
+    import time
+
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        a @ b
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            a @ b
+            times.append(time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(before)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def warm_call_flops(cfg: dict[str, Any], history: int, new: int) -> dict[str, float]:
+    """FLOPs of a warm call's prefill: ``new`` tokens behind ``history`` cached ones
+    (a Llama-shaped config.json; the LM head for the last token only, as SGLang does)."""
+    hidden, layers = int(cfg["hidden_size"]), int(cfg["num_hidden_layers"])
+    heads = int(cfg["num_attention_heads"])
+    kv_heads = int(cfg.get("num_key_value_heads", heads))
+    head_dim = int(cfg.get("head_dim") or hidden // heads)
+    inter, vocab = int(cfg["intermediate_size"]), int(cfg["vocab_size"])
+    per_token = layers * (
+        hidden * (heads + 2 * kv_heads) * head_dim  # q, k, v
+        + heads * head_dim * hidden  # o
+        + 3 * hidden * inter  # gate, up, down
+    )
+    linear = 2.0 * (new * per_token + hidden * vocab)
+    # each new token i attends to history + i + 1 keys: QK^T and PV, all heads
+    keys = new * history + new * (new + 1) / 2
+    attention = 2.0 * 2 * layers * heads * head_dim * keys
+    return {"linear": linear, "attention": attention}
+
+
+def gpu_plan(history: int = 30_000, new: int = 300) -> dict[str, Any]:
+    """Warm vs cold on the simulator's engine model of a 70B replica (a plan)."""
+    from sim.model import EngineSpec
+
+    spec = EngineSpec()
+    warm = spec.prefill_seconds(new, history + new)
+    cold = spec.prefill_seconds(history + new, history + new)
+    return {
+        "what": "a plan, not a measurement: sim.model.EngineSpec() (70B, TP-4, "
+        f"{spec.prefill_tokens_per_s:.0f} tok/s prefill)",
+        "history_tokens": history,
+        "new_tokens": new,
+        "warm_s": round(warm, 4),
+        "cold_s": round(cold, 3),
+        "ratio": round(cold / warm, 1),
+    }
+
+
+def add_limits(results: list[dict[str, Any]], cfg: dict[str, Any], gflops: float) -> None:
+    """limit_s per row at the row's own matmul_gflops (measured beside it), else ``gflops``."""
+    for row in results:
+        f = warm_call_flops(cfg, row["history_tokens"], row["new_tokens"])
+        limit = (f["linear"] + f["attention"]) / (row.get("matmul_gflops", gflops) * 1e9)
+        row["warm_gflop"] = round((f["linear"] + f["attention"]) / 1e9, 3)
+        row["warm_attention_share"] = round(f["attention"] / (f["linear"] + f["attention"]), 3)
+        row["limit_s"] = round(limit, 5)
+        row["warm_over_limit"] = round(row["warm_s"] / limit, 2)
+
+
+def overlay_warm_patch() -> Path:
+    """Make engines started from here load the warm-attention backend (an overlay)."""
+    import tempfile
+
+    from benchmarks import patch_ab
+
+    work = Path(tempfile.mkdtemp(prefix="prefill-overlay-"))
+    backend = patch_ab.variants(work)["B"]
+    patch_ab.install_overlay(work)
+    os.environ["AGENT_EXECUTOR_BACKEND_OVERLAY"] = str(backend)
+    return backend
 
 
 def plot(results: list[dict[str, Any]], model: str, path: Path) -> None:
@@ -139,7 +237,9 @@ def main(argv: list[str] | None = None) -> int:
     from executor.errors import ExecutorError
     from executor.fleet.config import ReplicaConfig
     from executor.fleet.pool import ReplicaPool
+    from executor.models.resolve import resolve
 
+    overlay = overlay_warm_patch() if args.attention_patch == "warm" else None
     longest = max(args.history) + args.new_tokens
     config = ReplicaConfig(
         model=args.model,
@@ -158,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
             for history in sorted(args.history):
                 console.print(f"history {history:>6} tokens + {args.new_tokens} new ...", end=" ")
                 row = measure(handle, ids[: history + args.new_tokens], history, args.repeats)
+                # the rate at this moment, beside the row it bounds (a shared host varies)
+                row["matmul_gflops"] = round(matmul_gflops(config.threads()), 1)
                 results.append(row)
                 console.print(
                     f"cold {row['cold_s']:.3f} s  warm {row['warm_s']:.3f} s  "
@@ -166,7 +268,28 @@ def main(argv: list[str] | None = None) -> int:
     except ExecutorError as exc:
         console.print(f"[red]error:[/] {exc}")
         return 2
-    report = {"model": args.model, "device": config.resolved_device(), "results": results}
+    model_cfg = json.loads((resolve(args.model) / "config.json").read_text())
+    gflops = matmul_gflops(config.threads())
+    add_limits(results, model_cfg, gflops)
+    for row in results:
+        console.print(
+            f"history {row['history_tokens']:>6}: warm {row['warm_s']:.3f} s, limit "
+            f"{row['limit_s']:.3f} s ({row['warm_gflop']} GFLOP at "
+            f"{row.get('matmul_gflops', gflops)} GFLOP/s), x{row['warm_over_limit']}"
+        )
+    loaded = len(Path(f"{overlay}.hits").read_text().split()) if overlay else None
+    if overlay is not None and not loaded:
+        console.print("[red]the warm-attention overlay was not loaded by the engine[/]")
+        return 1
+    report = {
+        "model": args.model,
+        "device": config.resolved_device(),
+        "attention_patch": args.attention_patch,
+        "overlay_loaded_in_processes": loaded,
+        "matmul_gflops": round(gflops, 1),
+        "results": results,
+        "gpu_plan": gpu_plan(),
+    }
     text = json.dumps(report, indent=2)
     print(text)
     if args.json:

@@ -66,6 +66,7 @@ if [[ "$EXECUTOR_INSTALL_MODE" == cpu ]]; then
     | grep -v -e "dependency conflicts" -e "^sglang " -e "which is not installed" -e "but you have torch" || true
   "$VENV/bin/python" "$ROOT/infra/patches/torchvision_guard.py"
   "$VENV/bin/python" "$ROOT/infra/patches/sglang_extend_attention.py"
+  "$VENV/bin/python" "$ROOT/infra/patches/sglang_warm_attention.py"  # after the one above
   # The stand-in goes only where no real sgl_kernel exists (and is refreshed where it is ours).
   if "$VENV/bin/python" - <<'PY'
 import importlib.util, sys

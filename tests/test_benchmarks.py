@@ -88,3 +88,28 @@ def test_failover_benchmark_scenario_loses_nothing(pool: Any) -> None:
     assert report["reprefill_s"] > 0 and report["history_tokens"] > 300
     # each task's first completed call after the kill was its replay on the survivor
     assert all(row["replay_cached_tokens"] < row["history_tokens"] for row in report["per_task"])
+
+
+def test_prefill_limit_and_gpu_plan_fields() -> None:
+    """The physical limit beside each row and the GPU plan line (no engine)."""
+    from benchmarks.prefill import add_limits, gpu_plan, matmul_gflops, warm_call_flops
+
+    cfg = {
+        "hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "head_dim": 32, "intermediate_size": 384, "vocab_size": 4096,
+    }  # fmt: skip
+    f1, f8 = warm_call_flops(cfg, 1000, 200), warm_call_flops(cfg, 8000, 200)
+    assert f1["linear"] == f8["linear"] > 0  # the new tokens' weights do not grow with history
+    # attention: 2 matmuls x 2 flops x layers x heads x head_dim x (new x history + triangle)
+    assert f8["attention"] == 4 * 4 * 4 * 32 * (200 * 8000 + 200 * 201 / 2)
+    rows = [{"history_tokens": 8000, "new_tokens": 200, "warm_s": 0.1}]
+    add_limits(rows, cfg, gflops=100.0)
+    row = rows[0]
+    assert row["limit_s"] == pytest.approx((f8["linear"] + f8["attention"]) / 100e9, rel=1e-3)
+    assert row["warm_over_limit"] == pytest.approx(0.1 / row["limit_s"], rel=1e-2)
+    assert 0 < row["warm_attention_share"] < 1
+    plan = gpu_plan()
+    assert plan["history_tokens"] == 30_000 and "plan" in plan["what"]
+    assert plan["warm_s"] == pytest.approx(300 / 11_300, rel=1e-2)
+    assert plan["ratio"] > 90
+    assert matmul_gflops(1, n=128, repeats=2) > 0
