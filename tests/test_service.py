@@ -35,6 +35,7 @@ def client(pool: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Test
         max_active=MAX_ACTIVE,
     )  # fmt: skip
     with TestClient(create_app(service, token=TOKEN, max_body_bytes=8192)) as c:
+        c.service = service  # type: ignore[attr-defined]
         yield c
 
 
@@ -159,4 +160,6 @@ def test_full_service_answers_429_then_cancel(client: TestClient) -> None:
     for task_id in ids:
         view = wait_end(client, task_id, 60)
         assert view["status"] in ("cancelled", "succeeded", "step_limit"), view
+    held = client.service.handles  # type: ignore[attr-defined]
+    assert not set(ids) & set(held)  # ended tasks are the journal's, not the service's memory
     assert submit(client, {"agent": "quick", "goal": "Room again."}).status_code == 202

@@ -162,10 +162,17 @@ class TaskService:
         handle.future.add_done_callback(lambda _: self._finished(handle.task_id))
 
     def _finished(self, task_id: str) -> None:
-        self._wake(task_id)
-        handle = self.handles.get(task_id)
-        if handle is not None and handle.future.done() and not handle.future.cancelled():
+        """The task ended and its journal says how: forget its handle (the service's
+        memory stays bounded by the tasks running, not by all it ever ran)."""
+        handle = self.handles.pop(task_id, None)
+        self.cancelled.discard(task_id)
+        if handle is not None and not handle.future.cancelled():
             handle.future.exception()  # retrieved: a failed task is in its view, not the log
+        elif handle is not None:  # cancelled, maybe before it ever ran: journal its end
+            journal = self.executor.journal
+            if journal.get(task_id).status == "running":
+                journal.finish(task_id, "failed", error="cancelled")
+        self._wake(task_id)
 
     def cancel(self, task_id: str) -> ServiceStatus:
         record = self.record(task_id)
