@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -97,6 +98,22 @@ def test_remote_sdk(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
             ex.view("task-nope")
     with RemoteExecutor(server.url, "wrong") as bad, pytest.raises(Exception, match="401"):
         bad.submit("quick", "x")
+
+
+def test_the_load_benchmark_small(pool: Any, tmp_path: Path) -> None:
+    """benchmarks/service.py's service path at 6 tasks from 3 clients: every task
+    accepted, ended, and in the journal once."""
+    import argparse
+
+    from rich.console import Console
+
+    from benchmarks.service import service_path
+
+    args = argparse.Namespace(tasks=6, clients=3, max_active=256)
+    out = service_path(pool, args, tmp_path, Console(stderr=True))
+    assert out["accepted"] == 6 and out["rejected_429"] == 0 and not out["errors"], out
+    assert out["journal_once"] and out["journal_all_ended"], out
+    assert out["submit_p50_s"] > 0 and out["rss_peak_mb"] >= out["rss_ready_mb"] > 0
 
 
 def test_drain_moves_tasks_off_the_replica(server: Server) -> None:
