@@ -54,7 +54,9 @@ class ExecutorConfig(BaseModel):
     web: WebPolicy = Field(default_factory=WebPolicy)
     """Which hosts ``web_fetch`` may reach."""
     kv_reserve_tokens: int | None = Field(None, ge=1)
-    """KV each task reserves for admission (default: its expected peak history)."""
+    """KV each task is admitted with (default: with admission v2, its first prompt plus
+    the expected growth; with v1, its expected peak history). After its first call
+    the admission policy reserves by use (v2) or keeps at least this much (v1)."""
     health: HealthConfig | None = Field(default_factory=HealthConfig)
     """How hung replicas are found (None: only deaths a call runs into)."""
     heal: bool = True

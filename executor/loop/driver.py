@@ -191,7 +191,7 @@ class TaskDriver:
         sampling = {**self.agent.sampling.model_dump(exclude_none=True), "json_schema": schema}
         grant = await s.dispatcher.ready(
             self.task_id, self.agent.name, self.agent.max_steps, self._expected_history(),
-            prompt_tokens=len(action.input_ids),
+            prompt_tokens=self._first_prompt_tokens(action.input_ids),
         )
         waited = grant.waited_s
         while True:
@@ -232,6 +232,11 @@ class TaskDriver:
             reply=result.text,
         )  # fmt: skip
         self._record(CallPayload(ids=result.output_ids, info=info))
+
+    def _first_prompt_tokens(self, ids: list[int]) -> int:
+        """What usage admission reserves the first call with (0: the expected history:
+        an explicit ``kv_reserve_tokens`` is what a task starts with)."""
+        return 0 if self.services.kv_reserve_tokens is not None else len(ids)
 
     def _expected_history(self) -> int:
         if self.services.kv_reserve_tokens is not None:
