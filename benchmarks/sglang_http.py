@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -66,9 +67,11 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def sglang_servers(config: ReplicaConfig, servers: int, log_dir: Path) -> Iterator[dict[str, str]]:
-    """Start ``servers`` SGLang HTTP servers; yield their URLs by name (``s0``, ``s1``,
-    ...); stop them at exit."""
+def sglang_servers(
+    config: ReplicaConfig, servers: int, log_dir: Path, extra: list[str] | None = None
+) -> Iterator[dict[str, str]]:
+    """Start ``servers`` SGLang HTTP servers (``extra``: more flags); yield their URLs by
+    name (``s0``, ``s1``, ...; logs in ``log_dir/server{i}.log``); stop them at exit."""
     procs: list[subprocess.Popen[bytes]] = []
     env = dict(os.environ, SGLANG_USE_CPU_ENGINE="1", OMP_NUM_THREADS=str(config.threads()))
     if config.resolved_device() != "cpu":
@@ -80,8 +83,8 @@ def sglang_servers(config: ReplicaConfig, servers: int, log_dir: Path) -> Iterat
             port = free_port()
             log = open(log_dir / f"server{i}.log", "wb")  # noqa: SIM115 (the process keeps it)
             procs.append(subprocess.Popen(
-                server_argv(config, port), env=env, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True,
+                server_argv(config, port) + (extra or []), env=env, stdout=log,
+                stderr=subprocess.STDOUT, start_new_session=True,
             ))  # fmt: skip
             workers[f"s{i}"] = f"http://127.0.0.1:{port}"
         for (name, url), proc in zip(workers.items(), procs, strict=True):
@@ -127,6 +130,23 @@ def router_deployment(
     with sglang_servers(config, servers, log_dir) as workers, \
             sglang_router(workers, log_dir, policy) as url:  # fmt: skip
         yield url, workers
+
+
+#: the servers log each request's metadata (its rid), so a router's calls can be
+#: attributed to the worker that served them: the router's answer does not say
+LOG_REQUESTS = ["--log-requests", "--log-requests-level", "0"]
+_RID = re.compile(r"""\brid['"]?\s*[:=]\s*['"]([^'"]+)['"]""")
+
+
+def served_by(log_dir: Path, workers: dict[str, str]) -> dict[str, str]:
+    """rid -> worker name, from the servers' request logs (``LOG_REQUESTS``)."""
+    out: dict[str, str] = {}
+    for i, name in enumerate(workers):
+        path = log_dir / f"server{i}.log"
+        if path.exists():
+            for rid in _RID.findall(path.read_text(errors="replace")):
+                out.setdefault(rid, name)
+    return out
 
 
 def _find(data: object, key: str) -> int | None:

@@ -407,3 +407,18 @@ def test_small_run_of_every_contestant(pool: Any, tmp_path: Path) -> None:
     plot_timeline(runs, tmp_path / "timeline.png")
     plot_kv(runs, tmp_path / "kv.png")
     assert (tmp_path / "kv.png").stat().st_size > 1000
+
+
+def test_router_calls_are_attributed_from_the_servers_request_logs(tmp_path: Path) -> None:
+    from benchmarks.e2e.replay import RunTrace, TaskTrace
+    from benchmarks.sglang_http import served_by
+
+    (tmp_path / "server0.log").write_text(
+        "[2026] Receive: obj=GenerateReqInput(rid='t1-0-aa', input_ids=...)\n")
+    (tmp_path / "server1.log").write_text('{"event": "request.received", "rid": "t1-1-bb"}\n')
+    server = served_by(tmp_path, {"s0": "u0", "s1": "u1"})
+    assert server == {"t1-0-aa": "s0", "t1-1-bb": "s1"}
+    run = RunTrace("sticky_router", 0.0, 1.0, [TaskTrace("t1", 0.0, 1.0, [
+        CallTrace(0, "?", 0, 0, 0.1, 10, 0), CallTrace(1, "?", 0, 0, 0.1, 20, 10)])], [])
+    e2e_run.attribute(run, {("t1", 0): "t1-0-aa", ("t1", 1): "t1-1-bb"}, server)
+    assert [c.replica_id for c in run.tasks[0].calls] == ["s0", "s1"]

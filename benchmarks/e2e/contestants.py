@@ -139,6 +139,7 @@ class SGLangRouter:
         self.sticky = sticky
         self._worker_of = {u.rstrip("/"): rid for rid, u in workers.items()}
         self._client = httpx.AsyncClient(timeout=None)  # tool gaps and calls are never capped
+        self.rids: dict[tuple[str, int], str] = {}  # (task, call) -> its request id
 
     def headers(self, task: ReplayTask) -> dict[str, str]:
         return {ROUTING_KEY_HEADER: task.task_id} if self.sticky else {}
@@ -149,8 +150,9 @@ class SGLangRouter:
         return self._worker_of.get(url, "?")
 
     async def call(self, task: ReplayTask, k: int, ids: list[int], out: int) -> CallResult:
-        body = {"input_ids": ids, "sampling_params": sampling(out),
-                "rid": f"{task.task_id}-{k}-{uuid.uuid4().hex[:6]}"}  # fmt: skip
+        rid = f"{task.task_id}-{k}-{uuid.uuid4().hex[:8]}"
+        self.rids[(task.task_id, k)] = rid
+        body = {"input_ids": ids, "sampling_params": sampling(out), "rid": rid}
         loop = asyncio.get_running_loop()
         t0 = loop.time()
         resp = await self._client.post(f"{self.url}/generate", json=body,

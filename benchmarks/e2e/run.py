@@ -128,14 +128,21 @@ async def pool_phase(b: Bench, cfg: Any, names: tuple[str, ...], probe: bool) ->
                 run = await replay(b.replayed, contestant, b.sandboxes, load, kv,
                                    b.progress(name, load))  # fmt: skip
             b.runs[(name, load)] = run
-        if probe and todo:  # again: the machine's speed drifts
+        if probe and todo and not b.args.quick:  # again: the machine's speed drifts
             await b.measure(handles, "after")
     finally:
         await asyncio.to_thread(pool.shutdown)
 
 
 async def router_phase(b: Bench, cfg: Any) -> None:
-    from benchmarks.sglang_http import flush_workers, sglang_router, sglang_servers, worker_kv
+    from benchmarks.sglang_http import (
+        LOG_REQUESTS,
+        flush_workers,
+        served_by,
+        sglang_router,
+        sglang_servers,
+        worker_kv,
+    )
 
     todo = [(n, load) for n, load in b.todo if n in ROUTERS]
     if not todo:
@@ -144,7 +151,7 @@ async def router_phase(b: Bench, cfg: Any) -> None:
     client = httpx.AsyncClient()
     logs = b.work / "router-logs"
     try:
-        with sglang_servers(cfg, b.args.replicas, logs) as workers:
+        with sglang_servers(cfg, b.args.replicas, logs, LOG_REQUESTS) as workers:
 
             async def kv() -> list[tuple[str, int, int]]:
                 return await worker_kv(client, workers)
@@ -162,13 +169,24 @@ async def router_phase(b: Bench, cfg: Any) -> None:
                             url, workers, name=name, sticky=name == "sticky_router"
                         )
                         try:
-                            b.runs[(name, load)] = await replay(
+                            run = await replay(
                                 b.replayed, router, b.sandboxes, load, kv, b.progress(name, load)
                             )  # fmt: skip
                         finally:
                             await router.close()
+                        await asyncio.sleep(1.0)  # the servers' logs written
+                        attribute(run, router.rids, served_by(logs, workers))
+                        b.runs[(name, load)] = run
     finally:
         await client.aclose()
+
+
+def attribute(run: RunTrace, rids: dict[tuple[str, int], str], server: dict[str, str]) -> None:
+    """Name the worker of each router call the router's answer did not name."""
+    for t in run.tasks:
+        for c in t.calls:
+            if c.replica_id == "?":
+                c.replica_id = server.get(rids.get((t.task_id, c.k), ""), "?")
 
 
 async def run_all(args: argparse.Namespace, console: Console) -> dict[str, Any]:
