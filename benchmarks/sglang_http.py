@@ -1,6 +1,8 @@
 """SGLang HTTP servers and SGLang's router on loopback: the deployment a user would
 run today without this platform (``sglang.launch_server`` x N behind
-``sglang_router.launch_router --policy cache_aware``).
+``sglang_router.launch_router``, ``--policy cache_aware`` or the sticky
+``--policy manual --assignment-mode min_load``; several routers may front the
+same servers, one after the other).
 
 Each server gets the same engine settings as the platform's replicas
 (:meth:`ReplicaConfig.engine_kwargs`, as command-line flags) and the same
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -64,11 +67,11 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def router_deployment(
-    config: ReplicaConfig, servers: int, log_dir: Path, policy: str = "cache_aware"
-) -> Iterator[tuple[str, dict[str, str]]]:
-    """Start ``servers`` SGLang HTTP servers and the router; yield the router's URL and
-    the workers' URLs by name (``s0``, ``s1``, ...); stop them all at exit."""
+def sglang_servers(
+    config: ReplicaConfig, servers: int, log_dir: Path, extra: list[str] | None = None
+) -> Iterator[dict[str, str]]:
+    """Start ``servers`` SGLang HTTP servers (``extra``: more flags); yield their URLs by
+    name (``s0``, ``s1``, ...; logs in ``log_dir/server{i}.log``); stop them at exit."""
     procs: list[subprocess.Popen[bytes]] = []
     env = dict(os.environ, SGLANG_USE_CPU_ENGINE="1", OMP_NUM_THREADS=str(config.threads()))
     if config.resolved_device() != "cpu":
@@ -80,27 +83,103 @@ def router_deployment(
             port = free_port()
             log = open(log_dir / f"server{i}.log", "wb")  # noqa: SIM115 (the process keeps it)
             procs.append(subprocess.Popen(
-                server_argv(config, port), env=env, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True,
+                server_argv(config, port) + (extra or []), env=env, stdout=log,
+                stderr=subprocess.STDOUT, start_new_session=True,
             ))  # fmt: skip
             workers[f"s{i}"] = f"http://127.0.0.1:{port}"
         for (name, url), proc in zip(workers.items(), procs, strict=True):
             _wait_ready(f"{url}/health", proc, f"SGLang server {name}", 600)
-        port = free_port()
-        log = open(log_dir / "router.log", "wb")  # noqa: SIM115
-        argv = [sys.executable, "-m", "sglang_router.launch_router", "--host", "127.0.0.1",
-                "--port", str(port), "--policy", policy, "--worker-startup-check-interval", "1",
-                "--log-level", "warn", "--worker-urls", *workers.values()]  # fmt: skip
-        router = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        procs.append(router)
-        url = f"http://127.0.0.1:{port}"
-        _wait_workers(url, router, len(workers))
-        yield url, workers
+        yield workers
     finally:
         for proc in reversed(procs):
             _stop(proc)
+
+
+def router_argv(port: int, workers: dict[str, str], policy: str, extra: list[str]) -> list[str]:
+    return [sys.executable, "-m", "sglang_router.launch_router", "--host", "127.0.0.1",
+            "--port", str(port), "--policy", policy, *extra, "--worker-startup-check-interval",
+            "1", "--log-level", "warn", "--worker-urls", *workers.values()]  # fmt: skip
+
+
+@contextlib.contextmanager
+def sglang_router(
+    workers: dict[str, str], log_dir: Path, policy: str = "cache_aware",
+    extra: list[str] | None = None,
+) -> Iterator[str]:  # fmt: skip
+    """SGLang's router over running ``workers``; yield its URL; stop it at exit.
+    ``extra``: more flags (``["--assignment-mode", "min_load"]`` with ``manual``)."""
+    port = free_port()
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log = open(log_dir / f"router-{policy}.log", "wb")  # noqa: SIM115
+    router = subprocess.Popen(router_argv(port, workers, policy, extra or []), stdout=log,
+                              stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait_workers(url, router, len(workers))
+        yield url
+    finally:
+        _stop(router)
+
+
+@contextlib.contextmanager
+def router_deployment(
+    config: ReplicaConfig, servers: int, log_dir: Path, policy: str = "cache_aware"
+) -> Iterator[tuple[str, dict[str, str]]]:
+    """``servers`` SGLang HTTP servers and the router; yield the router's URL and the
+    workers' URLs by name; stop them all at exit."""
+    with sglang_servers(config, servers, log_dir) as workers, \
+            sglang_router(workers, log_dir, policy) as url:  # fmt: skip
+        yield url, workers
+
+
+#: the servers log each request's metadata (its rid), so a router's calls can be
+#: attributed to the worker that served them: the router's answer does not say
+LOG_REQUESTS = ["--log-requests", "--log-requests-level", "0"]
+_RID = re.compile(r"""\brid['"]?\s*[:=]\s*['"]([^'"]+)['"]""")
+
+
+def served_by(log_dir: Path, workers: dict[str, str]) -> dict[str, str]:
+    """rid -> worker name, from the servers' request logs (``LOG_REQUESTS``)."""
+    out: dict[str, str] = {}
+    for i, name in enumerate(workers):
+        path = log_dir / f"server{i}.log"
+        if path.exists():
+            for rid in _RID.findall(path.read_text(errors="replace")):
+                out.setdefault(rid, name)
+    return out
+
+
+def _find(data: object, key: str) -> int | None:
+    if isinstance(data, dict):
+        if key in data and isinstance(data[key], int | float):
+            return int(data[key])
+        data = list(data.values())
+    if isinstance(data, list):
+        for item in data:
+            if (found := _find(item, key)) is not None:
+                return found
+    return None
+
+
+async def worker_kv(
+    client: httpx.AsyncClient, workers: dict[str, str]
+) -> list[tuple[str, int, int]]:
+    """Each worker's KV pool: (name, used tokens, capacity) from its ``/v1/loads``
+    (a worker that does not answer is left out)."""
+    out = []
+    for name, url in workers.items():
+        with contextlib.suppress(httpx.HTTPError, ValueError):
+            body = (await client.get(f"{url}/v1/loads", timeout=5)).json()
+            used, cap = _find(body, "num_used_tokens"), _find(body, "max_total_num_tokens")
+            if used is not None and cap:
+                out.append((name, used, cap))
+    return out
+
+
+async def flush_workers(client: httpx.AsyncClient, workers: dict[str, str]) -> None:
+    for url in workers.values():
+        with contextlib.suppress(httpx.HTTPError):
+            await client.post(f"{url}/flush_cache", timeout=30)
 
 
 def _wait_workers(

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 from scipy.optimize import nnls
 
-from benchmarks.agent_replay import RunTrace
-from benchmarks.agent_workload import ReplayTask
+from benchmarks.e2e.replay import RunTrace
+from benchmarks.e2e.workload import ReplayTask
 from executor.fleet.handle import ReplicaHandle
 from scheduler import SchedulerConfig
 from sim.metrics import percentile
@@ -38,6 +38,9 @@ MIN_IDLE_HOST_CALLS = 10
 #: contestant -> (simulator policy, prefix cache)
 SIM_POLICY = {
     "ours": ("ours", True),
+    "ours_v1": ("ours-v1", True),
+    "ours_core": ("ours", True),
+    "sticky_router": ("sticky", True),
     "round_robin": ("round_robin", True),
     "sglang_router": ("cache_aware", True),
     "no_cache": ("ours", False),

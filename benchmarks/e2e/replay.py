@@ -10,8 +10,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from benchmarks.agent_contestants import CallResult, Contestant
-from benchmarks.agent_workload import ReplayTask
+from benchmarks.e2e.contestants import CallResult, Contestant
+from benchmarks.e2e.workload import ReplayTask
+from executor.dispatch import TaskRefused
 from tools.sandbox.base import SandboxBackend
 
 
@@ -46,6 +47,8 @@ class RunTrace:
     ended: float
     tasks: list[TaskTrace]
     kv: list[tuple[float, str, int, int]]  # (t, replica, used tokens, capacity)
+    path: str = "replay"  # "executor": the tasks ran through the public Executor
+    rejected: int = 0  # tasks the contestant refused
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -60,12 +63,14 @@ class RunTrace:
             for t in data["tasks"]
         ]  # fmt: skip
         kv = [tuple(x) for x in data["kv"]]
-        return cls(data["contestant"], data["started"], data["ended"], tasks, kv)
+        return cls(data["contestant"], data["started"], data["ended"], tasks, kv,
+                   data.get("path", "replay"), data.get("rejected", 0))  # fmt: skip
 
 
 async def replay_task(
     task: ReplayTask, contestant: Contestant, sandboxes: SandboxBackend, clock: Callable[[], float]
-) -> TaskTrace:
+) -> TaskTrace | None:
+    """One task's calls and tools; None if the contestant refused it."""
     trace = TaskTrace(task.task_id, clock())
     sandbox = await sandboxes.open(task.task_id)
     try:
@@ -75,7 +80,12 @@ async def replay_task(
             if k:
                 ids += out + list(task.new_ids[k])
             submitted = clock()
-            r: CallResult = await contestant.call(task, k, ids, task.plan.output_tokens[k])
+            try:
+                r: CallResult = await contestant.call(task, k, ids, task.plan.output_tokens[k])
+            except TaskRefused:
+                if k:
+                    raise
+                return None
             ended = clock()
             started = min(ended, submitted + r.queued_s)
             trace.calls.append(CallTrace(
@@ -85,7 +95,7 @@ async def replay_task(
             if k < task.calls - 1:
                 contestant.tool_started(task.task_id)
                 t0 = clock()
-                result = await sandbox.exec(task.tool_argv(k), timeout=60)
+                result = await sandbox.exec(task.tool_argv(k), timeout=task.tool_timeout(k))
                 if result.exit_code != 0:
                     raise RuntimeError(f"{task.task_id}: tool failed: {result.stderr[-300:]!r}")
                 trace.tools.append((t0, clock()))
@@ -113,10 +123,10 @@ async def replay(
     gate = asyncio.Semaphore(concurrency)
     kv: list[tuple[float, str, int, int]] = []
 
-    async def one(task: ReplayTask) -> TaskTrace:
+    async def one(task: ReplayTask) -> TaskTrace | None:
         async with gate:
             trace = await replay_task(task, contestant, sandboxes, clock)
-        if on_task is not None:
+        if on_task is not None and trace is not None:
             on_task(trace)
         return trace
 
@@ -134,4 +144,5 @@ async def replay(
     finally:
         if sampler is not None:
             sampler.cancel()
-    return RunTrace(contestant.name, 0.0, clock(), list(traces), kv)
+    done = [t for t in traces if t is not None]
+    return RunTrace(contestant.name, 0.0, clock(), done, kv, rejected=len(traces) - len(done))

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks.agent_replay import RunTrace
+from benchmarks.e2e.replay import RunTrace
 from sim.plot import pyplot
 
-COLORS = {"ours": "tab:green", "round_robin": "tab:red", "sglang_router": "tab:blue",
+COLORS = {"ours": "tab:green", "ours_v1": "tab:olive", "ours_core": "tab:cyan",
+          "round_robin": "tab:red", "sglang_router": "tab:blue", "sticky_router": "tab:purple",
           "no_cache": "tab:orange"}  # fmt: skip
 
 
@@ -55,6 +56,27 @@ def plot_timeline(runs: list[RunTrace], path: Path) -> None:
         ax.legend(handles, labels, fontsize=7, loc="upper right", ncol=len(labels))
         ax.set_ylabel(f"{run.contestant}\ntasks")
         ax.set_yticks([])
+    axes[-1, 0].set_xlabel("time (s)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_kv(runs: list[RunTrace], path: Path) -> None:
+    """KV occupancy per replica over time, one panel per contestant."""
+    plt = pyplot()
+    fig, axes = plt.subplots(len(runs), 1, figsize=(9, 1.6 + 1.4 * len(runs)), sharex=True,
+                             squeeze=False)  # fmt: skip
+    for ax, run in zip(axes[:, 0], runs, strict=True):
+        series: dict[str, list[tuple[float, float]]] = {}
+        for t, rid, used, cap in run.kv:
+            series.setdefault(rid, []).append((t, used / cap if cap else 0.0))
+        for rid, pts in sorted(series.items()):
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=0.9, label=rid)
+        ax.set_ylim(0, 1.05)
+        ax.set_ylabel(f"{run.contestant}\nKV used")
+        if series:
+            ax.legend(fontsize=7, loc="upper right")
     axes[-1, 0].set_xlabel("time (s)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -6,6 +6,8 @@
 - ``round_robin``: a stateless balancer, each call to the next replica;
 - ``sglang_router``: SGLang's own router (``cache_aware``) in front of SGLang
   HTTP servers on loopback (:mod:`benchmarks.sglang_http`);
+- ``sticky_router``: the same router with ``--policy manual --assignment-mode
+  min_load``, each call carrying ``x-smg-routing-key: <task id>`` (sticky per task);
 - ``no_cache``: ours on replicas started with SGLang's radix cache disabled.
 
 Each answers ``call(task, k, ids, out)`` with SGLang's own token counts, and
@@ -22,7 +24,7 @@ from typing import Any, Protocol
 
 import httpx
 
-from benchmarks.agent_workload import ReplayTask
+from benchmarks.e2e.workload import ReplayTask
 from executor.dispatch import Dispatcher
 from executor.fleet.generation import GenerateResult
 from executor.fleet.handle import ReplicaHandle
@@ -119,27 +121,48 @@ class RoundRobin:
         pass
 
 
+#: the router's answer names the worker that served the call
+WORKER_HEADER = "x-smg-target-worker"
+#: the sticky policy's key (``--policy manual``)
+ROUTING_KEY_HEADER = "x-smg-routing-key"
+
+
 class SGLangRouter:
-    """SGLang's router in front of SGLang HTTP servers: POST /generate with token ids."""
+    """SGLang's router in front of SGLang HTTP servers: POST /generate with token ids.
+    ``sticky``: each call carries its task's id as the routing key."""
 
-    name = "sglang_router"
-
-    def __init__(self, url: str, workers: dict[str, str]) -> None:
+    def __init__(
+        self, url: str, workers: dict[str, str], name: str = "sglang_router", sticky: bool = False
+    ) -> None:
+        self.name = name
         self.url = url
+        self.sticky = sticky
         self._worker_of = {u.rstrip("/"): rid for rid, u in workers.items()}
-        self._client = httpx.AsyncClient(timeout=600.0)
+        self._client = httpx.AsyncClient(timeout=None)  # tool gaps and calls are never capped
+        self.rids: dict[tuple[str, int], str] = {}  # (task, call) -> its request id
+
+    def headers(self, task: ReplayTask) -> dict[str, str]:
+        return {ROUTING_KEY_HEADER: task.task_id} if self.sticky else {}
+
+    def worker(self, headers: Any) -> str:
+        """The replica id of the worker named by the router's answer (``?``: none named)."""
+        url = str(headers.get(WORKER_HEADER, "") or headers.get("x-worker", "")).rstrip("/")
+        return self._worker_of.get(url, "?")
 
     async def call(self, task: ReplayTask, k: int, ids: list[int], out: int) -> CallResult:
-        body = {"input_ids": ids, "sampling_params": sampling(out), "rid": uuid.uuid4().hex}
+        rid = f"{task.task_id}-{k}-{uuid.uuid4().hex[:8]}"
+        self.rids[(task.task_id, k)] = rid
+        body = {"input_ids": ids, "sampling_params": sampling(out), "rid": rid}
         loop = asyncio.get_running_loop()
         t0 = loop.time()
-        resp = await self._client.post(f"{self.url}/generate", json=body)
+        resp = await self._client.post(f"{self.url}/generate", json=body,
+                                       headers=self.headers(task))  # fmt: skip
         latency = loop.time() - t0
         resp.raise_for_status()
         data = resp.json()
         meta = data["meta_info"]
         return CallResult(
-            replica_id=self._worker_of.get(resp.headers.get("x-worker", ""), "?"),
+            replica_id=self.worker(resp.headers),
             output_ids=list(data["output_ids"]),
             prompt_tokens=int(meta["prompt_tokens"]),
             cached_tokens=int(meta.get("cached_tokens", 0)),

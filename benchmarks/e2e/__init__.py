@@ -1,0 +1,33 @@
+"""End-to-end benchmark v2: the product path against the peers users deploy, over a
+load sweep.
+
+The same seeded agent tasks (scenario ``default``: 10-30 calls, growing prompts;
+``heavy_tail``: shaped like agent traces, :mod:`benchmarks.e2e.workload`) run
+closed-loop, ``--concurrency`` tasks at a time, with a real tool run in a
+bubblewrap sandbox between calls, through:
+
+- ``ours``: the product: the public ``Executor`` (journal, telemetry, health
+  checks, per-task sandbox, the task loop; :mod:`benchmarks.e2e.product`);
+- ``ours_v1``: the same with admission v1 (``scheduler.config.v1``);
+- ``ours_core``: the scheduler core alone over the Dispatcher (no executor);
+- ``round_robin``: each call to the next replica (same Ray replicas);
+- ``sticky_router``: SGLang's router, ``--policy manual --assignment-mode
+  min_load``, ``x-smg-routing-key`` = the task id, over SGLang HTTP servers;
+- ``sglang_router``: SGLang's router, ``cache_aware``, over the same servers;
+- ``no_cache``: the core on replicas with the radix cache disabled.
+
+``ours``, ``sticky_router`` and ``round_robin`` run at every load, the others at
+the middle one. Every contestant replays the executor's journal of ``ours``
+(its prompts' token ids, its replies' lengths) with the plan's tool gaps.
+Reported per contestant and load: task p50/p95/p99, tasks/hour, call latency by
+turn index, prefill and re-prefilled tokens, cache hit ratio, tasks rejected,
+the replica of every call, KV occupancy per replica over time; PNGs: CDF,
+timeline, KV; the simulator's calibration per contestant.
+
+    python -m benchmarks.e2e --json out/e2e.json
+"""
+
+CONTESTANTS = ("ours", "ours_v1", "ours_core", "sticky_router", "sglang_router", "round_robin",
+               "no_cache")  # fmt: skip
+#: the contestants run at every load of the sweep
+EVERY_LOAD = ("ours", "sticky_router", "round_robin")

@@ -1,0 +1,3 @@
+from benchmarks.e2e.cli import main
+
+raise SystemExit(main())

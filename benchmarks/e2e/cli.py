@@ -1,0 +1,151 @@
+"""``python -m benchmarks.e2e``: its command line, its workload settings, its report file.
+
+python -m benchmarks.e2e --json out/e2e.json                 # the sweep, every contestant
+python -m benchmarks.e2e --quick --json out/e2e_quick.json   # CI: one load, four contestants
+python -m benchmarks.e2e --calibrate out/e2e.json            # the calibration again, no engines
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from benchmarks.e2e import CONTESTANTS, EVERY_LOAD
+from benchmarks.e2e import __doc__ as package_doc
+from benchmarks.e2e.plan import build_workload, middle, schedule, workload_spec
+from benchmarks.e2e.workload import SCENARIOS
+
+__all__ = ["CONTESTANTS", "build_workload", "main", "middle", "parse_args", "schedule",
+           "workload_spec"]  # fmt: skip
+
+#: --quick: a few tasks at one load, the product path against the core and the sticky
+#: router and round robin (under 5 minutes here)
+QUICK = {"tasks": 4, "concurrency": [4], "calls": 6, "calls_spread": 0.0, "history_tokens": 2000,
+         "contestants": ["ours", "ours_core", "sticky_router", "round_robin"],
+         "probe_repeats": 1}  # fmt: skip
+
+
+def _names(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    bad = [n for n in names if n not in CONTESTANTS]
+    if not names or bad:
+        raise argparse.ArgumentTypeError(f"contestants are among {', '.join(CONTESTANTS)}")
+    return names
+
+
+def _loads(text: str) -> list[int]:
+    try:
+        loads = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        loads = []
+    if not loads or min(loads) < 1:
+        raise argparse.ArgumentTypeError("--concurrency is a comma-separated list of ints >= 1")
+    return loads
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.e2e", description=package_doc,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    p.add_argument("--scenario", choices=SCENARIOS, default="default",
+                   help="workload shape (default: default)")  # fmt: skip
+    p.add_argument("--tasks", type=int, default=16, help="tasks per run (default: 16)")
+    p.add_argument("--concurrency", type=_loads, default=[6, 12, 18],
+                   help="the load sweep, tasks at once (default: 6,12,18; "
+                   f"{', '.join(EVERY_LOAD)} at every load, the others at the middle one)",
+    )  # fmt: skip
+    p.add_argument("--replicas", type=int, default=2, help="engine replicas (default: 2)")
+    p.add_argument("--model", default="tiny", help="registered model (default: tiny)")
+    p.add_argument("--contestants", type=_names, default=list(CONTESTANTS),
+                   help=f"comma-separated among {', '.join(CONTESTANTS)} (default: all)",
+    )  # fmt: skip
+    p.add_argument("--quick", action="store_true",
+                   help="CI size: " + ", ".join(f"{k}={v}" for k, v in QUICK.items()))  # fmt: skip
+    w = p.add_argument_group("workload (scenario default)")
+    w.add_argument("--calls", type=int, default=20, help="mean calls per task (default: 20)")
+    w.add_argument("--calls-spread", type=float, default=0.5,
+                   help="calls uniform in calls x [1-s, 1+s] (default: 0.5: 10-30)")  # fmt: skip
+    w.add_argument("--history-tokens", type=int, default=6000,
+                   help="mean final history per task (default: 6000)")  # fmt: skip
+    w.add_argument("--system-tokens", type=int, default=600, help="shared system prompt")
+    w.add_argument("--first-tokens", type=int, default=200, help="task's first message")
+    w.add_argument("--output-tokens", type=int, default=24, help="mean output per call")
+    w.add_argument("--tool-median", type=float, default=0.3, help="tool latency median (s)")
+    w.add_argument("--tool-p99", type=float, default=2.0, help="tool latency p99 (s)")
+    w.add_argument("--agents", type=int, default=2, help="agents (system prompts)")
+    p.add_argument("--max-total-tokens", type=int, default=None,
+                   help="KV pool per replica in tokens (default: 16384 for the default "
+                   "scenario, 32768 for heavy_tail)")  # fmt: skip
+    p.add_argument("--sandbox", default="bwrap", help="sandbox backend of the tools")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--probe-repeats", type=int, default=3,
+                   help="each engine probe is the median of this many (default: 3)")  # fmt: skip
+    p.add_argument("--json", type=Path, default=None, help="write the report here (and PNGs)")
+    p.add_argument(
+        "--calibrate", type=Path, default=None, metavar="REPORT",
+        help="only redo the calibration from a saved report's traces (no engines); "
+        "with --json, write the report with it there",
+    )  # fmt: skip
+    args = p.parse_args(argv)
+    if args.quick:
+        for key, value in QUICK.items():
+            setattr(args, key, value)
+    if args.max_total_tokens is None:
+        args.max_total_tokens = 32768 if args.scenario == "heavy_tail" else 16384
+    if min(args.tasks, args.replicas, args.probe_repeats) < 1:
+        p.error("--tasks, --replicas and --probe-repeats must be >= 1")
+    return args
+
+
+def brief(report: dict[str, Any]) -> dict[str, Any]:
+    """The report without its traces and time series (what is printed)."""
+    out = {k: v for k, v in report.items() if k not in ("traces", "plans", "contestants", "sweep")}
+    out["contestants"] = {n: {k: v for k, v in s.items() if k != "kv_occupancy"}
+                          for n, s in report["contestants"].items()}  # fmt: skip
+    out["sweep"] = report.get("sweep", [])
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    console = Console(stderr=True)
+    from benchmarks.e2e.plots import plot_cdf, plot_kv, plot_timeline
+    from benchmarks.e2e.run import recalibrate, run_all
+    from executor.errors import ExecutorError
+
+    if args.calibrate is not None:
+        try:
+            report = json.loads(args.calibrate.read_text())
+            report["calibration"] = recalibrate(report)
+        except (OSError, KeyError, ValueError) as exc:
+            console.print(f"[red]error:[/] {args.calibrate} is not a report with traces: {exc}")
+            return 2
+        print(json.dumps(report["calibration"], indent=2))
+        if args.json:  # the report again, with this calibration
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(report, indent=2) + "\n")
+            console.print(f"wrote {args.json}")
+        return 0
+
+    try:
+        report = asyncio.run(run_all(args, console))
+    except ExecutorError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        return 2
+    runs = report.pop("_runs")
+    print(json.dumps(brief(report), indent=2))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        stem = args.json.with_name(args.json.stem)
+        plot_cdf(runs, Path(f"{stem}_cdf.png"))
+        plot_timeline(runs, Path(f"{stem}_timeline.png"))
+        plot_kv(runs, Path(f"{stem}_kv.png"))
+        console.print(f"wrote {args.json} and its PNGs")
+    return 0

@@ -1,0 +1,52 @@
+"""What one benchmark run does: its workload (by scenario) and its (contestant, load) runs."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from benchmarks.e2e import EVERY_LOAD
+from benchmarks.e2e.workload import HeavyTailSpec, ReplayTask
+
+
+def middle(loads: list[int]) -> int:
+    """The load where every contestant runs (the report's ``contestants``)."""
+    return sorted(loads)[len(loads) // 2]
+
+
+def schedule(contestants: list[str], loads: list[int]) -> list[tuple[str, int]]:
+    """(contestant, load) runs: those of EVERY_LOAD at each load, the rest at the middle."""
+    mid = middle(loads)
+    return [(n, load) for load in sorted(set(loads)) for n in contestants
+            if n in EVERY_LOAD or load == mid]  # fmt: skip
+
+
+def workload_spec(args: argparse.Namespace) -> Any:
+    """The simulator's spec of the scenario (heavy_tail: its means, for the baselines'
+    system prompt)."""
+    from sim.workload import WorkloadSpec
+
+    if getattr(args, "scenario", "default") == "heavy_tail":
+        h = HeavyTailSpec()
+        return WorkloadSpec(
+            calls=h.turns_median, history_tokens=h.history_max,
+            system_prompt_tokens=min(h.system_tokens), first_message_tokens=h.first_tokens,
+            output_tokens=h.output_median, tool_median_s=h.tool_median_s,
+            tool_p99_s=h.slow_tool_s[1], agents=h.agents,
+        )  # fmt: skip
+    return WorkloadSpec(
+        calls=args.calls, calls_spread=args.calls_spread, history_tokens=args.history_tokens,
+        system_prompt_tokens=args.system_tokens, first_message_tokens=args.first_tokens,
+        output_tokens=args.output_tokens, token_spread=0.5, tool_median_s=args.tool_median,
+        tool_p99_s=args.tool_p99, agents=args.agents,
+    )  # fmt: skip
+
+
+def build_workload(args: argparse.Namespace) -> list[ReplayTask]:
+    from benchmarks.e2e.workload import make_heavy_tail, make_workload
+
+    if getattr(args, "scenario", "default") == "heavy_tail":
+        return make_heavy_tail(HeavyTailSpec(), args.tasks, args.seed)
+    return make_workload(workload_spec(args), args.tasks, args.seed)
+
+

@@ -1,0 +1,207 @@
+"""``ours`` through the product: the plan's tasks run by the public :class:`Executor`
+(journal, telemetry, health checks, a bubblewrap sandbox per task, the real task
+loop and its reply grammar) on the benchmark's replicas.
+
+Each task is an agent forced to call one tool, ``replay``, at every step until its
+step limit (``tool_choice="required"``, ``reset_tool_choice=False``,
+``answer_on_repeat=False``, ``max_steps`` = the plan's calls). The tool runs the
+plan's tool command in the task's sandbox (a sleep of the recorded duration,
+then a small command) and returns text of the recorded length (the next call's
+observation tokens). The agent's instructions are the agent type's system
+prompt, the goal the task's first message (both decoded from the plan's ids),
+so tasks of one agent share a prefix.
+
+The model's replies are the reply grammar's (``{"name": "replay", "arguments":
+{}}``: a dozen tokens, not the plan's output lengths), and the chat template
+wraps each observation: the executor's token counts are its own. The other
+contestants therefore replay the executor's journal (:func:`journal_records` ->
+:func:`benchmarks.e2e.workload.follow_journal`): the same first prompts, the same
+observation ids, replies of the same lengths, the plan's tool gaps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from benchmarks.e2e.replay import CallTrace, RunTrace, TaskTrace
+from benchmarks.e2e.workload import ReplayTask
+from executor import Agent, Executor
+from executor.fleet.generation import SamplingParams
+from executor.fleet.pool import ReplicaPool
+from executor.loop.journal import CallPayload, Journal, ObservationPayload
+from executor.result import CallStep, ToolStep
+from scheduler import SchedulerConfig
+from tools import Tool, ToolContext, tool
+from tools.result import ToolError
+from tools.sandbox import SandboxBackend
+
+#: what the reply grammar's reply may take at most (it needs ~12 with the tiny model)
+MAX_REPLY_TOKENS = 48
+
+
+class ObservationText:
+    """Text of a given length in the model's tokens, from a plan's ids."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tok = tokenizer
+
+    def count(self, text: str) -> int:
+        return len(self.tok.encode(text, add_special_tokens=False))
+
+    def text(self, ids: tuple[int, ...] | list[int]) -> str:
+        """The ids decoded; grown or cut until it encodes to about ``len(ids)`` tokens
+        (re-encoding merges across the old token boundaries)."""
+        want = len(ids)
+        text = self.tok.decode(list(ids), skip_special_tokens=True)
+        for _ in range(4):
+            have = self.count(text)
+            if have >= want or not text:
+                break
+            text += " " + self.tok.decode(list(ids[: want - have]), skip_special_tokens=True)
+        while self.count(text) > want and len(text) > 1:
+            text = text[: max(1, int(len(text) * want / self.count(text)))]
+        return text.strip() or "ok"
+
+
+def replay_tool(workload: list[ReplayTask], texts: ObservationText) -> Tool:
+    """The ``replay`` tool: the task's next recorded tool step (its sandboxed command,
+    then text of the next observation's length)."""
+    by_id = {w.task_id: w for w in workload}
+    obs = {w.task_id: [texts.text(ids) for ids in w.new_ids[1:]] for w in workload}
+    done: dict[str, int] = {}
+
+    @tool
+    async def replay(ctx: ToolContext) -> str:
+        """Run the next step of the task's work and show its output."""
+        if ctx.task_id not in by_id:
+            raise ToolError(f"no plan for task {ctx.task_id}")
+        task = by_id[ctx.task_id]
+        k = done.get(task.task_id, 0)
+        done[task.task_id] = k + 1
+        result = await ctx.require_sandbox().exec(task.tool_argv(k), timeout=task.tool_timeout(k))
+        if result.exit_code != 0:
+            raise ToolError(f"the recorded command failed: {result.stderr[-300:]!r}")
+        return obs[task.task_id][k]
+
+    return replay
+
+
+def agents_for(workload: list[ReplayTask], model: str, texts: ObservationText, tool_: Tool,
+               max_steps: dict[str, int]) -> dict[str, Agent]:  # fmt: skip
+    """One :class:`Agent` per (agent type, step limit): instructions = the type's system prompt."""
+    out: dict[str, Agent] = {}
+    for w in workload:
+        key = f"{w.plan.agent}-{max_steps[w.task_id]}"
+        if key not in out:
+            out[key] = Agent(
+                name=key, instructions=texts.text(w.system_ids), tools=[tool_], model=model,
+                max_steps=max_steps[w.task_id], tool_choice="required", reset_tool_choice=False,
+                answer_on_repeat=False,
+                sampling=SamplingParams(max_new_tokens=MAX_REPLY_TOKENS, temperature=0.0),
+            )  # fmt: skip
+    return out
+
+
+class StepClock:
+    """Each task's calls and tools on the benchmark's clock, from the executor's
+    ``on_step`` callback (a step is announced when it is journaled: a call's end,
+    a tool's end; their starts are that less the step's own durations)."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self.traces: dict[str, TaskTrace] = {}
+
+    def on_step(self, task_id: str, step: Any) -> None:
+        trace = self.traces.setdefault(task_id, TaskTrace(task_id, 0.0))
+        now = self.clock()
+        if isinstance(step, CallStep):
+            started = now - step.latency_s
+            trace.calls.append(CallTrace(
+                step.step - 1, step.replica_id, started - step.queue_wait_s, started, now,
+                step.prompt_tokens, step.cached_tokens,
+            ))  # fmt: skip
+        elif isinstance(step, ToolStep):
+            trace.tools.append((now - step.duration_s, now))
+
+
+async def run_product(
+    name: str, workload: list[ReplayTask], pool: ReplicaPool, sandboxes: SandboxBackend,
+    concurrency: int, scheduler: SchedulerConfig, journal_path: Path, texts: ObservationText,
+    kv_probe: Callable[[], Any] | None = None, on_task: Callable[[TaskTrace], None] | None = None,
+) -> tuple[RunTrace, Journal]:  # fmt: skip
+    """Every task through an :class:`Executor` on ``pool``, ``concurrency`` at a time."""
+    tool_ = replay_tool(workload, texts)
+    agents = agents_for(workload, pool.config.model, texts, tool_,
+                        {w.task_id: w.calls for w in workload})  # fmt: skip
+    t0 = time.perf_counter()
+
+    def clock() -> float:
+        return time.perf_counter() - t0
+
+    steps = StepClock(clock)
+    journal = Journal(journal_path)
+    ex = Executor(model=pool.config.model, sandbox=sandboxes, journal=journal,
+                  telemetry="memory", scheduler=scheduler, pool=pool,
+                  on_step=steps.on_step)  # fmt: skip
+    await ex.start()
+
+    kv: list[tuple[float, str, int, int]] = []
+    gate = asyncio.Semaphore(concurrency)
+    failures: list[str] = []
+    rejected: list[str] = []
+    goals = {w.task_id: texts.text(w.new_ids[0]) for w in workload}
+
+    async def one(w: ReplayTask) -> TaskTrace | None:
+        async with gate:
+            started = clock()
+            agent = agents[f"{w.plan.agent}-{w.calls}"]
+            result = await ex.run(agent, goals[w.task_id], task_id=w.task_id)
+            ended = clock()
+        if result.status == "failed" and "reject" in (result.error or "").lower():
+            rejected.append(w.task_id)
+            return None
+        if result.status != "step_limit" or len(result.steps) != 2 * w.calls - 1:
+            failures.append(f"{w.task_id}: {result.status} {result.error or ''}".strip())
+        trace = steps.traces.pop(w.task_id, TaskTrace(w.task_id, 0.0))
+        trace.started, trace.ended = started, ended
+        if on_task is not None:
+            on_task(trace)
+        return trace
+
+    async def sample() -> None:
+        assert kv_probe is not None
+        while True:
+            now = clock()
+            for rid, used, cap in await kv_probe():
+                kv.append((now, rid, used, cap))
+            await asyncio.sleep(0.5)
+
+    sampler = asyncio.ensure_future(sample()) if kv_probe is not None else None
+    try:
+        traces = await asyncio.gather(*(one(w) for w in workload))
+    finally:
+        if sampler is not None:
+            sampler.cancel()
+        await ex.close()
+    if failures:
+        raise RuntimeError(f"{name}: tasks did not run their plan: {failures[:3]}")
+    run = RunTrace(name, 0.0, clock(), [t for t in traces if t is not None], kv,
+                   path="executor", rejected=len(rejected))  # fmt: skip
+    return run, journal
+
+
+def journal_records(
+    journal: Journal, workload: list[ReplayTask]
+) -> dict[str, tuple[list[int], list[int], list[list[int]]]]:
+    """Each task's first prompt, replies' lengths and observations' ids, as journaled."""
+    out = {}
+    for w in workload:
+        record = journal.get(w.task_id)
+        replies = [len(p.ids) for p in record.payloads if isinstance(p, CallPayload)]
+        observations = [list(p.ids) for p in record.payloads if isinstance(p, ObservationPayload)]
+        out[w.task_id] = (list(record.prompt_ids), replies, observations)
+    return out

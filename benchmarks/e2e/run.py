@@ -1,0 +1,295 @@
+"""One benchmark run: the phases (the Ray replicas, the replicas without a cache,
+the SGLang servers behind the routers), each contestant at its loads, the report."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+from rich.console import Console
+
+from benchmarks.e2e import calibration as calib
+from benchmarks.e2e.contestants import Ours, RoundRobin, SGLangRouter
+from benchmarks.e2e.plan import build_workload, middle, schedule, workload_spec
+from benchmarks.e2e.product import ObservationText, journal_records, run_product
+from benchmarks.e2e.replay import RunTrace, TaskTrace, replay
+from benchmarks.e2e.report import TURN_METRIC, summarize, sweep_rows, targets
+from benchmarks.e2e.workload import (
+    ReplayTask,
+    follow_journal,
+    plans_from_json,
+    plans_to_json,
+    shape,
+)
+from scheduler import SchedulerConfig
+from scheduler.config import v1
+
+#: contestants on the Ray replicas with the radix cache on (the executor's first)
+POOL = ("ours", "ours_v1", "ours_core", "round_robin")
+ROUTERS = {"sticky_router": ("manual", ["--assignment-mode", "min_load"]),
+           "sglang_router": ("cache_aware", [])}  # fmt: skip
+
+
+class Bench:
+    """What the phases share: the settings, the workload as planned and as the
+    executor ran it, the sandboxes, the runs so far."""
+
+    def __init__(self, args: argparse.Namespace, console: Console) -> None:
+        self.args, self.console = args, console
+        self.workload: list[ReplayTask] = build_workload(args)
+        self.followed: list[ReplayTask] | None = None  # the executor's journal of them
+        self.plan_source = "the seeded plan (no executor run)"
+        self.journal_matches: dict[str, float] = {}
+        self.runs: dict[tuple[str, int], RunTrace] = {}
+        self.rates: dict[str, float] = {}
+        self.probes: dict[str, Any] = {}
+        self.measured: list[dict[str, Any]] = []
+        self.sandboxes: Any = None
+        self.work = Path(tempfile.mkdtemp(prefix="aex-e2e-"))
+        self.todo = schedule(args.contestants, args.concurrency)
+
+    @property
+    def replayed(self) -> list[ReplayTask]:
+        return self.followed if self.followed is not None else self.workload
+
+    def longest(self) -> int:
+        return max(sum(w.plan.new_tokens) + sum(w.plan.output_tokens) for w in self.workload)
+
+    def progress(self, name: str, load: int) -> Callable[[TaskTrace], None]:
+        done = [0]
+
+        def on_task(trace: TaskTrace) -> None:
+            done[0] += 1
+            self.console.print(f"  {name}@{load}: {done[0]}/{self.args.tasks} tasks, "
+                               f"last {trace.latency_s:.1f} s")  # fmt: skip
+
+        return on_task
+
+    async def measure(self, handles: dict[str, Any], when: str) -> None:
+        """Probe each replica alone, one after the other (they share the host's cores)."""
+        a = self.args
+        self.console.print(f"measuring the engines {when} the runs")
+        per = [await calib.measure_engine(h, min(4000, self.longest()), a.history_tokens // 2,
+                                          repeats=a.probe_repeats)
+               for h in handles.values()]  # fmt: skip
+        self.probes[when] = {r: m["probes"] for r, m in zip(handles, per, strict=True)}
+        self.measured.extend(per)
+        self.rates.update(calib.mean_rates(self.measured))
+
+
+async def pool_phase(b: Bench, cfg: Any, names: tuple[str, ...], probe: bool) -> None:
+    from transformers import AutoTokenizer
+
+    from executor.fleet.pool import ReplicaPool
+    from executor.models import resolve
+
+    todo = [(n, load) for n, load in b.todo if n in names]
+    if not todo and not probe:
+        return
+    texts = ObservationText(await asyncio.to_thread(
+        AutoTokenizer.from_pretrained, str(resolve(cfg.model))))  # fmt: skip
+    pool = ReplicaPool(b.args.replicas, cfg, progress=True)
+    await asyncio.to_thread(pool.start)
+    try:
+        handles = dict(pool.handles)
+        if probe:
+            await b.measure(handles, "before")
+
+        async def kv() -> list[tuple[str, int, int]]:
+            caps = await asyncio.gather(*(h.acapacity() for h in handles.values()))
+            return [(c.replica_id, c.used_tokens, c.max_total_num_tokens) for c in caps]
+
+        # the executor's runs first at each load: the first one's journal is the plan
+        order = sorted(todo, key=lambda x: (x[1], x[0] not in ("ours", "ours_v1")))
+        for name, load in order:
+            await asyncio.gather(*(h.aflush_cache() for h in handles.values()))
+            b.console.print(f"[bold]{name}[/] at {load} tasks at once")
+            if name in ("ours", "ours_v1"):
+                sched = SchedulerConfig() if name == "ours" else v1(SchedulerConfig())
+                run, journal = await run_product(
+                    name, b.workload, pool, b.sandboxes, load, sched,
+                    b.work / f"journal-{name}-{load}.sqlite", texts, kv, b.progress(name, load),
+                )  # fmt: skip
+                records = journal_records(journal, b.workload)
+                journal.close()
+                followed = follow_journal(b.workload, records)
+                if b.followed is None:
+                    b.followed, b.plan_source = followed, f"the journal of {name} at {load}"
+                same = sum(f.plan == g.plan for f, g in zip(followed, b.followed, strict=True))
+                b.journal_matches[f"{name}@{load}"] = round(same / len(followed), 3)
+            else:
+                contestant = (RoundRobin(handles) if name == "round_robin"
+                              else Ours(handles, SchedulerConfig(), name=name))  # fmt: skip
+                run = await replay(b.replayed, contestant, b.sandboxes, load, kv,
+                                   b.progress(name, load))  # fmt: skip
+            b.runs[(name, load)] = run
+        if probe and todo and not b.args.quick:  # again: the machine's speed drifts
+            await b.measure(handles, "after")
+    finally:
+        await asyncio.to_thread(pool.shutdown)
+
+
+async def router_phase(b: Bench, cfg: Any) -> None:
+    from benchmarks.sglang_http import (
+        LOG_REQUESTS,
+        flush_workers,
+        served_by,
+        sglang_router,
+        sglang_servers,
+        worker_kv,
+    )
+
+    todo = [(n, load) for n, load in b.todo if n in ROUTERS]
+    if not todo:
+        return
+    b.console.print("[bold]routers[/]: starting SGLang HTTP servers")
+    client = httpx.AsyncClient()
+    logs = b.work / "router-logs"
+    try:
+        with sglang_servers(cfg, b.args.replicas, logs, LOG_REQUESTS) as workers:
+
+            async def kv() -> list[tuple[str, int, int]]:
+                return await worker_kv(client, workers)
+
+            for name in ROUTERS:
+                loads = [load for n, load in todo if n == name]
+                if not loads:
+                    continue
+                policy, extra = ROUTERS[name]
+                with sglang_router(workers, logs, policy, extra) as url:
+                    for load in loads:
+                        await flush_workers(client, workers)
+                        b.console.print(f"[bold]{name}[/] at {load} tasks at once")
+                        router = SGLangRouter(
+                            url, workers, name=name, sticky=name == "sticky_router"
+                        )
+                        try:
+                            run = await replay(
+                                b.replayed, router, b.sandboxes, load, kv, b.progress(name, load)
+                            )  # fmt: skip
+                        finally:
+                            await router.close()
+                        await asyncio.sleep(1.0)  # the servers' logs written
+                        attribute(run, router.rids, served_by(logs, workers))
+                        b.runs[(name, load)] = run
+    finally:
+        await client.aclose()
+
+
+def attribute(run: RunTrace, rids: dict[tuple[str, int], str], server: dict[str, str]) -> None:
+    """Name the worker of each router call the router's answer did not name."""
+    for t in run.tasks:
+        for c in t.calls:
+            if c.replica_id == "?":
+                c.replica_id = server.get(rids.get((t.task_id, c.k), ""), "?")
+
+
+async def run_all(args: argparse.Namespace, console: Console) -> dict[str, Any]:
+    from executor.fleet.config import ReplicaConfig
+    from tools.sandbox import create_backend
+
+    b = Bench(args, console)
+    cfg = ReplicaConfig(model=args.model, max_total_tokens=args.max_total_tokens,
+                        context_length=b.longest() + 1024, num_cpus=1, cpu_threads=1)  # fmt: skip
+    console.print(f"{args.scenario}: {shape(b.workload)}; runs: {b.todo}")
+    b.sandboxes = await asyncio.to_thread(create_backend, args.sandbox)
+    try:
+        # this pool (radix cache on) is also where the engines are probed
+        await pool_phase(b, cfg, POOL, probe=True)
+        nocache = cfg.model_copy(update={"engine_args": {"disable_radix_cache": True}})
+        await pool_phase(b, nocache, ("no_cache",), probe=False)
+        await router_phase(b, cfg)
+    finally:
+        await b.sandboxes.close()
+    return report(b)
+
+
+def report(b: Bench) -> dict[str, Any]:
+    args, mid = b.args, middle(b.args.concurrency)
+    summaries = {key: summarize(run) for key, run in b.runs.items()}
+    at_mid = {n: summaries[(n, mid)] for n in args.contestants if (n, mid) in summaries}
+    out: dict[str, Any] = {
+        "settings": {
+            k: (str(v) if isinstance(v, Path) else v)
+            for k, v in vars(args).items()
+            if k not in ("json", "calibrate")
+        },  # fmt: skip
+        "middle_load": mid,
+        "workload": {
+            "planned": shape(b.workload),
+            "replayed": shape(b.replayed),
+            "plan_source": b.plan_source,
+            "journal_matches_plan": b.journal_matches,
+            "outputs": "each reply's length as the executor's reply grammar made it; "
+            "the others generate that many tokens (ignore_eos)",
+        },  # fmt: skip
+        "turn_metric": TURN_METRIC,
+        "engine_rates": b.rates,
+        "engine_probes": b.probes,
+        "contestants": at_mid,
+        "sweep": sweep_rows({k: s for k, s in summaries.items() if k[1] != mid}),
+        "sweep_all": sweep_rows(summaries),
+    }
+    out["targets"] = {str(load): targets({n: s for (n, lo), s in summaries.items() if lo == load})
+                      for load in sorted(set(args.concurrency))}  # fmt: skip
+    out["plans"] = plans_to_json(b.replayed)
+    out["traces"] = {f"{n}@{load}": run.to_json() for (n, load), run in b.runs.items()}
+    out["calibration"] = calibrate(args, b.rates, {k: r for k, r in b.runs.items() if k[1] == mid},
+                                   at_mid, b.replayed) if b.rates else {}  # fmt: skip
+    out["_runs"] = [b.runs[(n, mid)] for n in args.contestants if (n, mid) in b.runs]
+    return out
+
+
+def calibrate(
+    args: argparse.Namespace, rates: dict[str, float], runs: dict[tuple[str, int], RunTrace],
+    measured: dict[str, dict[str, Any]], workload: list[ReplayTask],
+) -> dict[str, Any]:  # fmt: skip
+    """The simulator on the runs' own tasks (as replayed) and arrivals, with the probes'
+    engine terms, at the speed the engines ran during each contestant's run, and with
+    the slowdown a replica's calls showed while another one was busy (both from the
+    calls that ran alone on their replica: a contestant with too few takes the
+    others'). ``probes_only``: the probes' terms alone."""
+    spec = workload_spec(args)
+    byname = {n: r for (n, _), r in runs.items() if "p50_s" in measured.get(n, {})}
+    alone = {n: calib.alone_calls(run, workload, rates) for n, run in byname.items()}
+    pooled = [x for xs in alone.values() for x in xs]
+    contention = calib.fit_contention(pooled)
+    out = {}
+    for name, run in byname.items():
+        own = len(alone[name]) >= calib.MIN_ALONE_CALLS
+        calls = alone[name] if own else pooled
+        speed = calib.engine_slowdown(calls, contention)
+        engine = calib.scaled({**rates, "host_contention": contention}, speed)
+
+        def sim(r: dict[str, float], name: str = name, run: RunTrace = run) -> dict[str, Any]:
+            return calib.simulate_trials(name, run, workload, spec, r, args.replicas,
+                                         args.max_total_tokens, SchedulerConfig())  # fmt: skip
+
+        out[name] = calib.compare(measured[name], sim(engine))
+        out[name]["engine_speed"] = {
+            "slowdown": round(speed, 3), "host_contention": contention,
+            "calls_alone": len(calls),
+            "from": "its own calls" if own else "the other contestants' calls",
+        }  # fmt: skip
+        plain = calib.compare(measured[name], sim({**rates, "host_contention": 0.0}))
+        out[name]["probes_only"] = {k: plain[k] for k in ("simulated", "error")}
+    return out
+
+
+def recalibrate(report: dict[str, Any]) -> dict[str, Any]:
+    """Calibration again from a report's saved plans and traces (no engine needed)."""
+    args = argparse.Namespace(**report["settings"])
+    mid = report.get("middle_load")
+    runs = {}
+    for key, t in report["traces"].items():
+        name, _, load = key.partition("@")
+        if not load or int(load) == mid:
+            runs[(name, int(load or 0))] = RunTrace.from_json(t)
+    plans = report.get("plans")
+    workload = plans_from_json(plans) if plans else build_workload(args)
+    return calibrate(args, report["engine_rates"], runs, report["contestants"], workload)
