@@ -121,29 +121,41 @@ def test_a_symlink_swapped_in_during_file_tool_calls_never_reaches_the_host(
     secret = tmp_path / "host-secret.txt"
     secret.write_text("host secret")
     os.chmod(tmp_path, 0o755)
-    flip = (
-        f"end=$(($(date +%s) + 5)); while [ $(date +%s) -lt $end ]; do "
-        f"ln -sfn {secret} f; echo mine > g; mv -f g f; done"
-    )
+    # flips until the tool calls are done (with a fixed 5 s, a loaded machine could
+    # start the flipping after the calls, and no call met the symlink)
+    flip = f"while [ ! -e stop ]; do ln -sfn {secret} f; echo mine > g; mv -f g f; done"
 
-    async def go() -> list[Any]:
+    async def go() -> tuple[list[Any], list[Any]]:
         async with await backend.open("race") as sb:
             seen: list[Any] = []
 
             async def use() -> None:
                 while not os.path.lexists(sb.workspace / "f"):  # the flipping has begun
                     await asyncio.sleep(0.01)
-                for i in range(100):
-                    seen.append(await _tool(sb, read_file, path="f"))
-                    seen.append(await _tool(sb, write_file, path="f", content=f"host {i}"))
+                # the file tools are fast (host side) and a flip is three processes: go
+                # on until the race has been met (a refusal), 100 rounds at least
+                deadline, i = time.monotonic() + 60, 0
+                try:
+                    while i < 100 or (
+                        all(r.ok for r in seen) and time.monotonic() < deadline
+                    ):
+                        seen.append(await _tool(sb, read_file, path="f"))
+                        seen.append(await _tool(sb, write_file, path="f", content=f"host {i}"))
+                        i += 1
+                finally:
+                    (sb.workspace / "stop").touch()
 
-            await asyncio.gather(sb.exec(["/bin/sh", "-c", flip], timeout=20), use())
-            return seen
+            await asyncio.gather(sb.exec(["/bin/sh", "-c", flip], timeout=120), use())
+            # the flipping has stopped: the tools work again on the file it left
+            after = [await _tool(sb, write_file, path="f", content="calm"),
+                     await _tool(sb, read_file, path="f")]  # fmt: skip
+            return seen, after
 
-    seen = run(go())
+    seen, after = run(go())
     assert secret.read_text() == "host secret"
-    assert not [r for r in seen if "host secret" in r.text]
-    assert any(r.ok for r in seen) and any(not r.ok for r in seen)  # (both states were met)
+    assert not [r for r in seen + after if "host secret" in r.text]
+    assert any(not r.ok for r in seen)  # the race was met: calls were refused
+    assert all(r.ok for r in after) and "calm" in after[1].text
 
 
 def test_the_host_side_of_a_file_tool_has_a_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
