@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections import OrderedDict
 from typing import Any
 
 from pydantic import ValidationError
@@ -30,6 +31,7 @@ from executor.service.models import (
 )
 
 log = logging.getLogger("executor.service")
+RECENT_RESULTS = 1024  # ended tasks whose TaskResult is kept; older ones: the journal's view
 
 
 class UnknownAgent(ExecutorError):
@@ -58,7 +60,8 @@ class TaskService:
         self.executor = executor
         self.agents = agents
         self.max_active = max_active
-        self.handles: dict[str, TaskHandle] = {}
+        self.handles: dict[str, TaskHandle] = {}  # running or queued tasks only
+        self.results: OrderedDict[str, TaskResult] = OrderedDict()  # the latest ended
         self.cancelled: set[str] = set()
         self.resumed: set[str] = set()
         self._drains: set[asyncio.Task[None]] = set()
@@ -167,7 +170,12 @@ class TaskService:
         handle = self.handles.pop(task_id, None)
         self.cancelled.discard(task_id)
         if handle is not None and not handle.future.cancelled():
-            handle.future.exception()  # retrieved: a failed task is in its view, not the log
+            if handle.future.exception() is None:  # (retrieved: a failure is in its view)
+                # the result as the driver made it (which steps were replayed after a
+                # restart is not in the journal's steps): kept for the latest tasks only
+                self.results[task_id] = handle.future.result()
+                while len(self.results) > RECENT_RESULTS:
+                    self.results.popitem(last=False)
         elif handle is not None:  # cancelled, maybe before it ever ran: journal its end
             journal = self.executor.journal
             if journal.get(task_id).status == "running":
@@ -204,10 +212,8 @@ class TaskService:
         return status
 
     def view(self, task_id: str) -> TaskView:
-        handle = self.handles.get(task_id)
-        fut = handle.future if handle is not None else None
-        if fut is not None and fut.done() and not fut.cancelled() and fut.exception() is None:
-            result: TaskResult = fut.result()
+        result = self.results.get(task_id)
+        if result is not None:
             return TaskView(**{**result.model_dump(), "status": result.status})
         record = self.record(task_id)
         steps: list[Any] = [
