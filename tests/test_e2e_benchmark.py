@@ -345,7 +345,7 @@ def test_report_has_the_issues_keys() -> None:
                         else "replay")  # fmt: skip
 
     for name, load in b.todo:
-        b.runs[(name, load)] = run(name, 1.0 + load / 10)
+        b.record(name, load, run(name, 1.0 + load / 10))
     r = e2e_run.report(b)
     c = r["contestants"]
     assert set(c) == set(agents.CONTESTANTS) and r["middle_load"] == 4

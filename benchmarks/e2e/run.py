@@ -53,6 +53,20 @@ class Bench:
         self.work = Path(tempfile.mkdtemp(prefix="aex-e2e-"))
         self.todo = schedule(args.contestants, args.concurrency)
 
+    def record(self, name: str, load: int, run: RunTrace) -> None:
+        """Keep a finished run; with ``--json``, also append its summary and trace to
+        ``<json>.partial.jsonl`` at once (a killed run leaves what it finished)."""
+        import json
+
+        self.runs[(name, load)] = run
+        if self.args.json is not None:
+            path = Path(f"{self.args.json}.partial.jsonl")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            line = {"contestant": name, "concurrency": load, "summary": summarize(run),
+                    "trace": run.to_json()}  # fmt: skip
+            with path.open("a") as f:
+                f.write(json.dumps(line) + "\n")
+
     @property
     def replayed(self) -> list[ReplayTask]:
         return self.followed if self.followed is not None else self.workload
@@ -127,7 +141,7 @@ async def pool_phase(b: Bench, cfg: Any, names: tuple[str, ...], probe: bool) ->
                               else Ours(handles, SchedulerConfig(), name=name))  # fmt: skip
                 run = await replay(b.replayed, contestant, b.sandboxes, load, kv,
                                    b.progress(name, load))  # fmt: skip
-            b.runs[(name, load)] = run
+            b.record(name, load, run)
         if probe and todo and not b.args.quick:  # again: the machine's speed drifts
             await b.measure(handles, "after")
     finally:
@@ -176,7 +190,7 @@ async def router_phase(b: Bench, cfg: Any) -> None:
                             await router.close()
                         await asyncio.sleep(1.0)  # the servers' logs written
                         attribute(run, router.rids, served_by(logs, workers))
-                        b.runs[(name, load)] = run
+                        b.record(name, load, run)
     finally:
         await client.aclose()
 
