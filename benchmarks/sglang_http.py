@@ -96,9 +96,12 @@ def sglang_servers(
 
 
 def router_argv(port: int, workers: dict[str, str], policy: str, extra: list[str]) -> list[str]:
+    # its Prometheus exporter gets a free port too: the default (29000) is taken by any
+    # other router on the host, and the router then panics at start
     return [sys.executable, "-m", "sglang_router.launch_router", "--host", "127.0.0.1",
             "--port", str(port), "--policy", policy, *extra, "--worker-startup-check-interval",
-            "1", "--log-level", "warn", "--worker-urls", *workers.values()]  # fmt: skip
+            "1", "--log-level", "warn", "--prometheus-host", "127.0.0.1",
+            "--prometheus-port", str(free_port()), "--worker-urls", *workers.values()]  # fmt: skip
 
 
 @contextlib.contextmanager

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks.e2e.replay import CallTrace, RunTrace, TaskTrace
+from benchmarks.e2e.replay import CallTrace, KvProbe, RunTrace, TaskTrace, gather_sampling_kv
 from benchmarks.e2e.workload import ReplayTask
 from executor import Agent, Executor
 from executor.fleet.generation import SamplingParams
@@ -131,7 +131,7 @@ class StepClock:
 async def run_product(
     name: str, workload: list[ReplayTask], pool: ReplicaPool, sandboxes: SandboxBackend,
     concurrency: int, scheduler: SchedulerConfig, journal_path: Path, texts: ObservationText,
-    kv_probe: Callable[[], Any] | None = None, on_task: Callable[[TaskTrace], None] | None = None,
+    kv_probe: KvProbe | None = None, on_task: Callable[[TaskTrace], None] | None = None,
 ) -> tuple[RunTrace, Journal]:  # fmt: skip
     """Every task through an :class:`Executor` on ``pool``, ``concurrency`` at a time."""
     tool_ = replay_tool(workload, texts)
@@ -172,20 +172,9 @@ async def run_product(
             on_task(trace)
         return trace
 
-    async def sample() -> None:
-        assert kv_probe is not None
-        while True:
-            now = clock()
-            for rid, used, cap in await kv_probe():
-                kv.append((now, rid, used, cap))
-            await asyncio.sleep(0.5)
-
-    sampler = asyncio.ensure_future(sample()) if kv_probe is not None else None
     try:
-        traces = await asyncio.gather(*(one(w) for w in workload))
+        traces = await gather_sampling_kv([one(w) for w in workload], kv_probe, clock, kv)
     finally:
-        if sampler is not None:
-            sampler.cancel()
         await ex.close()
     if failures:
         raise RuntimeError(f"{name}: tasks did not run their plan: {failures[:3]}")

@@ -8,12 +8,14 @@ import dataclasses
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from benchmarks.e2e.contestants import CallResult, Contestant
 from benchmarks.e2e.workload import ReplayTask
 from executor.dispatch import TaskRefused
 from tools.sandbox.base import SandboxBackend
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -106,6 +108,30 @@ async def replay_task(
     return trace
 
 
+KvProbe = Callable[[], Awaitable[list[tuple[str, int, int]]]]
+
+
+async def gather_sampling_kv(
+    tasks: list[Awaitable[T]], kv_probe: KvProbe | None, clock: Callable[[], float],
+    kv: list[tuple[float, str, int, int]],
+) -> list[T]:  # fmt: skip
+    """Run the tasks to their ends while the replicas' KV use is sampled every 0.5 s."""
+
+    async def sample(probe: KvProbe) -> None:
+        while True:
+            now = clock()
+            for rid, used, cap in await probe():
+                kv.append((now, rid, used, cap))
+            await asyncio.sleep(0.5)
+
+    sampler = asyncio.ensure_future(sample(kv_probe)) if kv_probe is not None else None
+    try:
+        return list(await asyncio.gather(*tasks))
+    finally:
+        if sampler is not None:
+            sampler.cancel()
+
+
 async def replay(
     workload: list[ReplayTask],
     contestant: Contestant,
@@ -130,19 +156,6 @@ async def replay(
             on_task(trace)
         return trace
 
-    async def sample() -> None:
-        assert kv_probe is not None
-        while True:
-            now = clock()
-            for rid, used, cap in await kv_probe():
-                kv.append((now, rid, used, cap))
-            await asyncio.sleep(0.5)
-
-    sampler = asyncio.ensure_future(sample()) if kv_probe is not None else None
-    try:
-        traces = await asyncio.gather(*(one(t) for t in workload))
-    finally:
-        if sampler is not None:
-            sampler.cancel()
+    traces = await gather_sampling_kv([one(t) for t in workload], kv_probe, clock, kv)
     done = [t for t in traces if t is not None]
     return RunTrace(contestant.name, 0.0, clock(), done, kv, rejected=len(traces) - len(done))
