@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -90,9 +89,9 @@ class ServerProcess:
     def __init__(self, pool: Any, workdir: Path, max_active: int) -> None:
         import ray
 
-        with socket.socket() as sock:  # a free port
-            sock.bind(("127.0.0.1", 0))
-            self.port = int(sock.getsockname()[1])
+        from executor.fleet.actor import free_port
+
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.journal = workdir / "service.sqlite"
         self.log = workdir / "server.log"
