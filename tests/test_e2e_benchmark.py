@@ -201,6 +201,37 @@ def test_calibration_is_redone_from_a_saved_report(tmp_path: Path) -> None:
     assert agents.main(["--calibrate", str(tmp_path / "missing.json")]) == 2
 
 
+def test_a_sweep_that_wrote_no_report_is_finished_from_its_partial_file(tmp_path: Path) -> None:
+    from benchmarks.e2e.workload import plans_to_json
+
+    out = tmp_path / "e2e.json"
+    args = agents.parse_args([*SMALL, "--json", str(out)])
+    b = e2e_run.Bench(args, Console(quiet=True))
+    rates = {"prefill_tokens_per_s": 10_000.0, "decode_tokens_per_s": 100.0,
+             "decode_batch_slowdown": 0.1}  # fmt: skip
+    b.save({"probes": {"before": {"r0": []}}, "engine_rates": rates})
+    b.save({"plans": plans_to_json(b.workload), "plan_source": "the journal of ours at 2",
+            "reply_schema": '{"type": "object"}'})  # fmt: skip
+    for name in ("ours", "round_robin"):
+        tasks = [TaskTrace(w.task_id, float(i), float(i) + 2.0,
+                           [CallTrace(k, "r0", 0.0, 0.0, 0.1, 400, 0) for k in range(w.calls)],
+                           [(0.2, 0.5)] * (w.calls - 1))
+                 for i, w in enumerate(b.workload)]  # fmt: skip
+        b.record(name, 2, RunTrace(name, 0.0, 5.0, tasks, [(0.5, "r0", 100, 1000)]))
+    partial = Path(f"{out}.partial.jsonl")
+    assert len(partial.read_text().splitlines()) == 4  # the probes, the plans, two runs
+    assert agents.main([*SMALL, "--finish", str(partial), "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert set(r["contestants"]) == {"ours", "round_robin"} and r["engine_rates"] == rates
+    assert r["workload"]["plan_source"] == "the journal of ours at 2"
+    assert set(r["calibration"]) == {"ours", "round_robin"}
+    assert r["calibration"]["ours"]["simulated"]["completed"] == len(b.workload)
+    assert "finish" not in r["settings"]
+    partial.write_text('{"something": 1}\n')
+    assert agents.main([*SMALL, "--finish", str(partial)]) == 2  # a clear error
+    assert agents.main([*SMALL, "--finish", str(tmp_path / "missing.jsonl")]) == 2
+
+
 def test_heavy_tail_scenario_has_the_shape_of_agent_traces() -> None:
     from benchmarks.e2e.workload import HeavyTailSpec, make_heavy_tail, shape
 
@@ -226,10 +257,11 @@ def test_heavy_tail_scenario_has_the_shape_of_agent_traces() -> None:
 
 def test_the_sweep_runs_three_contestants_at_every_load() -> None:
     args = agents.parse_args([])
-    assert args.concurrency == [6, 12, 18] and agents.middle(args.concurrency) == 12
+    assert args.concurrency == [4, 8, 12] and agents.middle(args.concurrency) == 8
     runs = agents.schedule(args.contestants, args.concurrency)
-    assert {n for n, load in runs if load == 6} == {"ours", "sticky_router", "round_robin"}
-    assert {n for n, load in runs if load == 12} == set(agents.CONTESTANTS)
+    for load in (4, 12):
+        assert {n for n, lo in runs if lo == load} == {"ours", "sticky_router", "round_robin"}
+    assert {n for n, load in runs if load == 8} == set(agents.CONTESTANTS)
     quick = agents.parse_args(["--quick"])
     assert quick.tasks <= 6 and len(quick.concurrency) == 1 and "ours" in quick.contestants
     with pytest.raises(SystemExit):
@@ -279,6 +311,27 @@ def test_replay_tool_returns_text_of_the_recorded_length() -> None:
     agent = next(iter(a.values()))
     assert agent.tool_choice == "required" and agent.reset_tool_choice is False
     assert agent.answer_on_repeat is False and agent.max_steps == w.calls
+    # step limits differ, the name is the agent type's: the core learns growth per name
+    limits = {x.task_id: 3 + i for i, x in enumerate(workload)}
+    named = agents_for(workload, "tiny", texts, tool_, limits).values()
+    assert len(named) == len(workload) and {x.name for x in named} == {
+        x.plan.agent for x in workload
+    }
+
+
+def test_replays_decode_under_the_executors_reply_grammar() -> None:
+    from benchmarks.e2e.contestants import MAX_REPLY_TOKENS, sampling
+    from benchmarks.e2e.product import ObservationText, replay_schema
+
+    args = agents.parse_args(SMALL)
+    workload = make_workload(agents.workload_spec(args), 2, seed=0)
+    schema = json.loads(replay_schema(workload, ObservationText(_Tokenizer())))
+    assert schema["properties"]["name"] == {"const": "replay"}  # the one tool, required
+    free = sampling(12)
+    assert free == {"max_new_tokens": 12, "ignore_eos": True, "temperature": 0.0}
+    bound = sampling(12, json.dumps(schema))
+    assert "ignore_eos" not in bound and json.loads(bound["json_schema"]) == schema
+    assert bound["max_new_tokens"] == MAX_REPLY_TOKENS  # as much room as the executor gave
 
 
 def test_other_contestants_replay_the_executors_journal() -> None:
@@ -288,8 +341,9 @@ def test_other_contestants_replay_the_executors_journal() -> None:
     workload = make_workload(agents.workload_spec(args), 2, seed=0)
     records = {w.task_id: ([7] * 50, [12] * w.calls, [[9] * (3 + k) for k in range(w.calls - 1)])
                for w in workload}  # fmt: skip
-    followed = follow_journal(workload, records)
+    followed = follow_journal(workload, records, reply_schema='{"type": "object"}')
     for f, w in zip(followed, workload, strict=True):
+        assert f.reply_schema == '{"type": "object"}' and w.reply_schema is None
         assert f.system_ids == () and f.new_ids[0] == tuple([7] * 50)
         assert f.plan.new_tokens == (50, *(3 + k for k in range(w.calls - 1)))
         assert f.plan.output_tokens == (12,) * w.calls and f.plan.tool_s == w.plan.tool_s
@@ -357,6 +411,9 @@ def test_report_has_the_issues_keys() -> None:
     assert c["ours"]["path"] == "executor" and c["ours_core"]["path"] == "replay"
     assert c["ours"]["calls_by_replica"] == {"r0": 6, "r1": 6}
     assert c["ours"]["reprefilled_tokens"] == 0 and c["ours"]["prefill_tokens"] > 0
+    # every call of these tasks is on the other replica than the one before: a move each
+    assert c["ours"]["replica_moves"] == sum(w.calls - 1 for w in b.workload)
+    assert c["ours"]["queued_share"] == 0.0  # granted at once
     assert {(x["contestant"], x["concurrency"]) for x in r["sweep"]} == {
         (n, load) for n in ("ours", "sticky_router", "round_robin") for load in (2, 6)
     }
@@ -414,11 +471,24 @@ def test_router_calls_are_attributed_from_the_servers_request_logs(tmp_path: Pat
     from benchmarks.sglang_http import served_by
 
     (tmp_path / "server0.log").write_text(
-        "[2026] Receive: obj=GenerateReqInput(rid='t1-0-aa', input_ids=...)\n")
+        "[2026] Receive: obj=GenerateReqInput(rid='t1-0-aa', input_ids=...)\n"
+    )
     (tmp_path / "server1.log").write_text('{"event": "request.received", "rid": "t1-1-bb"}\n')
     server = served_by(tmp_path, {"s0": "u0", "s1": "u1"})
     assert server == {"t1-0-aa": "s0", "t1-1-bb": "s1"}
-    run = RunTrace("sticky_router", 0.0, 1.0, [TaskTrace("t1", 0.0, 1.0, [
-        CallTrace(0, "?", 0, 0, 0.1, 10, 0), CallTrace(1, "?", 0, 0, 0.1, 20, 10)])], [])
+    run = RunTrace(
+        "sticky_router",
+        0.0,
+        1.0,
+        [
+            TaskTrace(
+                "t1",
+                0.0,
+                1.0,
+                [CallTrace(0, "?", 0, 0, 0.1, 10, 0), CallTrace(1, "?", 0, 0, 0.1, 20, 10)],
+            )
+        ],
+        [],
+    )
     e2e_run.attribute(run, {("t1", 0): "t1-0-aa", ("t1", 1): "t1-1-bb"}, server)
     assert [c.replica_id for c in run.tasks[0].calls] == ["s0", "s1"]

@@ -9,6 +9,8 @@ bubblewrap sandbox between calls, through:
 - ``ours``: the product: the public ``Executor`` (journal, telemetry, health
   checks, per-task sandbox, the task loop; :mod:`benchmarks.e2e.product`);
 - ``ours_v1``: the same with admission v1 (``scheduler.config.v1``);
+- ``ours_release``: the same with release in the engine (each task an SGLang
+  session, closed when the core releases its KV; replicas of their own);
 - ``ours_core``: the scheduler core alone over the Dispatcher (no executor);
 - ``round_robin``: each call to the next replica (same Ray replicas);
 - ``sticky_router``: SGLang's router, ``--policy manual --assignment-mode
@@ -27,7 +29,7 @@ timeline, KV; the simulator's calibration per contestant.
     python -m benchmarks.e2e --json out/e2e.json
 """
 
-CONTESTANTS = ("ours", "ours_v1", "ours_core", "sticky_router", "sglang_router", "round_robin",
-               "no_cache")  # fmt: skip
+CONTESTANTS = ("ours", "ours_v1", "ours_release", "ours_core", "sticky_router", "sglang_router",
+               "round_robin", "no_cache")  # fmt: skip
 #: the contestants run at every load of the sweep
 EVERY_LOAD = ("ours", "sticky_router", "round_robin")

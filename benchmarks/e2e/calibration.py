@@ -39,6 +39,7 @@ MIN_IDLE_HOST_CALLS = 10
 SIM_POLICY = {
     "ours": ("ours", True),
     "ours_v1": ("ours-v1", True),
+    "ours_release": ("ours", True),  # the simulator's release is the core's bookkeeping
     "ours_core": ("ours", True),
     "sticky_router": ("sticky", True),
     "round_robin": ("round_robin", True),

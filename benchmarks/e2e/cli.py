@@ -3,6 +3,8 @@
 python -m benchmarks.e2e --json out/e2e.json                 # the sweep, every contestant
 python -m benchmarks.e2e --quick --json out/e2e_quick.json   # CI: one load, four contestants
 python -m benchmarks.e2e --calibrate out/e2e.json            # the calibration again, no engines
+python -m benchmarks.e2e --finish out/e2e.json.partial.jsonl --json out/e2e.json
+                               # the report of a sweep that wrote none (same settings)
 """
 
 from __future__ import annotations
@@ -55,9 +57,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )  # fmt: skip
     p.add_argument("--scenario", choices=SCENARIOS, default="default",
                    help="workload shape (default: default)")  # fmt: skip
-    p.add_argument("--tasks", type=int, default=16, help="tasks per run (default: 16)")
-    p.add_argument("--concurrency", type=_loads, default=[6, 12, 18],
-                   help="the load sweep, tasks at once (default: 6,12,18; "
+    # 12 tasks at 4/8/12 at once: the sweep of 14 runs fits 45 minutes on 2 cores
+    # (16 tasks at 6/12/18 took 65 minutes on a loaded host and was not done)
+    p.add_argument("--tasks", type=int, default=12, help="tasks per run (default: 12)")
+    p.add_argument("--concurrency", type=_loads, default=[4, 8, 12],
+                   help="the load sweep, tasks at once (default: 4,8,12; "
                    f"{', '.join(EVERY_LOAD)} at every load, the others at the middle one)",
     )  # fmt: skip
     p.add_argument("--replicas", type=int, default=2, help="engine replicas (default: 2)")
@@ -92,6 +96,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="only redo the calibration from a saved report's traces (no engines); "
         "with --json, write the report with it there",
     )  # fmt: skip
+    p.add_argument(
+        "--finish", type=Path, default=None, metavar="PARTIAL",
+        help="write the report of a sweep that did not (killed, or its report failed) "
+        "from its <json>.partial.jsonl, no engines; give the sweep's own settings",
+    )  # fmt: skip
     args = p.parse_args(argv)
     if args.quick:
         for key, value in QUICK.items():
@@ -116,8 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     console = Console(stderr=True)
     from benchmarks.e2e.plots import plot_cdf, plot_kv, plot_timeline
-    from benchmarks.e2e.run import recalibrate, run_all
+    from benchmarks.e2e.run import finish, recalibrate, run_all
     from executor.errors import ExecutorError
+    from tools.sandbox.base import SandboxUnavailable
 
     if args.calibrate is not None:
         try:
@@ -134,8 +144,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     try:
-        report = asyncio.run(run_all(args, console))
-    except ExecutorError as exc:
+        if args.finish is not None:
+            report = finish(args, console, args.finish)
+        else:
+            report = asyncio.run(run_all(args, console))
+    except (OSError, ValueError, KeyError) as exc:
+        if args.finish is None:
+            raise
+        console.print(f"[red]error:[/] {args.finish} is not a sweep's partial file: {exc}")
+        return 2
+    except (ExecutorError, SandboxUnavailable) as exc:
         console.print(f"[red]error:[/] {exc}")
         return 2
     runs = report.pop("_runs")

@@ -41,7 +41,16 @@ class CallResult:
     queued_s: float = 0.0  # waiting for the scheduler's grant (ours)
 
 
-def sampling(out: int) -> dict[str, Any]:
+#: a reply under the executor's grammar may take at most this many tokens (as there)
+MAX_REPLY_TOKENS = 48
+
+
+def sampling(out: int, reply_schema: str | None = None) -> dict[str, Any]:
+    """``out`` tokens of free text; with ``reply_schema``, the reply the grammar allows
+    (greedy: the executor's reply again, the same length), as the executor decodes."""
+    if reply_schema is not None:
+        return {"max_new_tokens": max(out, MAX_REPLY_TOKENS), "temperature": 0.0,
+                "json_schema": reply_schema}  # fmt: skip
     return {"max_new_tokens": out, "ignore_eos": True, "temperature": 0.0}
 
 
@@ -50,7 +59,11 @@ async def generate(
 ) -> GenerateResult:
     """Call k of a task on a replica actor (its request id names the call)."""
     return await handle.agenerate(
-        {"input_ids": ids, "sampling": sampling(out), "rid": f"{task.task_id}-{k}"}
+        {
+            "input_ids": ids,
+            "sampling": sampling(out, task.reply_schema),
+            "rid": f"{task.task_id}-{k}",
+        }
     )
 
 
@@ -152,7 +165,7 @@ class SGLangRouter:
     async def call(self, task: ReplayTask, k: int, ids: list[int], out: int) -> CallResult:
         rid = f"{task.task_id}-{k}-{uuid.uuid4().hex[:8]}"
         self.rids[(task.task_id, k)] = rid
-        body = {"input_ids": ids, "sampling_params": sampling(out), "rid": rid}
+        body = {"input_ids": ids, "sampling_params": sampling(out, task.reply_schema), "rid": rid}
         loop = asyncio.get_running_loop()
         t0 = loop.time()
         resp = await self._client.post(f"{self.url}/generate", json=body,

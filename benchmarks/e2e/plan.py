@@ -48,5 +48,3 @@ def build_workload(args: argparse.Namespace) -> list[ReplayTask]:
     if getattr(args, "scenario", "default") == "heavy_tail":
         return make_heavy_tail(HeavyTailSpec(), args.tasks, args.seed)
     return make_workload(workload_spec(args), args.tasks, args.seed)
-
-

@@ -22,25 +22,25 @@ observation ids, replies of the same lengths, the plan's tool gaps.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from benchmarks.e2e.contestants import MAX_REPLY_TOKENS
 from benchmarks.e2e.replay import CallTrace, KvProbe, RunTrace, TaskTrace, gather_sampling_kv
 from benchmarks.e2e.workload import ReplayTask
 from executor import Agent, Executor
 from executor.fleet.generation import SamplingParams
 from executor.fleet.pool import ReplicaPool
 from executor.loop.journal import CallPayload, Journal, ObservationPayload
+from executor.loop.reply import reply_schema
 from executor.result import CallStep, ToolStep
 from scheduler import SchedulerConfig
 from tools import Tool, ToolContext, tool
 from tools.result import ToolError
 from tools.sandbox import SandboxBackend
-
-#: what the reply grammar's reply may take at most (it needs ~12 with the tiny model)
-MAX_REPLY_TOKENS = 48
 
 
 class ObservationText:
@@ -92,13 +92,18 @@ def replay_tool(workload: list[ReplayTask], texts: ObservationText) -> Tool:
 
 def agents_for(workload: list[ReplayTask], model: str, texts: ObservationText, tool_: Tool,
                max_steps: dict[str, int]) -> dict[str, Agent]:  # fmt: skip
-    """One :class:`Agent` per (agent type, step limit): instructions = the type's system prompt."""
+    """One :class:`Agent` per (agent type, step limit): instructions = the type's system
+    prompt. Its name is the agent type's alone: the core learns each agent's growth per
+    step under its name, and tasks of one type with other step limits are one agent
+    (named by the limit, each of the ~14 limits learned from a task or two, so it kept
+    the 1,024-token prior for most of the run and reserved ~4x the real growth)."""
     out: dict[str, Agent] = {}
     for w in workload:
         key = f"{w.plan.agent}-{max_steps[w.task_id]}"
         if key not in out:
             out[key] = Agent(
-                name=key, instructions=texts.text(w.system_ids), tools=[tool_], model=model,
+                name=w.plan.agent, instructions=texts.text(w.system_ids), tools=[tool_],
+                model=model,
                 max_steps=max_steps[w.task_id], tool_choice="required", reset_tool_choice=False,
                 answer_on_repeat=False,
                 sampling=SamplingParams(max_new_tokens=MAX_REPLY_TOKENS, temperature=0.0),
@@ -181,6 +186,14 @@ async def run_product(
     run = RunTrace(name, 0.0, clock(), [t for t in traces if t is not None], kv,
                    path="executor", rejected=len(rejected))  # fmt: skip
     return run, journal
+
+
+def replay_schema(workload: list[ReplayTask], texts: ObservationText) -> str:
+    """The reply grammar the product's calls decode under (one tool, required)."""
+    tool_ = replay_tool(workload[:1], texts)
+    agent = next(iter(agents_for(workload[:1], "m", texts, tool_, {workload[0].task_id: 1})
+                      .values()))  # fmt: skip
+    return json.dumps(reply_schema(agent, "required"))
 
 
 def journal_records(

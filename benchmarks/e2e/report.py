@@ -41,6 +41,16 @@ def reprefilled(run: RunTrace) -> int:
     return total
 
 
+def replica_moves(run: RunTrace) -> int:
+    """Calls that ran on another replica than their task's previous call (a move:
+    the history is prefilled again there)."""
+    moves = 0
+    for t in run.tasks:
+        calls = sorted(t.calls, key=lambda c: c.k)
+        moves += sum(a.replica_id != b.replica_id for a, b in zip(calls, calls[1:], strict=False))
+    return moves
+
+
 def summarize(run: RunTrace) -> dict[str, Any]:
     lat = [t.latency_s for t in run.tasks]
     calls = [c for t in run.tasks for c in t.calls]
@@ -69,6 +79,8 @@ def summarize(run: RunTrace) -> dict[str, Any]:
         "reprefilled_tokens": reprefilled(run),
         "cache_hit_ratio": round(cached / prompt, 3) if prompt else 0.0,
         "queued_s_total": round(sum(c.started - c.submitted for c in calls), 1),
+        "queued_share": round(sum(c.started - c.submitted for c in calls) / sum(lat), 3),
+        "replica_moves": replica_moves(run),
         "call_s_mean": round(statistics.mean(c.ended - c.started for c in calls), 3),
         "call_s_by_turn": by_turn(run),
         "tool_s_mean": round(statistics.mean(tools), 3) if tools else 0.0,
@@ -99,8 +111,8 @@ def targets(c: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 ROW_KEYS = ("path", "tasks", "tasks_rejected", "p50_s", "p95_s", "p99_s", "tasks_per_hour",
-            "prefill_tokens", "reprefilled_tokens", "cache_hit_ratio",
-            "calls_by_replica")  # fmt: skip
+            "prefill_tokens", "reprefilled_tokens", "cache_hit_ratio", "queued_share",
+            "replica_moves", "calls_by_replica")  # fmt: skip
 
 
 def sweep_rows(summaries: dict[tuple[str, int], dict[str, Any]]) -> list[dict[str, Any]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +17,7 @@ from rich.console import Console
 from benchmarks.e2e import calibration as calib
 from benchmarks.e2e.contestants import Ours, RoundRobin, SGLangRouter
 from benchmarks.e2e.plan import build_workload, middle, schedule, workload_spec
-from benchmarks.e2e.product import ObservationText, journal_records, run_product
+from benchmarks.e2e.product import ObservationText, journal_records, replay_schema, run_product
 from benchmarks.e2e.replay import RunTrace, TaskTrace, replay
 from benchmarks.e2e.report import TURN_METRIC, summarize, sweep_rows, targets
 from benchmarks.e2e.workload import (
@@ -31,6 +32,9 @@ from scheduler.config import v1
 
 #: contestants on the Ray replicas with the radix cache on (the executor's first)
 POOL = ("ours", "ours_v1", "ours_core", "round_robin")
+#: the contestants that run through the Executor, and their scheduler settings
+PRODUCT = {"ours": SchedulerConfig(), "ours_v1": v1(SchedulerConfig()),
+           "ours_release": SchedulerConfig()}  # fmt: skip
 ROUTERS = {"sticky_router": ("manual", ["--assignment-mode", "min_load"]),
            "sglang_router": ("cache_aware", [])}  # fmt: skip
 
@@ -56,14 +60,19 @@ class Bench:
     def record(self, name: str, load: int, run: RunTrace) -> None:
         """Keep a finished run; with ``--json``, also append its summary and trace to
         ``<json>.partial.jsonl`` at once (a killed run leaves what it finished)."""
+        self.runs[(name, load)] = run
+        self.save({"contestant": name, "concurrency": load, "summary": summarize(run),
+                   "trace": run.to_json()})  # fmt: skip
+
+    def save(self, line: dict[str, Any]) -> None:
+        """One line of ``<json>.partial.jsonl`` (with ``--json``): a finished run, or
+        what the report needs besides the runs (the plans followed, the probes):
+        :func:`finish` writes the report from that file alone."""
         import json
 
-        self.runs[(name, load)] = run
         if self.args.json is not None:
             path = Path(f"{self.args.json}.partial.jsonl")
             path.parent.mkdir(parents=True, exist_ok=True)
-            line = {"contestant": name, "concurrency": load, "summary": summarize(run),
-                    "trace": run.to_json()}  # fmt: skip
             with path.open("a") as f:
                 f.write(json.dumps(line) + "\n")
 
@@ -94,6 +103,7 @@ class Bench:
         self.probes[when] = {r: m["probes"] for r, m in zip(handles, per, strict=True)}
         self.measured.extend(per)
         self.rates.update(calib.mean_rates(self.measured))
+        self.save({"probes": {when: self.probes[when]}, "engine_rates": self.rates})
 
 
 async def pool_phase(b: Bench, cfg: Any, names: tuple[str, ...], probe: bool) -> None:
@@ -119,21 +129,22 @@ async def pool_phase(b: Bench, cfg: Any, names: tuple[str, ...], probe: bool) ->
             return [(c.replica_id, c.used_tokens, c.max_total_num_tokens) for c in caps]
 
         # the executor's runs first at each load: the first one's journal is the plan
-        order = sorted(todo, key=lambda x: (x[1], x[0] not in ("ours", "ours_v1")))
+        order = sorted(todo, key=lambda x: (x[1], x[0] not in PRODUCT))
         for name, load in order:
             await asyncio.gather(*(h.aflush_cache() for h in handles.values()))
             b.console.print(f"[bold]{name}[/] at {load} tasks at once")
-            if name in ("ours", "ours_v1"):
-                sched = SchedulerConfig() if name == "ours" else v1(SchedulerConfig())
+            if name in PRODUCT:
                 run, journal = await run_product(
-                    name, b.workload, pool, b.sandboxes, load, sched,
+                    name, b.workload, pool, b.sandboxes, load, PRODUCT[name],
                     b.work / f"journal-{name}-{load}.sqlite", texts, kv, b.progress(name, load),
                 )  # fmt: skip
                 records = journal_records(journal, b.workload)
                 journal.close()
-                followed = follow_journal(b.workload, records)
+                followed = follow_journal(b.workload, records, replay_schema(b.workload, texts))
                 if b.followed is None:
                     b.followed, b.plan_source = followed, f"the journal of {name} at {load}"
+                    b.save({"plans": plans_to_json(followed), "plan_source": b.plan_source,
+                            "reply_schema": followed[0].reply_schema})  # fmt: skip
                 same = sum(f.plan == g.plan for f, g in zip(followed, b.followed, strict=True))
                 b.journal_matches[f"{name}@{load}"] = round(same / len(followed), 3)
             else:
@@ -217,9 +228,39 @@ async def run_all(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         await pool_phase(b, cfg, POOL, probe=True)
         nocache = cfg.model_copy(update={"engine_args": {"disable_radix_cache": True}})
         await pool_phase(b, nocache, ("no_cache",), probe=False)
+        release = cfg.model_copy(update={"release_in_engine": True})
+        await pool_phase(b, release, ("ours_release",), probe=False)
         await router_phase(b, cfg)
     finally:
         await b.sandboxes.close()
+    return report(b)
+
+
+def finish(args: argparse.Namespace, console: Console, partial: Path) -> dict[str, Any]:
+    """The report of a sweep that did not write one (killed, or its report step
+    failed), from its ``<json>.partial.jsonl`` alone: its runs, the plans it
+    followed, its engine probes. ``args``: the sweep's settings."""
+    import json
+
+    b = Bench(args, console)
+    b.todo = []
+    for n, text in enumerate(partial.read_text().splitlines(), 1):
+        line = json.loads(text)
+        if "trace" in line:
+            b.runs[(line["contestant"], int(line["concurrency"]))] = RunTrace.from_json(
+                line["trace"]
+            )
+        elif "plans" in line:
+            b.followed = [dataclasses.replace(w, reply_schema=line.get("reply_schema"))
+                          for w in plans_from_json(line["plans"])]  # fmt: skip
+            b.plan_source = str(line.get("plan_source", b.plan_source))
+        elif "probes" in line:
+            b.probes.update(line["probes"])
+            b.rates = dict(line["engine_rates"])
+        else:
+            raise ValueError(f"line {n} is neither a run, the plans nor the probes")
+    if not b.runs:
+        raise ValueError("it holds no finished run")
     return report(b)
 
 
@@ -231,7 +272,7 @@ def report(b: Bench) -> dict[str, Any]:
         "settings": {
             k: (str(v) if isinstance(v, Path) else v)
             for k, v in vars(args).items()
-            if k not in ("json", "calibrate")
+            if k not in ("json", "calibrate", "finish")
         },  # fmt: skip
         "middle_load": mid,
         "workload": {

@@ -46,6 +46,9 @@ class ReplayTask:
     plan: TaskPlan
     system_ids: tuple[int, ...]
     new_ids: tuple[tuple[int, ...], ...]  # call k's new tokens (k = 0: first message)
+    #: the reply grammar (JSON schema) the executor decoded under: the replays decode
+    #: under it too (it costs ~20% of a call here); None: free text of the plan's lengths
+    reply_schema: str | None = None
 
     @property
     def task_id(self) -> str:
@@ -155,10 +158,13 @@ def with_ids(
 
 
 def follow_journal(
-    workload: list[ReplayTask], records: dict[str, tuple[list[int], list[int], list[list[int]]]]
+    workload: list[ReplayTask],
+    records: dict[str, tuple[list[int], list[int], list[list[int]]]],
+    reply_schema: str | None = None,
 ) -> list[ReplayTask]:
     """The workload as the executor ran it: ``records[task] = (first prompt ids,
-    each reply's length, each observation's ids)``. Tool gaps stay the plan's."""
+    each reply's length, each observation's ids)``, its replies decoded under
+    ``reply_schema``. Tool gaps stay the plan's."""
     out = []
     for w in workload:
         first, outputs, observations = records[w.task_id]
@@ -170,7 +176,8 @@ def follow_journal(
             w.plan, new_tokens=(len(first), *(len(o) for o in observations)),
             output_tokens=tuple(outputs),
         )  # fmt: skip
-        out.append(ReplayTask(plan, (), (tuple(first), *(tuple(o) for o in observations))))
+        new = (tuple(first), *(tuple(o) for o in observations))
+        out.append(ReplayTask(plan, (), new, reply_schema))
     return out
 
 
