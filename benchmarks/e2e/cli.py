@@ -143,19 +143,18 @@ def main(argv: list[str] | None = None) -> int:
             console.print(f"wrote {args.json}")
         return 0
 
-    try:
-        if args.finish is not None:
+    if args.finish is not None:
+        try:
             report = finish(args, console, args.finish)
-        else:
+        except (OSError, KeyError, ValueError) as exc:
+            console.print(f"[red]error:[/] {args.finish} is not a sweep's partial file: {exc}")
+            return 2
+    else:
+        try:
             report = asyncio.run(run_all(args, console))
-    except (OSError, ValueError, KeyError) as exc:
-        if args.finish is None:
-            raise
-        console.print(f"[red]error:[/] {args.finish} is not a sweep's partial file: {exc}")
-        return 2
-    except (ExecutorError, SandboxUnavailable) as exc:
-        console.print(f"[red]error:[/] {exc}")
-        return 2
+        except (ExecutorError, SandboxUnavailable) as exc:
+            console.print(f"[red]error:[/] {exc}")
+            return 2
     runs = report.pop("_runs")
     print(json.dumps(brief(report), indent=2))
     if args.json:

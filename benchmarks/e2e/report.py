@@ -65,6 +65,7 @@ def summarize(run: RunTrace) -> dict[str, Any]:
         served[c.replica_id] = served.get(c.replica_id, 0) + 1
     if not lat:
         return {"path": run.path, "tasks": 0, "tasks_rejected": run.rejected}
+    queued = sum(c.started - c.submitted for c in calls)  # waiting for a grant
     return {
         "path": run.path,
         "tasks": len(lat),
@@ -78,8 +79,8 @@ def summarize(run: RunTrace) -> dict[str, Any]:
         "prefill_tokens": prompt - cached,
         "reprefilled_tokens": reprefilled(run),
         "cache_hit_ratio": round(cached / prompt, 3) if prompt else 0.0,
-        "queued_s_total": round(sum(c.started - c.submitted for c in calls), 1),
-        "queued_share": round(sum(c.started - c.submitted for c in calls) / sum(lat), 3),
+        "queued_s_total": round(queued, 1),
+        "queued_share": round(queued / sum(lat), 3),
         "replica_moves": replica_moves(run),
         "call_s_mean": round(statistics.mean(c.ended - c.started for c in calls), 3),
         "call_s_by_turn": by_turn(run),
