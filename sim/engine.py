@@ -4,7 +4,9 @@ step model of :mod:`sim.model`) and a KV cache with LRU eviction.
 KV: a running call holds ``prompt + output`` tokens; when it ends, they stay as
 the task's cached history (prefix cache on) until the task's next call reuses
 them, a ``drop`` (the core released them), or LRU eviction makes room for
-another call. A call that cannot get KV room (or a running slot) waits in the
+another call (SGLang's radix cache evicts leaves first: the least recently used
+history loses its tail, only as many tokens as the call needs, and its next call
+hits the rest). A call that cannot get KV room (or a running slot) waits in the
 engine's FIFO, as SGLang's own waiting queue does. A task's call hits the cache
 for its whole cached history, or, failing that, for the agent's shared system
 prompt when another call of the agent is cached or running here.
@@ -231,33 +233,35 @@ class SimEngine:
         self.stats.offloaded_tokens += tokens
 
     def _evict_for(self, need: int) -> bool:
-        cache = self.cache
+        """LRU eviction until ``need`` tokens are free, skipping histories pinned
+        past now (expired pins go)."""
         if self.pins:
-            return self._evict_unpinned(need)
-        while self.capacity - self.used < need and cache:
-            victim = next(iter(cache))
-            self._evict(victim)
-        return self.capacity - self.used >= need
-
-    def _evict_unpinned(self, need: int) -> bool:
-        """LRU eviction that skips histories pinned past now (expired pins go)."""
-        now = self._t
-        for task, until in list(self.pins.items()):
-            if until <= now:
-                del self.pins[task]
+            now = self._t
+            for task, until in list(self.pins.items()):
+                if until <= now:
+                    del self.pins[task]
         for victim in [t for t in self.cache if t not in self.pins]:
-            if self.capacity - self.used >= need:
+            short = need - (self.capacity - self.used)
+            if short <= 0:
                 break
-            self._evict(victim)
+            self._evict(victim, short)
         return self.capacity - self.used >= need
 
-    def _evict(self, victim: str) -> None:
-        """Drop one history from the GPU cache (to the host tier, if there is one)."""
-        tokens, agent = self.cache.pop(victim)
-        self.used -= tokens
-        self._ref_agent(agent, -1)
+    def _evict(self, victim: str, short: int) -> None:
+        """Make room for ``short`` more tokens from one history. Without a host
+        tier, as SGLang's radix cache evicts leaves first, only its tail goes and
+        the rest stays cached for its next call; with one, the whole history goes
+        to the host."""
+        tokens, agent = self.cache[victim]
+        gone = tokens if self.host_capacity else min(tokens, short)
+        self.used -= gone
         self.stats.evictions += 1
-        self.stats.evicted_tokens += tokens
+        self.stats.evicted_tokens += gone
+        if gone < tokens:
+            self.cache[victim] = (tokens - gone, agent)
+            return
+        del self.cache[victim]
+        self._ref_agent(agent, -1)
         if self.host_capacity:
             self._offload(victim, tokens)
 

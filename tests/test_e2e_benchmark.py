@@ -17,12 +17,14 @@ from benchmarks.e2e import run as e2e_run
 from benchmarks.e2e.calibration import (
     CHUNK_TOKENS,
     RATE_KEYS,
+    AloneCall,
     alone_calls,
     compare,
     engine_slowdown,
     engine_spec,
     fit_contention,
     fit_decode,
+    fit_phases,
     fit_prefill,
     mean_rates,
     scaled,
@@ -149,20 +151,27 @@ def test_the_runs_engine_speed_and_contention_come_from_its_calls_alone() -> Non
     ]
     run = RunTrace("ours", 0.0, 40.0, [TaskTrace(w.task_id, 0.0, 40.0, calls, [])], [])
     got = alone_calls(run, [w], rates)
-    assert [r for r, _ in got] == pytest.approx([2.0, 3.0, 1.0])
-    assert [others for _, others in got] == [0, 1, 1]
+    assert [c.ratio for c in got] == pytest.approx([2.0, 3.0, 1.0])
+    assert [c.others for c in got] == [0, 1, 1]
+    assert got[0].prefill_s + got[0].decode_s == pytest.approx(model)
     assert engine_slowdown(got, 0.5) == pytest.approx(2.0)  # 2, 3 / 1.5, 1 / 1.5
     assert engine_slowdown([], 0.5) == 1.0
     # contention: 1.3x with one other busy, 1.6x with two: 0.3 per other replica
-    assert fit_contention([(1.0, 0)] * 10 + [(1.3, 1)] * 5) == pytest.approx(0.3)
-    assert fit_contention([(1.0, 0)] * 10 + [(1.6, 2)] * 5) == pytest.approx(0.3)
-    assert fit_contention([(1.0, 0)] * 3 + [(1.3, 1)] * 5) == 0.0  # too few to tell
-    assert fit_contention([(1.0, 0)] * 10 + [(0.9, 1)] * 5) == 0.0  # not slower
+    def ratios(*groups: tuple[float, int, int]) -> list[AloneCall]:
+        return [AloneCall(r, 1.0, 0.0, others) for r, others, n in groups for _ in range(n)]
+
+    assert fit_contention(ratios((1.0, 0, 10), (1.3, 1, 5))) == pytest.approx(0.3)
+    assert fit_contention(ratios((1.0, 0, 10), (1.6, 2, 5))) == pytest.approx(0.3)
+    assert fit_contention(ratios((1.0, 0, 3), (1.3, 1, 5))) == 0.0  # too few to tell
+    assert fit_contention(ratios((1.0, 0, 10), (0.9, 1, 5))) == 0.0  # not slower
     slow = scaled(rates, 2.0)
     assert engine_spec(slow, 1).call_seconds_alone(400, 8, 400) == pytest.approx(
         2 * engine_spec(rates, 1).call_seconds_alone(400, 8, 400)
     )
     assert slow["decode_batch_slowdown"] == 0.1
+    split = scaled(rates, 1.5, 3.0)  # prefill 1.5x as slow, decode and overhead 3x
+    assert split["prefill_tokens_per_s"] == 10_000.0 / 1.5
+    assert split["decode_tokens_per_s"] == 100.0 / 3.0 and split["call_overhead_s"] == 0.03
     with pytest.raises(SystemExit):
         agents.parse_args(["--probe-repeats", "0"])
 
@@ -189,8 +198,8 @@ def test_calibration_is_redone_from_a_saved_report(tmp_path: Path) -> None:
     assert set(again) == {"ours"} and again["ours"]["simulated"]["completed"] == 3
     # its three calls overlap on r0: none ran alone, so the probes' speed as is
     assert again["ours"]["engine_speed"] == {
-        "slowdown": 1.0, "host_contention": 0.0, "calls_alone": 0,
-        "from": "the other contestants' calls",
+        "slowdown": 1.0, "host_contention": 0.0, "prefill_slowdown": 1.0,
+        "decode_slowdown": 1.0, "calls_alone": 0, "from": "the other contestants' calls",
     }  # fmt: skip
     assert again["ours"]["probes_only"]["simulated"] == again["ours"]["simulated"]
     out = tmp_path / "again.json"
@@ -492,3 +501,18 @@ def test_router_calls_are_attributed_from_the_servers_request_logs(tmp_path: Pat
     )
     e2e_run.attribute(run, {("t1", 0): "t1-0-aa", ("t1", 1): "t1-1-bb"}, server)
     assert [c.replica_id for c in run.tasks[0].calls] == ["s0", "s1"]
+
+
+def test_the_two_phases_slowdowns_are_told_apart_by_the_calls_alone() -> None:
+    """The runs decode under the reply grammar and the probes do not: the factors
+    on the probes' prefill and decode are fitted apart (one factor for both when
+    a phase explains nothing), with the host contention taken out."""
+    calls = [
+        AloneCall((1.5 * p + 3.0 * d) * (1.0 + 0.2 * o), p, d, o)
+        for p, d, o in [(0.1 * i, 0.3 + 0.01 * i, i % 2) for i in range(1, 25)]
+    ]  # fmt: skip
+    assert fit_phases(calls, 0.2) == pytest.approx((1.5, 3.0))
+    assert engine_slowdown(calls, 0.2, (1.5, 3.0)) == pytest.approx(1.0)
+    assert fit_phases(calls[:5], 0.2) == (1.0, 1.0)  # too few to tell
+    decode_only = [AloneCall(2.0 * c.decode_s, 0.0, c.decode_s, 0) for c in calls]
+    assert fit_phases(decode_only, 0.0) == pytest.approx((2.0, 2.0))

@@ -292,3 +292,26 @@ def test_cli_sweep(tmp_path: Path) -> None:
     s = json.loads(out.read_text())["sweep"][0]
     assert s["policy"] == "ours" and len(s["points"]) == 4
     assert "load where task p95 reaches" in proc.stdout
+
+
+def test_lru_pressure_takes_only_the_tail_a_call_needs_and_the_victim_hits_the_rest() -> None:
+    """As SGLang's radix cache evicts leaves first: the least recently used history
+    loses as many tokens as the new call needs, not all of them, and its own next
+    call hits what is left (and re-prefills only the tail that went)."""
+    spec = EngineSpec(prefill_tokens_per_s=1_000.0, decode_tokens_per_s=100.0,
+                      kv_room_bytes=1_000, kv_bytes_per_token=1)  # fmt: skip
+    eng = SimEngine("r0", spec)
+
+    def run(call: SimCall) -> SimCall:
+        eng.submit(call, eng._t)
+        while eng.busy:
+            eng.step(eng.next_change())  # type: ignore[arg-type]
+        return call
+
+    run(SimCall("old", "a", 600, 0, 0, 0.0))
+    run(SimCall("new", "b", 700, 0, 0, eng._t))  # 400 free: 300 of "old"'s 600 go
+    assert eng.cache["old"][0] == 300 and eng.stats.evicted_tokens == 300
+    eng.drop("new", eng._t)
+    again = run(SimCall("old", "a", 650, 0, 600, eng._t))
+    assert again.cached == 300
+    assert eng.stats.reprefilled_tokens == 300  # the tail, not the whole history

@@ -169,13 +169,28 @@ def engine_spec(rates: dict[str, float], kv_tokens: int, cache: bool = True) -> 
     )  # fmt: skip
 
 
+@dataclasses.dataclass(frozen=True)
+class AloneCall:
+    """A call that ran alone on its replica: its time, the probes' model of its two
+    phases, and how many other replicas were busy meanwhile."""
+
+    seconds: float
+    prefill_s: float  # as the probes model it
+    decode_s: float  # the decode and the call's overhead, as the probes model them
+    others: int
+
+    @property
+    def ratio(self) -> float:
+        """Measured over modeled time."""
+        return self.seconds / (self.prefill_s + self.decode_s)
+
+
 def alone_calls(
     run: RunTrace, workload: list[ReplayTask], rates: dict[str, float]
-) -> list[tuple[float, int]]:
-    """How the engines ran in this run against the probes' model: for each call
-    that ran alone on its replica, its measured over modeled time, and how many
-    other replicas were busy meanwhile. A run whose calls name no replica (the
-    router's) has none."""
+) -> list[AloneCall]:
+    """How the engines ran in this run against the probes' model: each call that
+    ran alone on its replica (:class:`AloneCall`). A run whose calls name no
+    replica has none."""
     engine = engine_spec({**rates, "host_contention": 0.0}, 1)
     output = {w.task_id: w.plan.output_tokens for w in workload}
     calls = [(c, t.task_id) for t in run.tasks for c in t.calls if c.replica_id != "?"]
@@ -185,44 +200,70 @@ def alone_calls(
                   if o is not c and o.started < c.ended and o.ended > c.started}  # fmt: skip
         if c.replica_id in during:
             continue
-        model = engine.call_seconds_alone(
-            c.prompt_tokens - c.cached_tokens, output[task_id][c.k], c.prompt_tokens
-        )  # fmt: skip
-        out.append(((c.ended - c.started) / model, len(during)))
+        new, prompt = c.prompt_tokens - c.cached_tokens, c.prompt_tokens
+        total = engine.call_seconds_alone(new, output[task_id][c.k], prompt)
+        prefill = engine.prefill_seconds(new, prompt) - engine.call_overhead_s
+        out.append(AloneCall(c.ended - c.started, prefill, total - prefill, len(during)))
     return out
 
 
-def fit_contention(calls: list[tuple[float, int]]) -> float:
+def fit_contention(calls: list[AloneCall]) -> float:
     """:class:`EngineSpec`'s ``host_contention`` from :func:`alone_calls`: how much
     slower calls ran while other replicas were busy than with the host to
     themselves (medians), per other busy replica; 0 without
     ``MIN_IDLE_HOST_CALLS`` of the latter."""
-    idle = [r for r, others in calls if not others]
-    busy = [(r, others) for r, others in calls if others]
+    idle = [c.ratio for c in calls if not c.others]
+    busy = [c for c in calls if c.others]
     if len(idle) < MIN_IDLE_HOST_CALLS or not busy:
         return 0.0
-    ratio = statistics.median(r for r, _ in busy) / statistics.median(idle)
-    per = statistics.median(others for _, others in busy)
+    ratio = statistics.median(c.ratio for c in busy) / statistics.median(idle)
+    per = statistics.median(c.others for c in busy)
     return round(max(0.0, ratio - 1.0) / per, 4)
 
 
-def engine_slowdown(calls: list[tuple[float, int]], contention: float) -> float:
-    """The engines' speed in a run as a factor on the probes' times: the median
-    of :func:`alone_calls`' ratios, less the host contention (1 without calls)."""
+def fit_phases(calls: list[AloneCall], contention: float) -> tuple[float, float]:
+    """How much slower than the probes the two phases ran, ``(prefill, decode)``
+    factors (non-negative least squares over the calls, the host contention taken
+    out; ``(1, 1)`` with fewer than ``MIN_ALONE_CALLS``). The probes decode free
+    text; the runs decode under the executor's reply grammar, which on this CPU
+    backend costs more per token than the prefill's slowdown alone would say."""
+    if len(calls) < MIN_ALONE_CALLS:
+        return 1.0, 1.0
+    a = np.array([(c.prefill_s, c.decode_s) for c in calls], dtype=float)
+    y = np.array([c.seconds / (1.0 + contention * c.others) for c in calls])
+    coef, _ = nnls(a, y)
+    prefill, decode = (float(x) for x in coef)
+    if not prefill or not decode:  # one phase explains nothing: one factor for both
+        prefill = decode = statistics.median(y / a.sum(axis=1))
+    return round(prefill, 3), round(decode, 3)
+
+
+def engine_slowdown(
+    calls: list[AloneCall], contention: float, phases: tuple[float, float] = (1.0, 1.0)
+) -> float:
+    """The engines' speed in a run as a factor on the probes' times with the phases
+    scaled by ``phases``: the median of :func:`alone_calls`' ratios, less the host
+    contention (1 without calls)."""
     if not calls:
         return 1.0
-    return statistics.median(r / (1.0 + contention * others) for r, others in calls)
+    p, d = phases
+    return statistics.median(
+        c.seconds / (1.0 + contention * c.others) / (p * c.prefill_s + d * c.decode_s)
+        for c in calls
+    )  # fmt: skip
 
 
-def scaled(rates: dict[str, float], factor: float) -> dict[str, float]:
-    """The engine terms of an engine ``factor`` times as slow."""
+def scaled(rates: dict[str, float], factor: float, decode: float | None = None) -> dict[str, float]:
+    """The engine terms of an engine whose prefill is ``factor`` times as slow and
+    its decode (and per-call overhead) ``decode`` times (``factor`` if not given)."""
+    decode = factor if decode is None else decode
     out = dict(rates)
-    for key in ("prefill_tokens_per_s", "decode_tokens_per_s"):
-        out[key] = rates[key] / factor
-    for key in ("call_overhead_s", "first_chunk_attention_s", "prefill_attention_s",
-                "decode_context_s"):  # fmt: skip
+    for key, by in (("prefill_tokens_per_s", factor), ("decode_tokens_per_s", decode)):
+        out[key] = rates[key] / by
+    for key, by in (("call_overhead_s", decode), ("first_chunk_attention_s", factor),
+                    ("prefill_attention_s", factor), ("decode_context_s", decode)):  # fmt: skip
         if key in rates:
-            out[key] = rates[key] * factor
+            out[key] = rates[key] * by
     return out
 
 

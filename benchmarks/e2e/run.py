@@ -314,12 +314,14 @@ def calibrate(
     alone = {n: calib.alone_calls(run, workload, rates) for n, run in byname.items()}
     pooled = [x for xs in alone.values() for x in xs]
     contention = calib.fit_contention(pooled)
+    phases = calib.fit_phases(pooled, contention)
     out = {}
     for name, run in byname.items():
         own = len(alone[name]) >= calib.MIN_ALONE_CALLS
         calls = alone[name] if own else pooled
-        speed = calib.engine_slowdown(calls, contention)
-        engine = calib.scaled({**rates, "host_contention": contention}, speed)
+        speed = calib.engine_slowdown(calls, contention, phases)
+        engine = calib.scaled({**rates, "host_contention": contention},
+                              speed * phases[0], speed * phases[1])  # fmt: skip
 
         def sim(r: dict[str, float], name: str = name, run: RunTrace = run) -> dict[str, Any]:
             return calib.simulate_trials(name, run, workload, spec, r, args.replicas,
@@ -328,6 +330,8 @@ def calibrate(
         out[name] = calib.compare(measured[name], sim(engine))
         out[name]["engine_speed"] = {
             "slowdown": round(speed, 3), "host_contention": contention,
+            "prefill_slowdown": round(speed * phases[0], 3),
+            "decode_slowdown": round(speed * phases[1], 3),
             "calls_alone": len(calls),
             "from": "its own calls" if own else "the other contestants' calls",
         }  # fmt: skip
