@@ -280,8 +280,8 @@ def report(b: Bench) -> dict[str, Any]:
             "replayed": shape(b.replayed),
             "plan_source": b.plan_source,
             "journal_matches_plan": b.journal_matches,
-            "outputs": "each reply's length as the executor's reply grammar made it; "
-            "the others generate that many tokens (ignore_eos)",
+            "outputs": "each reply as the executor's reply grammar made it; the others "
+            "decode under the same grammar, greedy: the same reply, the same length",
         },  # fmt: skip
         "turn_metric": TURN_METRIC,
         "engine_rates": b.rates,
