@@ -8,7 +8,7 @@ from __future__ import annotations
 import heapq
 import time as wallclock
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol, assert_never
 
 from scheduler.baselines import (
@@ -107,6 +107,10 @@ class SimConfig:
     """The scheduler's settings, used as given; None: the defaults, with re-prefill
     priced at the engine's prefill rate."""
     kills: tuple[tuple[float, int], ...] = ()  # (time, replica index) failures
+    concurrency: int | None = None
+    """Closed loop (a fixed workload only): this many tasks at once from t = 0, the
+    next one arriving when one ends (finished, failed or rejected), as the
+    end-to-end benchmark runs them; every task is measured."""
 
     @property
     def scheduler_config(self) -> SchedulerConfig:
@@ -123,6 +127,8 @@ class SimConfig:
             raise ValueError("need 0 <= warmup < duration")
         if self.drain_s < 0:
             raise ValueError("drain must be >= 0")
+        if self.concurrency is not None and self.concurrency < 1:
+            raise ValueError("concurrency must be >= 1")
 
 
 @dataclass(slots=True)
@@ -245,7 +251,8 @@ class Simulation:
             self._settle(st)
 
     def _measured(self, st: SimTask) -> bool:
-        return self.cfg.warmup_s <= st.plan.arrival < self.cfg.duration_s
+        cfg = self.cfg
+        return bool(cfg.concurrency) or cfg.warmup_s <= st.plan.arrival < cfg.duration_s
 
     def _settle(self, st: SimTask) -> None:
         if not st.settled:
@@ -253,6 +260,8 @@ class Simulation:
             self.settled += 1
             if self._measured(st):
                 self._outstanding -= 1
+            if self.cfg.concurrency:
+                self._arrive_next(self._now)
 
     def _wake(self, eng: SimEngine) -> None:
         t = eng.next_change()
@@ -268,6 +277,13 @@ class Simulation:
             if e.set_slowdown(1.0 + contention * (busy - e.busy), t):
                 self._wake(e)
 
+    def _arrive_next(self, t: float) -> None:
+        """Closed loop: the next task of the workload arrives at ``t``."""
+        plan = self._next_plan()
+        if plan is not None:
+            self._outstanding += 1  # from now: its arrival is pending
+            self._push(t, Arrival(replace(plan, arrival=t)))
+
     def _next_plan(self) -> TaskPlan | None:
         if self._fixed is not None:
             return self._fixed.pop(0) if self._fixed else None
@@ -282,8 +298,12 @@ class Simulation:
         max_running = cfg.scheduler_config.max_running_calls
         for rid, eng in self.engines.items():
             self._send(ReplicaJoined(0.0, rid, eng.capacity, max_running))
-        first = self._next_plan()
-        if first is not None:
+        if cfg.concurrency:
+            if self._fixed is None:
+                raise ValueError("a closed loop (concurrency) needs a fixed workload")
+            for _ in range(cfg.concurrency):
+                self._arrive_next(0.0)
+        elif (first := self._next_plan()) is not None:
             self._push(first.arrival, Arrival(first))
         for t, idx in cfg.kills:
             self._push(t, Kill(f"r{idx}"))
@@ -310,14 +330,13 @@ class Simulation:
                 case Arrival(plan=plan):
                     st = SimTask(plan)
                     self.tasks[plan.task_id] = st
-                    if self._measured(st):
+                    if self._measured(st) and not cfg.concurrency:
                         self._outstanding += 1
                     self._send(TaskArrived(
                         t, plan.task_id, plan.agent, plan.calls, plan.expected_history,
                         prompt_tokens=plan.new_tokens[0],
                     ))
-                    nxt = self._next_plan()
-                    if nxt is not None:
+                    if not cfg.concurrency and (nxt := self._next_plan()) is not None:
                         self._push(max(nxt.arrival, t), Arrival(nxt))
                 case Kill(replica_id=rid):
                     self._kill(rid)
@@ -333,7 +352,7 @@ class Simulation:
                     last_progress = now_wall
                     live = len(self.tasks) - self.settled
                     self._progress(self.policy, t, self.settled, live)
-            if t >= cfg.duration_s and self._outstanding <= 0:
+            if self._outstanding <= 0 and (t >= cfg.duration_s or cfg.concurrency):
                 break
         self.snapshots.setdefault("end", self._snapshot(self._now))
         return summarize(self._run_data(), wallclock.perf_counter() - wall0)

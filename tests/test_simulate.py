@@ -315,3 +315,25 @@ def test_lru_pressure_takes_only_the_tail_a_call_needs_and_the_victim_hits_the_r
     again = run(SimCall("old", "a", 650, 0, 600, eng._t))
     assert again.cached == 300
     assert eng.stats.reprefilled_tokens == 300  # the tail, not the whole history
+
+
+def test_a_closed_loop_runs_k_tasks_at_once_and_starts_the_next_as_one_ends() -> None:
+    """``concurrency``: the first k tasks arrive at 0, each later one when a task
+    ends, as the end-to-end benchmark runs them; every task is measured."""
+    engine = EngineSpec(prefill_tokens_per_s=10_000.0, decode_tokens_per_s=50.0)
+    plans = [dataclasses.replace(one_task(2, 300, 10, tool_s=1.0), task_id=f"t{i}",
+                                 arrival=100.0 + i) for i in range(5)]  # fmt: skip
+    cfg = SimConfig(replicas=1, rate=1.0, duration_s=1.0, warmup_s=0, drain_s=10_000,
+                    engine=engine, workload=WorkloadSpec(system_prompt_tokens=0),
+                    concurrency=2)  # fmt: skip
+    sim = Simulation(cfg, "ours", workload=plans)
+    sim.run()
+    tasks = [sim.tasks[f"t{i}"] for i in range(5)]
+    assert all(t.finished is not None for t in tasks)
+    assert [t.plan.arrival for t in tasks[:2]] == [0.0, 0.0]
+    ends = sorted(t.finished for t in tasks)  # type: ignore[type-var]
+    assert [t.plan.arrival for t in tasks[2:]] == pytest.approx(ends[:3])  # one per end
+    with pytest.raises(ValueError, match="concurrency"):
+        SimConfig(concurrency=0)
+    with pytest.raises(ValueError, match="fixed workload"):
+        Simulation(dataclasses.replace(cfg, duration_s=10.0), "ours").run()
