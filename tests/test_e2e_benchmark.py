@@ -97,6 +97,11 @@ def test_calibration_replays_the_same_tasks_in_the_simulator() -> None:
     ], [])  # fmt: skip
     slower = simulate("ours", slow, workload, spec, rates, 1, 32768, SchedulerConfig())
     assert slower["p50_s"] == pytest.approx(sim["p50_s"] + 3 * 1.0, abs=0.05)
+    # a closed loop, one at a time: the three tasks back to back, and their tasks/hour
+    one = simulate("ours", run, workload, spec, rates, 1, 32768, SchedulerConfig(),
+                   concurrency=1)  # fmt: skip
+    assert one["completed"] == 3 and "tasks_per_hour" not in sim
+    assert one["tasks_per_hour"] == pytest.approx(3 * 3600 / (3 * one["p50_s"]), rel=0.3)
     # trials: the exact replay and jittered ones; the median lies in their range
     trials = simulate_trials("ours", run, workload, spec, rates, 1, 32768, SchedulerConfig(),
                              trials=5, jitter_s=0.05)  # fmt: skip

@@ -270,11 +270,13 @@ def scaled(rates: dict[str, float], factor: float, decode: float | None = None) 
 def simulate(
     contestant: str, run: RunTrace, workload: list[ReplayTask], spec: WorkloadSpec,
     rates: dict[str, float], replicas: int, kv_tokens: int, scheduler: SchedulerConfig,
-    jitter_s: float = 0.0, seed: int = 0,
+    jitter_s: float = 0.0, seed: int = 0, concurrency: int | None = None,
 ) -> dict[str, float]:  # fmt: skip
     """The simulator on the run's tasks: each arrives when the real one started, and
     each tool takes as long as its real run did (the sandbox's start included),
-    moved by up to ``jitter_s`` either way (uniform, seeded)."""
+    moved by up to ``jitter_s`` either way (uniform, seeded). With ``concurrency``,
+    a closed loop instead (that many at once, in the real start order, the next as
+    one ends), and its tasks/hour."""
     policy, cache = SIM_POLICY[contestant]
     real = {t.task_id: t for t in run.tasks}
     rnd = random.Random(seed)
@@ -300,15 +302,21 @@ def simulate(
     cfg = SimConfig(
         replicas=replicas, rate=1.0, duration_s=plans[-1].arrival + 1.0, warmup_s=0.0,
         drain_s=3600.0, engine=engine, workload=spec, scheduler=scheduler,
+        concurrency=concurrency,
     )  # fmt: skip
     sim = Simulation(cfg, policy, workload=plans)
     sim.run()
-    lat = [st.finished - st.plan.arrival for st in sim.tasks.values() if st.finished is not None]
-    return {
+    ends = [(st.finished, st.plan.arrival) for st in sim.tasks.values() if st.finished is not None]
+    lat = [end - start for end, start in ends]
+    out = {
         "p50_s": round(percentile(lat, 50), 2),
         "p95_s": round(percentile(lat, 95), 2),
         "completed": len(lat),
     }
+    if concurrency and ends:
+        last = max(end for end, _ in ends)
+        out["tasks_per_hour"] = round(len(ends) * 3600.0 / max(last, 1e-9), 1)
+    return out
 
 
 def simulate_trials(

@@ -311,6 +311,7 @@ def calibrate(
     others'). ``probes_only``: the probes' terms alone."""
     spec = workload_spec(args)
     byname = {n: r for (n, _), r in runs.items() if "p50_s" in measured.get(n, {})}
+    loads = {n: load for (n, load) in runs}
     alone = {n: calib.alone_calls(run, workload, rates) for n, run in byname.items()}
     pooled = [x for xs in alone.values() for x in xs]
     contention = calib.fit_contention(pooled)
@@ -337,6 +338,16 @@ def calibrate(
         }  # fmt: skip
         plain = calib.compare(measured[name], sim({**rates, "host_contention": 0.0}))
         out[name]["probes_only"] = {k: plain[k] for k in ("simulated", "error")}
+        real = measured[name].get("tasks_per_hour")
+        if loads[name] and real:  # the same tasks in a closed loop: its throughput
+            closed = calib.simulate(name, run, workload, spec, engine, args.replicas,
+                                    args.max_total_tokens, SchedulerConfig(),
+                                    concurrency=loads[name])  # fmt: skip
+            got = closed.get("tasks_per_hour", 0.0)
+            out[name]["closed_loop"] = {
+                "concurrency": loads[name], "measured_tasks_per_hour": real,
+                "simulated_tasks_per_hour": got, "error": round(got / real - 1.0, 3),
+            }  # fmt: skip
     return out
 
 
