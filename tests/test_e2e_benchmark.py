@@ -521,3 +521,16 @@ def test_the_two_phases_slowdowns_are_told_apart_by_the_calls_alone() -> None:
     assert fit_phases(calls[:5], 0.2) == (1.0, 1.0)  # too few to tell
     decode_only = [AloneCall(2.0 * c.decode_s, 0.0, c.decode_s, 0) for c in calls]
     assert fit_phases(decode_only, 0.0) == pytest.approx((2.0, 2.0))
+
+
+def test_the_benchmarks_scratch_dir_is_made_on_use_and_removed_at_close() -> None:
+    """Journals and router logs go to a scratch dir the bench removes at its end
+    (it used to leave one of ~2 MB per journal in /tmp on every run)."""
+    b = e2e_run.Bench(agents.parse_args(SMALL), Console(quiet=True))
+    assert b._work is None  # nothing made until a run needs it (--finish needs none)
+    work = b.work
+    (work / "journal-ours-2.sqlite").write_bytes(b"x" * 1024)
+    assert b.work == work and work.is_dir()
+    b.close()
+    assert not work.exists()
+    b.close()  # twice is harmless

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -54,8 +55,21 @@ class Bench:
         self.probes: dict[str, Any] = {}
         self.measured: list[dict[str, Any]] = []
         self.sandboxes: Any = None
-        self.work = Path(tempfile.mkdtemp(prefix="aex-e2e-"))
+        self._work: Path | None = None
         self.todo = schedule(args.contestants, args.concurrency)
+
+    @property
+    def work(self) -> Path:
+        """Scratch files of the runs (journals, router logs): made on first use,
+        removed by :meth:`close`."""
+        if self._work is None:
+            self._work = Path(tempfile.mkdtemp(prefix="aex-e2e-"))
+        return self._work
+
+    def close(self) -> None:
+        if self._work is not None:
+            shutil.rmtree(self._work, ignore_errors=True)
+            self._work = None
 
     def record(self, name: str, load: int, run: RunTrace) -> None:
         """Keep a finished run; with ``--json``, also append its summary and trace to
@@ -233,6 +247,7 @@ async def run_all(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         await router_phase(b, cfg)
     finally:
         await b.sandboxes.close()
+        b.close()
     return report(b)
 
 
