@@ -30,8 +30,13 @@ from sim.workload import WorkloadSpec
 #: SGLang's chunked_prefill_size on this CPU backend
 CHUNK_TOKENS = 4096
 
-#: a run's engine speed is measured from at least this many calls alone on a replica
-MIN_ALONE_CALLS = 20
+#: a run's engine speed is measured from at least this many of its calls alone on a
+#: replica, or else from every contestant's (a median of fewer was further off than
+#: the pooled one: in the second load-8 draw, ours' 29 calls gave +24% / +34% at
+#: p50 / p95, the pooled ones -1% / -4%)
+MIN_ALONE_CALLS = 50
+#: the prefill and decode factors are fitted to at least this many calls alone
+MIN_FIT_CALLS = 20
 #: ... and the host contention from at least this many with the host to themselves
 MIN_IDLE_HOST_CALLS = 10
 
@@ -224,10 +229,10 @@ def fit_contention(calls: list[AloneCall]) -> float:
 def fit_phases(calls: list[AloneCall], contention: float) -> tuple[float, float]:
     """How much slower than the probes the two phases ran, ``(prefill, decode)``
     factors (non-negative least squares over the calls, the host contention taken
-    out; ``(1, 1)`` with fewer than ``MIN_ALONE_CALLS``). The probes decode free
+    out; ``(1, 1)`` with fewer than ``MIN_FIT_CALLS``). The probes decode free
     text; the runs decode under the executor's reply grammar, which on this CPU
     backend costs more per token than the prefill's slowdown alone would say."""
-    if len(calls) < MIN_ALONE_CALLS:
+    if len(calls) < MIN_FIT_CALLS:
         return 1.0, 1.0
     a = np.array([(c.prefill_s, c.decode_s) for c in calls], dtype=float)
     y = np.array([c.seconds / (1.0 + contention * c.others) for c in calls])
