@@ -17,6 +17,7 @@ VENV="$ROOT/.venv"
 PYTHON=${PYTHON:-python3.11}
 SGLANG_VERSION=0.5.23   # pinned: the CPU recipe (requirements, stand-in, guard) is verified for it
 TORCH_CPU_VERSION=2.13.0 # pinned: the CPU build available to this project's hosts
+TORCH_CPU_INDEX=${TORCH_CPU_INDEX:-https://download.pytorch.org/whl/cpu}  # only if pip's sources lack it
 
 log() { printf '[install] %s\n' "$*" >&2; }
 
@@ -28,6 +29,13 @@ if [[ -z "${EXECUTOR_INSTALL_MODE:-}" ]]; then
   fi
 fi
 case "$EXECUTOR_INSTALL_MODE" in cpu|cuda) ;; *) log "EXECUTOR_INSTALL_MODE must be cpu or cuda"; exit 2;; esac
+
+# The Debian packages the main job needs (the default bwrap sandbox: bubblewrap, libseccomp,
+# util-linux's setpriv and prlimit), checked on every run: a venv can be up to date while
+# the host lacks them. The Docker engine is the tests' (infra/install_sandbox_deps.sh).
+bash "$ROOT/infra/apt_need.sh" install bwrap=bubblewrap lib:libseccomp.so.2=libseccomp2 \
+  setpriv=util-linux prlimit=util-linux \
+  || log "continuing without them: \`executor run\` needs them for its default sandbox (bwrap)"
 
 stamp_inputs() {
   cd "$ROOT"
@@ -42,9 +50,12 @@ if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" && -x "$VENV/bin/python" ]]; t
   exit 0
 fi
 
-if ! command -v "$PYTHON" >/dev/null 2>&1; then
-  log "need Python 3.11 ($PYTHON not found); set PYTHON=/path/to/python3.11"
-  exit 2
+if ! command -v "$PYTHON" >/dev/null 2>&1 || ! "$PYTHON" -c "import ensurepip" 2>/dev/null; then
+  # Debian's python3.11 and its venv module (ensurepip); elsewhere bring your own.
+  bash "$ROOT/infra/apt_need.sh" install python3.11=python3.11 \
+    || { log "need Python 3.11 with venv ($PYTHON not found); set PYTHON=/path/to/python3.11"; exit 2; }
+  "$PYTHON" -c "import ensurepip" 2>/dev/null || [[ $(id -u) -ne 0 ]] \
+    || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3.11-venv >/dev/null
 fi
 if [[ ! -x "$VENV/bin/python" ]]; then
   log "creating $VENV with $("$PYTHON" --version)"
@@ -55,10 +66,17 @@ T0=$SECONDS
 
 if [[ "$EXECUTOR_INSTALL_MODE" == cpu ]]; then
   log "CPU-only host: torch $TORCH_CPU_VERSION (CPU build), SGLang $SGLANG_VERSION without CUDA requirements"
-  "${PIP[@]}" "torch==$TORCH_CPU_VERSION"
-  if ! "$VENV/bin/python" -c "import torch, sys; sys.exit(0 if torch.version.cuda is None else 1)" 2>/dev/null; then
-    log "torch==$TORCH_CPU_VERSION resolved to a CUDA build; point pip at a CPU build (PIP_FIND_LINKS or the CPU index)"
-    exit 1
+  # Ask for the +cpu build by name: a plain torch==X from PyPI is the CUDA build (several GB).
+  # From the sources pip is configured with if they offer it, else from PyTorch's CPU index.
+  if "${PIP[@]}" "torch==$TORCH_CPU_VERSION+cpu" 2>/dev/null; then
+    log "torch $TORCH_CPU_VERSION+cpu from pip's configured sources"
+  else
+    log "torch $TORCH_CPU_VERSION+cpu is not in pip's configured sources; trying $TORCH_CPU_INDEX"
+    "${PIP[@]}" --extra-index-url "$TORCH_CPU_INDEX" "torch==$TORCH_CPU_VERSION+cpu" || {
+      log "no CPU build of torch $TORCH_CPU_VERSION could be had; put its +cpu wheel where pip finds it (PIP_FIND_LINKS)"
+      exit 1
+    }
+    log "torch $TORCH_CPU_VERSION+cpu from $TORCH_CPU_INDEX"
   fi
   "${PIP[@]}" --no-deps "sglang==$SGLANG_VERSION"
   # pip warns that sglang's CUDA-only requirements are missing: expected.

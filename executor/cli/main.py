@@ -15,6 +15,7 @@ from executor.cli.replicas import add_replica_commands
 from executor.cli.serve import add_serve_command
 from executor.cli.tasks import add_task_commands
 from executor.errors import ExecutorError
+from tools.errors import ToolsError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,8 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     show_logs(console)
     try:
         return int(args.func(args, console))
-    except ExecutorError as exc:
-        console.print(f"[red]error:[/] {exc}")
+    except (ExecutorError, ToolsError) as exc:  # refused on purpose: one line with the fix
+        console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")

@@ -15,6 +15,7 @@ from executor.fleet.pool import ReplicaPool
 from executor.service import ServiceOptions, build_service, serve
 from executor.service.agents import load_agents
 from executor.service.auth import check_bind, load_token
+from tools.sandbox import check_backend
 
 
 def add_serve_command(sub: Any) -> None:
@@ -59,6 +60,7 @@ def add_serve_command(sub: Any) -> None:
 def cmd_serve(args: argparse.Namespace, console: Console) -> int:
     token = load_token(args.token_file)
     check_bind(args.host, token)  # before any replica starts
+    check_backend(args.sandbox)
     if args.replica_actor and not args.ray_address:
         raise ExecutorError("--replica-actor needs --ray-address")
     agents = load_agents(args.agents, args.model)

@@ -28,7 +28,7 @@ from executor.result import CallStep, FailoverStep, Step, TaskResult, ToolStep
 from executor.runtime import Executor
 from tools.builtin import BUILTIN_TOOLS
 from tools.declare import Tool
-from tools.sandbox import BACKENDS
+from tools.sandbox import BACKENDS, check_backend
 from tools.web.policy import WebPolicy
 
 DEFAULT_INSTRUCTIONS = (
@@ -240,6 +240,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     # everything that can be refused is refused here, before Ray or a replica starts
     if not args.goal.strip():
         raise ExecutorError("the goal is empty: say what the agent should do")
+    check_backend(args.sandbox)  # a missing sandbox is one line, before the model converts
     shape = replica_config(args.model, args.max_total_tokens, args.replicas,
                            release_in_engine=args.release_in_engine)  # fmt: skip
     check_task(agent, args.goal, ChatFormat.load(resolve(args.model)), shape.max_total_tokens)
@@ -253,6 +254,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_resume(args: argparse.Namespace, console: Console) -> int:
+    check_backend(args.sandbox)
     with Journal(args.journal) as journal:
         model = str(journal.get(args.task_id).agent["model"])
     return _drive(

@@ -28,6 +28,10 @@ BACKENDS = ("bwrap", "docker", "local")
 ISOLATING_BACKENDS = ("bwrap", "docker")
 
 
+def unknown_backend(name: str) -> SandboxError:
+    return SandboxError(f"unknown sandbox backend {name!r}; choose one of {', '.join(BACKENDS)}")
+
+
 def create_backend(
     name: str = DEFAULT_BACKEND, *, limits: Limits | None = None, **options: Any
 ) -> SandboxBackend:
@@ -49,7 +53,26 @@ def create_backend(
         from tools.sandbox.local import LocalBackend
 
         return LocalBackend(limits, **options)
-    raise SandboxError(f"unknown sandbox backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    raise unknown_backend(name)
+
+
+def check_backend(name: str = DEFAULT_BACKEND) -> None:
+    """Raise SandboxUnavailable (with the fix) unless backend ``name`` can run here.
+
+    Cheap and side-effect free (no image build, no pool): the CLI calls it before it
+    converts a model or starts Ray, so a missing sandbox is one line, not a traceback
+    minutes later.
+    """
+    if name == "bwrap":
+        from tools.sandbox.bwrap import require_host
+
+        require_host()
+    elif name == "docker":
+        from tools.sandbox.docker.backend import connect
+
+        connect().close()
+    elif name != "local":
+        raise unknown_backend(name)
 
 
 __all__ = [
@@ -63,5 +86,6 @@ __all__ = [
     "SandboxBackend",
     "SandboxError",
     "SandboxUnavailable",
+    "check_backend",
     "create_backend",
 ]

@@ -60,6 +60,25 @@ ENTER = (
 OOM_HINTS = (b"MemoryError", b"Cannot allocate memory", b"out of memory")
 
 
+def require_host() -> str:
+    """The path of ``bwrap`` once every host tool the backend needs is there (bubblewrap;
+    setpriv as root; prlimit; libseccomp's filter, built now rather than on the first
+    call); else SandboxUnavailable with the fix. Cheap: the CLI calls it before it
+    starts anything."""
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        raise SandboxUnavailable(
+            "bubblewrap (bwrap) is not installed: run `bash infra/install.sh` as root "
+            "(or `apt-get install bubblewrap`), or choose another sandbox with --sandbox"
+        )
+    if os.geteuid() == 0 and shutil.which("setpriv") is None:
+        raise SandboxUnavailable("setpriv (util-linux) is needed to drop root for bwrap")
+    if shutil.which("prlimit") is None:
+        raise SandboxUnavailable("prlimit (util-linux) is needed for the sandbox's rlimits")
+    seccomp.program()
+    return bwrap
+
+
 class BwrapBackend(SandboxBackend):
     name = "bwrap"
 
@@ -71,28 +90,17 @@ class BwrapBackend(SandboxBackend):
         use_cgroups: bool | None = None,
     ) -> None:
         super().__init__(limits)
-        self.bwrap = shutil.which("bwrap")
-        if self.bwrap is None:
-            raise SandboxUnavailable(
-                "bubblewrap (bwrap) is not installed: run infra/install_sandbox_deps.sh"
-            )
+        self.bwrap = require_host()
         self.privileged = os.geteuid() == 0
         self.uid = sandbox_uid if self.privileged else os.getuid()
         self.gid = sandbox_uid if self.privileged else os.getgid()
-        self.wrapper: list[str]
+        self.wrapper: list[str] = []
         if self.privileged:
-            setpriv = shutil.which("setpriv")
-            if setpriv is None:
-                raise SandboxUnavailable("setpriv (util-linux) is needed to drop root for bwrap")
+            setpriv = str(shutil.which("setpriv"))  # require_host checked it
             self.wrapper = [setpriv, f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups"]
-        else:
-            self.wrapper = []
         self.cgroups = cgroup.available() if use_cgroups is None else use_cgroups
         if self.cgroups and not self.privileged:
             raise SandboxUnavailable("cgroup limits need root")
-        if shutil.which("prlimit") is None:
-            raise SandboxUnavailable("prlimit (util-linux) is needed for the sandbox's rlimits")
-        seccomp.program()  # fail now, not on the first call
         sweep_workspaces()
         if self.cgroups:
             cgroup.sweep()
