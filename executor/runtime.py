@@ -17,9 +17,10 @@ scheduler core is only touched from it. For plain synchronous code, see
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from executor.agent import Agent, AgentDefinitionError
@@ -32,6 +33,7 @@ from executor.fleet.pool import ReplicaPool
 from executor.loop.chat_format import ChatFormat
 from executor.loop.driver import Services, TaskDriver, run_driver
 from executor.loop.journal import Journal, JournalError
+from executor.loop.machine import Finish
 from executor.models import resolve
 from executor.result import Step, TaskResult
 from executor.telemetry import Telemetry
@@ -46,9 +48,25 @@ class TaskHandle:
 
     task_id: str
     future: asyncio.Task[TaskResult]
+    driver: TaskDriver | None = field(default=None, repr=False, compare=False)
 
     async def result(self) -> TaskResult:
-        return await self.future
+        """The task's result, whatever its outcome: a failure, and a cancellation (the
+        task's, by :meth:`Executor.close` or a service's cancel), are ``failed`` results.
+        Raises only when the caller itself is cancelled while it waits."""
+        try:
+            return await self.future
+        except asyncio.CancelledError:
+            waiter = asyncio.current_task()
+            if (waiter is not None and waiter.cancelling()) or not self.future.cancelled():
+                raise
+            return self._cancelled()
+
+    def _cancelled(self) -> TaskResult:
+        if self.driver is not None:
+            return self.driver.result(Finish("failed", error="cancelled"), 0.0)
+        return TaskResult(task_id=self.task_id, agent="", goal="", status="failed",
+                          error="cancelled")  # fmt: skip
 
     def done(self) -> bool:
         return self.future.done()
@@ -84,48 +102,59 @@ class Executor:
     # -- lifecycle ----------------------------------------------------------------
 
     async def start(self) -> Executor:
+        """Open what the executor needs, in order; if a step fails, what the earlier
+        ones opened (and this executor owns) is released again, last first."""
         if self._services is not None:
             return self
         c = self.config
         model_path = await asyncio.to_thread(resolve, self.model)  # clear error before Ray
         chat = await asyncio.to_thread(ChatFormat.load, model_path)
-        sandboxes = (
-            c.sandbox if isinstance(c.sandbox, SandboxBackend)
-            else await asyncio.to_thread(create_backend, c.sandbox)
-        )  # fmt: skip
-        journal = c.journal if isinstance(c.journal, Journal) else Journal(c.journal)
-        telemetry = (
-            c.telemetry if isinstance(c.telemetry, Telemetry)
-            else Telemetry(c.telemetry) if c.telemetry is not None
-            else Telemetry.from_env()
-        )  # fmt: skip
-        if self.pool is None:
-            pool = ReplicaPool(c.replicas, c.replica_config(), address=c.address,
-                               progress=c.progress)  # fmt: skip
-            try:
-                await asyncio.to_thread(pool.start)
-            except BaseException:
-                await sandboxes.close()
-                raise
-            self.pool = pool
-        dispatcher = Dispatcher(
-            SchedulerCore(c.scheduler), replace_dead=c.heal,
-            retry_after_s=c.health.retry_after_s if c.health is not None else 0.0,
-        )  # fmt: skip
-        fleet = Fleet(
-            self.pool, dispatcher, heal=c.heal, health=c.health,
-            control=ControlChannel(journal.path),
-        )  # fmt: skip
-        for rid in c.replica_ids if c.replica_ids is not None else self.pool.ids:
-            fleet.join(rid)
+        async with contextlib.AsyncExitStack() as opened:
+            if isinstance(c.sandbox, SandboxBackend):
+                sandboxes = c.sandbox
+            else:
+                sandboxes = await asyncio.to_thread(create_backend, c.sandbox)
+                opened.push_async_callback(sandboxes.close)
+            if isinstance(c.journal, Journal):
+                journal = c.journal
+            else:
+                journal = Journal(c.journal)
+                opened.callback(journal.close)
+            if isinstance(c.telemetry, Telemetry):
+                telemetry = c.telemetry
+            else:
+                telemetry = Telemetry(c.telemetry) if c.telemetry else Telemetry.from_env()
+                opened.callback(telemetry.shutdown)
+            if self.pool is None:
+                pool = ReplicaPool(c.replicas, c.replica_config(), address=c.address,
+                                   progress=c.progress)  # fmt: skip
+                await asyncio.to_thread(pool.start)  # (a pool that fails to start stops itself)
+                opened.push_async_callback(self._stop_pool, pool)
+                self.pool = pool
+            control = ControlChannel(journal.path)
+            opened.callback(control.close)
+            dispatcher = Dispatcher(
+                SchedulerCore(c.scheduler), replace_dead=c.heal,
+                retry_after_s=c.health.retry_after_s if c.health is not None else 0.0,
+            )  # fmt: skip
+            fleet = Fleet(self.pool, dispatcher, heal=c.heal, health=c.health, control=control)
+            opened.push_async_callback(fleet.close)
+            for rid in c.replica_ids if c.replica_ids is not None else self.pool.ids:
+                fleet.join(rid)
+            fleet.start()
+            opened.pop_all()  # started: from now on, close() releases them
         self._services = Services(
             model=self.model, dispatcher=dispatcher, replicas=fleet.replicas, chat=chat,
             journal=journal, telemetry=telemetry, sandboxes=sandboxes, web=c.web,
             on_step=self._on_step, kv_reserve_tokens=c.kv_reserve_tokens,
         )  # fmt: skip
         self._fleet = fleet
-        fleet.start()
         return self
+
+    async def _stop_pool(self, pool: ReplicaPool) -> None:
+        """(A pool this executor started, when a later step of its start failed.)"""
+        self.pool = None
+        await asyncio.to_thread(pool.shutdown)
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -210,7 +239,7 @@ class Executor:
         task = asyncio.get_running_loop().create_task(run_driver(driver), name=task_id)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        return TaskHandle(task_id, task)
+        return TaskHandle(task_id, task, driver)
 
     async def run(self, agent: Agent, goal: str, *, task_id: str | None = None) -> TaskResult:
         return await self.submit(agent, goal, task_id=task_id).result()

@@ -11,12 +11,19 @@ replica died, and saying so (journal, trace, result).
 Outcomes: ``succeeded``, ``step_limit``, ``failed`` (the scheduler refused the
 task, a replica refused its prompt, or its replicas died beyond the migration
 limit), each with a clear message.
+
+One failure channel: whatever goes wrong in a task's run (its sandbox does not
+open, a tool backend raises, a bug here) ends the task ``failed``, journaled
+with the reason (the exception's type and message), its KV released, its
+traceback logged at ERROR, and its result says so; :func:`run_driver` does not
+raise. Only cancellation propagates (journaled as ``failed``: ``cancelled``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -48,12 +55,25 @@ from executor.loop.reply import answer_spec, reply_format, reply_schema
 from executor.result import CallStep, FailoverStep, Step, TaskResult
 from executor.telemetry import Telemetry
 from tools.context import ToolContext
-from tools.sandbox import SandboxBackend
+from tools.sandbox import Sandbox, SandboxBackend
 from tools.toolbox import Toolbox
 from tools.web.policy import WebPolicy
 
+log = logging.getLogger(__name__)
+
 #: Tokens an observation is expected to add, for the KV reservation of a task.
 OBSERVATION_TOKENS = 256
+
+#: The failures a task ends with on purpose: said in its result, no traceback logged.
+EXPECTED_FAILURES = (TaskRefused, InvalidRequestError, ReplicaUnavailableError)
+
+
+def failure_reason(exc: BaseException) -> str:
+    """A failed task's error: an expected failure's own message; anything else, the
+    exception's type and message."""
+    if isinstance(exc, EXPECTED_FAILURES):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
 
 
 @dataclass(frozen=True)
@@ -128,27 +148,42 @@ class TaskDriver:
         finish = Finish("failed")
         span_of = s.telemetry.task_span(agent=self.agent.name, task_id=self.task_id, model=s.model)
         with span_of as span:
-            sandbox = await s.sandboxes.open(self.task_id)
+            sandbox: Sandbox | None = None
             try:
+                sandbox = await s.sandboxes.open(self.task_id)
                 finish = await self._drive(
                     ToolContext(sandbox=sandbox, web=s.web, task_id=self.task_id)
                 )
-            except (TaskRefused, InvalidRequestError, ReplicaUnavailableError) as exc:
+            except EXPECTED_FAILURES as exc:
                 finish = Finish("failed", error=str(exc))
+            except Exception as exc:  # a sandbox, a tool backend, a bug: see run_driver
+                log.error("task %s failed: %s", self.task_id, failure_reason(exc), exc_info=True)
+                finish = Finish("failed", error=failure_reason(exc))
             finally:
                 s.dispatcher.cancelled(self.task_id, finish.error or "ended")
-                await sandbox.close()
+                if sandbox is not None:
+                    await self._close(sandbox)
             span.set_attribute("executor.task.status", finish.status)
             if finish.error:
                 span.set_attribute("error.type", finish.status)
-        s.journal.finish(self.task_id, finish.status, output=finish.output, error=finish.error)
         latency = time.perf_counter() - started
         s.telemetry.record_task(agent=self.agent.name, latency_s=latency, status=finish.status)
+        s.journal.finish(self.task_id, finish.status, output=finish.output, error=finish.error)
+        return self.result(finish, latency)
+
+    def result(self, finish: Finish, latency_s: float) -> TaskResult:
+        """The task's result as it stands, ended with ``finish``."""
         return TaskResult(
             task_id=self.task_id, agent=self.agent.name, goal=self.goal, status=finish.status,
             output=finish.output, error=finish.error, steps=list(self.machine.steps),
-            latency_s=latency, resumed=self.resumed,
+            latency_s=latency_s, resumed=self.resumed,
         )  # fmt: skip
+
+    async def _close(self, sandbox: Sandbox) -> None:
+        try:
+            await sandbox.close()
+        except Exception:  # the task's outcome stands; the host's leftover is logged
+            log.error("closing the sandbox of task %s failed", self.task_id, exc_info=True)
 
     async def _drive(self, ctx: ToolContext) -> Finish:
         self._announce()  # (a resumed task's interrupted tool)
@@ -291,13 +326,31 @@ def _request_id(task_id: str, step: int) -> str:
 
 
 async def run_driver(driver: TaskDriver) -> TaskResult:
-    """Run a task; an unexpected error still ends the task as failed, journaled."""
-    journal = driver.services.journal
+    """Run a task to its end: never raises but for cancellation. Whatever escapes the
+    driver (its journal or telemetry failing, a bug) still ends the task ``failed``
+    with the reason, journaled, its KV released, and a result that says so."""
+    started = time.perf_counter()
     try:
         return await driver.run()
     except asyncio.CancelledError:
-        journal.finish(driver.task_id, "failed", error="cancelled")
+        _end(driver, "cancelled")
         raise
-    except ExecutorError as exc:
-        journal.finish(driver.task_id, "failed", error=str(exc))
-        raise
+    except Exception as exc:
+        reason = failure_reason(exc)
+        log.error("task %s failed: %s", driver.task_id, reason, exc_info=True)
+        _end(driver, reason)
+        return driver.result(Finish("failed", error=reason), time.perf_counter() - started)
+
+
+def _end(driver: TaskDriver, reason: str) -> None:
+    """The task failed outside the driver's own handling: release its place in the
+    scheduler (its KV) and journal the failure, each as far as it still can be done."""
+    s = driver.services
+    try:
+        s.dispatcher.cancelled(driver.task_id, reason)
+    except Exception:
+        log.error("releasing task %s in the scheduler failed", driver.task_id, exc_info=True)
+    try:
+        s.journal.finish(driver.task_id, "failed", error=reason)
+    except Exception:
+        log.error("journaling the end of task %s failed", driver.task_id, exc_info=True)
