@@ -20,6 +20,8 @@ from executor.fleet.generation import SamplingParams
 from tools.declare import NAME_RE, Tool
 
 FINAL_ANSWER = "final_answer"
+#: the default of ``Agent.answer_hint``
+ANSWER_HINT = "(If this answers the task, call final_answer now.)"
 DEFAULT_MODEL = "qwen2.5-coder-0.5b"
 
 
@@ -47,6 +49,11 @@ class Agent(BaseModel):
     """Loop guard: when a tool call repeats an earlier one, or a tool returns exactly what
     the previous one did, nothing new can come of calling again: the repeated call is not
     run (its earlier result is shown) and the next reply must be the final answer."""
+    answer_hint: str = Field(ANSWER_HINT, max_length=500)
+    """A line the model is shown after every successful tool result (not part of the
+    result the user reads in the task's steps); "" shows nothing. Small models call a
+    tool again after it answered unless told to stop (measured 0/3 without the default
+    line, 3/3 with it, on qwen2.5-coder-0.5b)."""
 
     def __init__(self, **data: Any) -> None:
         try:
@@ -113,4 +120,5 @@ class Agent(BaseModel):
             "reset_tool_choice": self.reset_tool_choice,
             "max_answer_chars": self.max_answer_chars,
             "answer_on_repeat": self.answer_on_repeat,
+            "answer_hint": self.answer_hint,
         }

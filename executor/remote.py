@@ -51,7 +51,7 @@ def agent_spec(agent: Agent | str, registered: bool = False) -> str | dict[str, 
         return agent.name  # the service must have it (its tools are code)
     d = agent.describe()
     return {k: d[k] for k in ("name", "instructions", "tools", "max_steps", "sampling",
-                              "tool_choice", "max_answer_chars")}  # fmt: skip
+                              "tool_choice", "max_answer_chars", "answer_hint")}  # fmt: skip
 
 
 def to_result(view: dict[str, Any]) -> TaskResult:

@@ -40,8 +40,8 @@ from executor.loop.journal import (
     ToolResultPayload,
     ToolStartPayload,
 )
+from executor.agent import ANSWER_HINT
 from executor.loop.machine import (
-    ANSWER_HINT,
     INTERRUPTED,
     REPEATED,
     Action,
@@ -737,13 +737,13 @@ def test_a_failover_appends_its_step_and_changes_no_phase() -> None:
     assert machines[0].ids == ids
 
 
-def test_tool_results_carry_the_answer_hint_only_when_ok() -> None:
+def test_the_model_sees_the_answer_hint_after_ok_results_the_user_does_not() -> None:
     machine = in_tool_phase()
     action = machine.next_action()
     assert isinstance(action, RunTool)
     ok = machine.tool_result(action, {"text": "A", "ok": True, "error": None, "data": {}}, 0.1)
     failed = machine.tool_result(action, {"text": "error: x", "ok": False}, 0.1)
-    assert ok.info.output == f"A\n{ANSWER_HINT}" and ok.info.ok
+    assert ok.info.output == "A" and ok.info.ok  # the step the user reads: no hint
     assert failed.info.output == "error: x" and not failed.info.ok
     assert ok.call_id == failed.call_id == action.call_id == f"{TASK}-1"
     machine.apply(start_payload(action.call_id))
@@ -792,3 +792,14 @@ def test_resumed_without_an_interrupted_tool_changes_nothing() -> None:
         before = snapshot(machine)
         machine.resumed()
         assert snapshot(machine) == before
+
+
+@pytest.mark.parametrize(("hint", "shown"), [("", "A"), ("Answer now.", "A\nAnswer now.")])
+def test_the_answer_hint_is_an_agent_option(hint: str, shown: str) -> None:
+    machine = in_tool_phase(make_agent(4).model_copy(update={"answer_hint": hint}))
+    action = machine.next_action()
+    assert isinstance(action, RunTool)
+    machine.apply(start_payload(action.call_id))
+    machine.apply(machine.tool_result(action, {"text": "A", "ok": True}, 0.1))
+    assert machine.next_action() == Observe(shown, reply_ids(_call("pick", label="a")))
+    assert machine.steps[-1].output == "A"

@@ -47,7 +47,6 @@ from executor.result import Step, TaskStatus, ToolStep
 #: Appended to every successful tool observation: small models otherwise call the
 #: tool again after it answered (measured: 0/3 without it, 3/3 with it; see
 #: docs/ARCHITECTURE.md, "The default model").
-ANSWER_HINT = "(If this answers the task, call final_answer now.)"
 INTERRUPTED = (
     "error: this tool call was interrupted when the executor stopped; its effects are "
     "unknown and it was not run again. Check its effects before repeating it."
@@ -206,13 +205,13 @@ class TaskMachine:
     def tool_result(
         self, action: RunTool, result: dict[str, Any], duration_s: float
     ) -> ToolResultPayload:
-        """The journal payload of a tool's result (``result``: ``ToolResult.to_dict()``):
-        the text the model will see (with the answer hint when it succeeded) and its step."""
+        """The journal payload of a tool's result (``result``: ``ToolResult.to_dict()``)
+        and its step, as the user reads it (the model is shown the agent's answer hint
+        after it: ``_tool_finished``)."""
         ok, text = bool(result["ok"]), str(result["text"])
         step = ToolStep(
             step=action.step, call_id=action.call_id, tool=action.tool,
-            arguments=action.arguments, ok=ok, output=f"{text}\n{ANSWER_HINT}" if ok else text,
-            duration_s=duration_s,
+            arguments=action.arguments, ok=ok, output=text, duration_s=duration_s,
         )  # fmt: skip
         return ToolResultPayload(call_id=action.call_id, result=result, info=step)
 
@@ -267,7 +266,8 @@ class TaskMachine:
         self._seen[call_key(ToolCall(action.tool, action.arguments))] = output
         self._last_result = output
         self.steps.append(payload.info)
-        self._observe(payload.info.output)
+        hint = self.agent.answer_hint if payload.info.ok else ""
+        self._observe(f"{payload.info.output}\n{hint}" if hint else payload.info.output)
 
     def _observe(self, text: str) -> None:
         self.phase = Phase.OBSERVE

@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from executor.agent import ANSWER_HINT
 from executor.result import Step
 
 # A task as a client sees it: the executor's outcomes, plus the states before one.
@@ -26,6 +27,8 @@ class InlineAgent(BaseModel):
     sampling: dict[str, Any] = Field(default_factory=dict)
     tool_choice: str = "auto"
     max_answer_chars: int = Field(2000, ge=1, le=100_000)
+    answer_hint: str = Field(ANSWER_HINT, max_length=500)
+    """Shown to the model after each successful tool result ("" for none)."""
 
 
 class SubmitRequest(BaseModel):
