@@ -437,16 +437,6 @@ def test_report_has_the_issues_keys() -> None:
     json.dumps(r)
 
 
-def test_the_old_command_is_a_deprecated_shim() -> None:
-    import importlib
-    import sys
-
-    sys.modules.pop("benchmarks.agents", None)
-    with pytest.warns(DeprecationWarning, match="benchmarks.e2e"):
-        shim = importlib.import_module("benchmarks.agents")
-    assert shim.main is agents.main
-
-
 @pytest.mark.engine
 def test_small_run_of_every_contestant(pool: Any, tmp_path: Path) -> None:
     """One replica (beside the session's), 3 tasks of 4 calls, every contestant at one
@@ -534,3 +524,74 @@ def test_the_benchmarks_scratch_dir_is_made_on_use_and_removed_at_close() -> Non
     b.close()
     assert not work.exists()
     b.close()  # twice is harmless
+
+
+def _rendered_last_call(w: Any, chat: Any, texts: Any, agent: Any) -> int:
+    """What the executor's transcript of task ``w`` reaches at its last call, replies of
+    the whole ``MAX_REPLY_TOKENS`` each, plus that call's reply (independently of
+    the sizing: the driver's first prompt, the machine's result text, the template's
+    observation turn, appended as the driver appends them)."""
+    from benchmarks.e2e.contestants import MAX_REPLY_TOKENS
+    from benchmarks.e2e.sizing import observation_content
+    from executor.loop.driver import first_prompt
+
+    ids = first_prompt(agent, texts.text(w.new_ids[0]), chat)
+    reply = [150] * MAX_REPLY_TOKENS
+    for k in range(1, w.calls):
+        content = observation_content(agent, texts.text(w.new_ids[k]))
+        ids += reply + chat.observation(reply, content)[1]
+    return len(ids) + MAX_REPLY_TOKENS
+
+
+@pytest.fixture(scope="module")
+def chat_texts() -> Any:
+    from benchmarks.e2e.sizing import load_chat
+
+    return load_chat("tiny")
+
+
+def test_context_is_sized_from_the_rendered_prompts_over_many_seeds(chat_texts: Any) -> None:
+    """Every scenario, 50 seeds of 12 tasks: the sized context holds every task's last
+    call as the product renders it (the task the bound ranks first rendered exactly
+    at each seed, every task at a few), without wasting more than the replies' slack."""
+    from benchmarks.e2e.product import agents_for, replay_tool
+    from benchmarks.e2e.sizing import context_tokens, task_peaks
+    from benchmarks.e2e.workload import SCENARIOS
+
+    chat, texts = chat_texts
+    for scenario in SCENARIOS:
+        for seed in range(50):
+            args = agents.parse_args(["--scenario", scenario, "--seed", str(seed)])
+            workload = agents.build_workload(args)
+            peaks = task_peaks(workload, chat, texts)
+            context = context_tokens(peaks, args.max_total_tokens)
+            tool_ = replay_tool([], texts)
+            ags = agents_for(workload, "m", texts, tool_, {w.task_id: w.calls for w in workload})
+            check = workload if seed < 1 else [max(workload, key=lambda w: peaks[w.task_id])]
+            for w in check:
+                need = _rendered_last_call(w, chat, texts, ags[f"{w.plan.agent}-{w.calls}"])
+                assert need <= context - 1, (scenario, seed, w.task_id, need, context)
+                assert peaks[w.task_id] - need <= 40 * w.calls, (scenario, seed, w.task_id)
+
+
+def test_heavy_tail_seed_11_fits_where_the_plan_sizing_did_not(chat_texts: Any) -> None:
+    """The issue's failure: heavy_tail, seed 11, t6's last prompt of ~13K tokens did
+    not fit a context of the plan's longest + 1,024; the sizing holds it, and a pool
+    too small for it is one clear error."""
+    from benchmarks.e2e.product import agents_for, replay_tool
+    from benchmarks.e2e.sizing import context_tokens, task_peaks
+    from executor.errors import ExecutorError
+
+    chat, texts = chat_texts
+    args = agents.parse_args(["--scenario", "heavy_tail", "--seed", "11", "--concurrency", "10"])
+    workload = agents.build_workload(args)
+    old = max(sum(w.plan.new_tokens) + sum(w.plan.output_tokens) for w in workload) + 1024
+    peaks = task_peaks(workload, chat, texts)
+    context = context_tokens(peaks, args.max_total_tokens)
+    t6 = next(w for w in workload if w.task_id == "t6")
+    tool_ = replay_tool(workload[:1], texts)
+    agent = agents_for([t6], "m", texts, tool_, {"t6": t6.calls})[f"{t6.plan.agent}-{t6.calls}"]
+    need = _rendered_last_call(t6, chat, texts, agent)
+    assert need > old - 1 and need <= context - 1
+    with pytest.raises(ExecutorError, match="max-total-tokens"):
+        context_tokens(peaks, 8192)

@@ -98,11 +98,14 @@ def agents_for(workload: list[ReplayTask], model: str, texts: ObservationText, t
     (named by the limit, each of the ~14 limits learned from a task or two, so it kept
     the 1,024-token prior for most of the run and reserved ~4x the real growth)."""
     out: dict[str, Agent] = {}
+    instructions: dict[str, str] = {}  # per agent type (one system prompt each)
     for w in workload:
         key = f"{w.plan.agent}-{max_steps[w.task_id]}"
         if key not in out:
+            if w.plan.agent not in instructions:
+                instructions[w.plan.agent] = texts.text(w.system_ids)
             out[key] = Agent(
-                name=w.plan.agent, instructions=texts.text(w.system_ids), tools=[tool_],
+                name=w.plan.agent, instructions=instructions[w.plan.agent], tools=[tool_],
                 model=model,
                 max_steps=max_steps[w.task_id], tool_choice="required", reset_tool_choice=False,
                 answer_on_repeat=False,

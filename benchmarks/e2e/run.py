@@ -16,6 +16,7 @@ import httpx
 from rich.console import Console
 
 from benchmarks.e2e import calibration as calib
+from benchmarks.e2e import sizing
 from benchmarks.e2e.contestants import Ours, RoundRobin, SGLangRouter
 from benchmarks.e2e.plan import build_workload, middle, schedule, workload_spec
 from benchmarks.e2e.product import ObservationText, journal_records, replay_schema, run_product
@@ -55,6 +56,8 @@ class Bench:
         self.probes: dict[str, Any] = {}
         self.measured: list[dict[str, Any]] = []
         self.sandboxes: Any = None
+        self.texts: ObservationText | None = None  # the model's text of a given length
+        self.sizing: dict[str, Any] = {}
         self._work: Path | None = None
         self.todo = schedule(args.contestants, args.concurrency)
 
@@ -129,7 +132,7 @@ async def pool_phase(b: Bench, cfg: Any, names: tuple[str, ...], probe: bool) ->
     todo = [(n, load) for n, load in b.todo if n in names]
     if not todo and not probe:
         return
-    texts = ObservationText(await asyncio.to_thread(
+    texts = b.texts or ObservationText(await asyncio.to_thread(
         AutoTokenizer.from_pretrained, str(resolve(cfg.model))))  # fmt: skip
     pool = ReplicaPool(b.args.replicas, cfg, progress=True)
     await asyncio.to_thread(pool.start)
@@ -228,13 +231,24 @@ def attribute(run: RunTrace, rids: dict[tuple[str, int], str], server: dict[str,
                 c.replica_id = server.get(rids.get((t.task_id, c.k), ""), "?")
 
 
+async def size_context(b: Bench) -> int:
+    """The replicas' context from the prompts the product will render
+    (:mod:`benchmarks.e2e.sizing`), not the plan's tokens alone."""
+    chat, texts = await asyncio.to_thread(sizing.load_chat, b.args.model)
+    b.texts = texts
+    peaks = sizing.task_peaks(b.workload, chat, texts, b.args.model)
+    b.sizing = sizing.sized_report(b.workload, peaks)
+    return sizing.context_tokens(peaks, b.args.max_total_tokens)
+
+
 async def run_all(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     from executor.fleet.config import ReplicaConfig
     from tools.sandbox import create_backend
 
     b = Bench(args, console)
     cfg = ReplicaConfig(model=args.model, max_total_tokens=args.max_total_tokens,
-                        context_length=b.longest() + 1024, num_cpus=1, cpu_threads=1)  # fmt: skip
+                        context_length=await size_context(b), num_cpus=1,
+                        cpu_threads=1)  # fmt: skip
     console.print(f"{args.scenario}: {shape(b.workload)}; runs: {b.todo}")
     b.sandboxes = await asyncio.to_thread(create_backend, args.sandbox)
     try:
@@ -294,6 +308,7 @@ def report(b: Bench) -> dict[str, Any]:
             "planned": shape(b.workload),
             "replayed": shape(b.replayed),
             "plan_source": b.plan_source,
+            "context": b.sizing,
             "journal_matches_plan": b.journal_matches,
             "outputs": "each reply as the executor's reply grammar made it; the others "
             "decode under the same grammar, greedy: the same reply, the same length",
