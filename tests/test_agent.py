@@ -470,18 +470,6 @@ def test_executor_options_are_one_validated_config() -> None:
         Executor(model="tiny", bogus=1)
 
 
-def test_moved_imports_still_work_with_a_deprecation_warning() -> None:
-    import importlib
-    import sys
-
-    for name, attr in [("executor.pool", "ReplicaPool"), ("executor.replica_config",
-                                                          "ReplicaConfig")]:  # fmt: skip
-        sys.modules.pop(name, None)
-        with pytest.warns(DeprecationWarning, match=f"from executor import {attr}"):
-            module = importlib.import_module(name)
-        assert getattr(module, attr) is getattr(importlib.import_module("executor"), attr)
-
-
 # -- bad input is refused before anything starts ---------------------------------------
 
 
