@@ -18,6 +18,7 @@ edges) plus a reply of ``MAX_REPLY_TOKENS``.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from benchmarks.e2e.contestants import MAX_REPLY_TOKENS
@@ -27,7 +28,9 @@ from executor import Agent
 from executor.errors import ExecutorError
 from executor.loop.chat_format import ChatFormat
 from executor.loop.driver import first_prompt
-from executor.loop.machine import RunTool, TaskMachine
+from executor.loop.journal import CallPayload, ToolStartPayload
+from executor.loop.machine import Observe, RunTool, TaskMachine
+from executor.result import CallStep
 
 #: tokens an observation's text may gain when encoded inside its turn (measured: at
 #: most 1 over ~300 observations of heavy_tail); the bound takes a few more
@@ -35,11 +38,25 @@ EDGE_TOKENS = 4
 
 
 def observation_content(agent: Agent, text: str) -> str:
-    """What the model sees of a successful tool result ``text`` (the executor's own
-    wrapping: its answer hint), from the task machine itself."""
-    machine = TaskMachine(agent, "sizing", [0])
-    step = RunTool(step=1, call_id="c", tool="replay", arguments={})
-    return str(machine.tool_result(step, {"ok": True, "text": text}, 0.0).info.output)
+    """What the model sees of a successful tool result ``text`` (with the executor's
+    own wrapping, e.g. the agent's answer hint): a task machine driven through one
+    call of the ``replay`` tool and its result."""
+    machine = TaskMachine(agent.model_copy(update={"max_steps": 2}), "sizing", [0])
+    reply = json.dumps({"name": "replay", "arguments": {}})
+    info = CallStep(
+        step=1, replica_id="r", prompt_tokens=1, cached_tokens=0, completion_tokens=1,
+        latency_s=0.0, queue_wait_s=0.0, finish_reason="stop", reply=reply,
+    )  # fmt: skip
+    machine.apply(CallPayload(ids=[1], info=info))
+    run = machine.next_action()
+    if not isinstance(run, RunTool):
+        raise ExecutorError(f"the agent did not run its replay tool: {run!r}")
+    machine.apply(ToolStartPayload(call_id=run.call_id, tool=run.tool, arguments=run.arguments))
+    machine.apply(machine.tool_result(run, {"ok": True, "text": text}, 0.0))
+    seen = machine.next_action()
+    if not isinstance(seen, Observe):
+        raise ExecutorError(f"the machine did not observe the tool's result: {seen!r}")
+    return seen.text
 
 
 def observation_overhead(chat: ChatFormat, agent: Agent) -> int:
