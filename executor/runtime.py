@@ -28,8 +28,8 @@ from executor.config import ExecutorConfig
 from executor.dispatch import Dispatcher
 from executor.errors import ExecutorError
 from executor.fleet.control import ControlChannel
-from executor.fleet.lifetime import Fleet
 from executor.fleet.pool import ReplicaPool
+from executor.fleet_lifetime import Fleet
 from executor.loop.chat_format import ChatFormat
 from executor.loop.driver import Services, TaskDriver, run_driver
 from executor.loop.journal import Journal, JournalError

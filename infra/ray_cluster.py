@@ -13,7 +13,7 @@ find the cluster through ``--dir`` or ``$AEX_RAY_CLUSTER``. A driver joins with
 ``ReplicaPool(address=...)`` / ``Executor(address=...)`` and ``RAY_AUTH_MODE=disabled``
 in its environment. Worker ``node_X`` declares the custom resource ``{"node_X": 1}``
 (pin a replica there with ``ReplicaConfig(resources={"node_X": 0.5})``).
-The library is ``executor.fleet.local_cluster``.
+The library is ``infra.local_cluster``.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a file, not with -m from the repository
     sys.path.insert(0, str(ROOT))
 
-from executor.fleet.local_cluster import (  # noqa: E402
+from infra.local_cluster import (  # noqa: E402
     MAX_WORKERS,
     ClusterError,
     LocalCluster,

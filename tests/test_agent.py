@@ -15,16 +15,15 @@ from executor.cli.main import main as cli_main
 from executor.cli.tasks import parse_tools
 from executor.dispatch import Dispatcher, Grant, TaskRefused
 from executor.errors import ExecutorError
-from executor.loop.journal import (
+from executor.loop.journal import Journal, JournalError
+from executor.loop.reply import FinalAnswer, InvalidReply, ToolCall, parse_reply, reply_schema
+from executor.loop.steps import (
     CallPayload,
-    Journal,
-    JournalError,
     ObservationPayload,
     StepKind,
     ToolResultPayload,
     ToolStartPayload,
 )
-from executor.loop.reply import FinalAnswer, InvalidReply, ToolCall, parse_reply, reply_schema
 from executor.result import CallStep, ToolStep
 from executor.runtime import agent_from_journal
 from scheduler import SchedulerConfig, SchedulerCore

@@ -27,10 +27,11 @@ LAYERS = [
         "executor.errors", "executor.paths", "executor.result", "executor.telemetry",
         "executor.models",
     },
-    {"executor.fleet", "executor.dispatch"},
+    {"executor.fleet"},  # replica plumbing only: actor, handle, pool, health, registry
+    {"executor.dispatch"},
     {"executor.agent"},
     {"executor.loop"},
-    {"executor.config", "executor.runtime", "executor.sdk", "executor"},
+    {"executor.config", "executor.fleet_lifetime", "executor.runtime", "executor.sdk", "executor"},
     {"executor.service", "executor.gateway"},
     {"executor.cli", "executor.__main__"},
     {"benchmarks"},
@@ -146,6 +147,39 @@ def test_modules_and_folders_stay_small() -> None:
         folders[p.parent] = folders.get(p.parent, 0) + 1
     crowded = {str(f.relative_to(ROOT)): n for f, n in folders.items() if n > 16}
     assert not crowded, crowded
+
+
+#: pure decision modules: what they may not import (I/O, storage, clocks of their own)
+PURE = {
+    "executor.loop.machine": (
+        "executor.loop.journal", "executor.loop.driver", "sqlite3", "asyncio",
+    ),
+    "executor.loop.steps": ("executor.loop.journal", "sqlite3", "asyncio"),
+    "scheduler": ("asyncio", "ray", "sqlite3", "threading", "time"),
+}
+
+
+def test_pure_modules_import_no_io() -> None:
+    mods = modules()
+    bad = []
+    for name, path in mods.items():
+        rule = next((r for m, r in PURE.items() if name == m or name.startswith(m + ".")), None)
+        if rule is None:
+            continue
+        for target, _ in imports(name, path, set(mods)):
+            hits = [r for r in rule if target == r or target.startswith(r + ".")]
+            bad += [f"{name} -> {target}" for _ in hits[:1]]
+    assert not bad, bad
+
+
+def test_the_fleet_package_is_plumbing_and_tooling_stays_out_of_the_runtime() -> None:
+    mods = modules()
+    fleet = {n for n in mods if n.startswith("executor.fleet.")}
+    assert fleet, "no executor.fleet modules found"
+    for name in fleet:
+        targets = {t for t, _ in imports(name, mods[name], set(mods))}
+        assert not {t for t in targets if t.startswith("executor.dispatch")}, name
+    assert not [n for n in mods if n.endswith("local_cluster") and n.startswith("executor")]
 
 
 def test_the_checker_sees_a_circle(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""The local multi-node cluster helper (``executor.fleet.local_cluster``, its command
+"""The local multi-node cluster helper (``infra.local_cluster``, its command
 line ``infra/ray_cluster.py``) and the custom resources a replica may ask for: bad
 input refused at once with a clear message; a real cluster of three nodes started,
 a node killed and restarted, everything stopped (no engines: seconds, not minutes)."""
@@ -15,7 +15,7 @@ import pytest
 from pydantic import ValidationError
 
 from executor.fleet.config import ReplicaConfig
-from executor.fleet.local_cluster import LocalCluster
+from infra.local_cluster import LocalCluster
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,6 +1,6 @@
 """A whole worker node dies on a real multi-node Ray cluster (a head and two worker
 nodes, each its own ``ray start`` with its own raylet, started by
-``executor.fleet.local_cluster``): its raylet, its agents, the replica actor on it
+``infra.local_cluster``): its raylet, its agents, the replica actor on it
 and that actor's SGLang engine processes, all SIGKILLed at once while tasks are in
 calls and in tool waits there. Every task finishes on the other node, none is lost,
 no tool runs twice; the dead replica's replacement starts on the surviving node;
@@ -26,7 +26,7 @@ import psutil
 import pytest
 from chaos_tools import wait_until
 
-from executor.fleet.local_cluster import ENV, LocalCluster
+from infra.local_cluster import ENV, LocalCluster
 
 pytestmark = pytest.mark.engine
 ROOT = Path(__file__).resolve().parent.parent

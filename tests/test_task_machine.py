@@ -31,16 +31,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from executor.agent import FINAL_ANSWER, Agent
-from executor.loop.journal import (
-    CallPayload,
-    FailoverPayload,
-    ObservationPayload,
-    Payload,
-    ToolResultPayload,
-    ToolStartPayload,
-)
-from executor.agent import ANSWER_HINT
+from executor.agent import ANSWER_HINT, FINAL_ANSWER, Agent
 from executor.loop.machine import (
     INTERRUPTED,
     REPEATED,
@@ -52,6 +43,14 @@ from executor.loop.machine import (
     Phase,
     RunTool,
     TaskMachine,
+)
+from executor.loop.steps import (
+    CallPayload,
+    FailoverPayload,
+    ObservationPayload,
+    Payload,
+    ToolResultPayload,
+    ToolStartPayload,
 )
 from executor.result import CallStep, FailoverStep, Step, ToolStep
 from tools import tool

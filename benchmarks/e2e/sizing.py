@@ -28,8 +28,8 @@ from executor import Agent
 from executor.errors import ExecutorError
 from executor.loop.chat_format import ChatFormat
 from executor.loop.driver import first_prompt
-from executor.loop.journal import CallPayload, ToolStartPayload
 from executor.loop.machine import Observe, RunTool, TaskMachine
+from executor.loop.steps import CallPayload, ToolStartPayload
 from executor.result import CallStep
 
 #: tokens an observation's text may gain when encoded inside its turn (measured: at

@@ -1,6 +1,6 @@
 """The replicas an executor serves on: the one owner of their live handles.
 
-The fleet's lifetime (:mod:`.lifetime`) adds a replica when it joins the
+The fleet's lifetime (:mod:`executor.fleet_lifetime`) adds a replica when it joins the
 scheduler and removes it when it dies or is drained; everyone else (task
 drivers, the health monitor, the operator commands) only reads it.
 """

@@ -41,17 +41,16 @@ from executor.errors import (
 from executor.fleet.generation import GenerateResult
 from executor.fleet.registry import ReplicaRegistry
 from executor.loop.chat_format import ChatFormat
-from executor.loop.journal import (
-    CallPayload,
-    FailoverPayload,
-    Journal,
-    ObservationPayload,
-    Payload,
-    TaskRecord,
-    ToolStartPayload,
-)
+from executor.loop.journal import Journal, TaskRecord
 from executor.loop.machine import Call, Finish, Observe, RunTool, TaskMachine
 from executor.loop.reply import answer_spec, reply_format, reply_schema
+from executor.loop.steps import (
+    CallPayload,
+    FailoverPayload,
+    ObservationPayload,
+    Payload,
+    ToolStartPayload,
+)
 from executor.result import CallStep, FailoverStep, Step, TaskResult
 from executor.telemetry import Telemetry
 from tools.context import ToolContext

@@ -20,20 +20,27 @@ again silently; the resume reports it.
 from __future__ import annotations
 
 import builtins
-import enum
 import json
 import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 
 from executor.errors import ExecutorError
+from executor.loop.steps import (
+    PAYLOADS,
+    CallPayload,
+    ObservationPayload,
+    Payload,
+    StepKind,
+    ToolResultPayload,
+    ToolStartPayload,
+)
 from executor.paths import default_journal_path
-from executor.result import CallStep, FailoverStep, ToolStep
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -58,69 +65,6 @@ CREATE TABLE IF NOT EXISTS steps (
 """
 
 FINISHED_STATUSES = frozenset({"succeeded", "failed", "step_limit"})
-
-
-class StepKind(enum.StrEnum):
-    """What a journal step records (the ``kind`` column; compares equal to its text)."""
-
-    CALL = "call"
-    TOOL_START = "tool_start"
-    TOOL_RESULT = "tool_result"
-    OBSERVATION = "observation"
-    FAILOVER = "failover"
-
-
-class _Payload(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    kind: ClassVar[StepKind]
-
-
-class CallPayload(_Payload):
-    """A model call's reply: its output ids as generated, and its figures."""
-
-    kind: ClassVar[StepKind] = StepKind.CALL
-    ids: list[int]
-    info: CallStep
-
-
-class ToolStartPayload(_Payload):
-    """The intent to run a tool call, committed before it runs."""
-
-    kind: ClassVar[StepKind] = StepKind.TOOL_START
-    call_id: str
-    tool: str
-    arguments: dict[str, Any]
-
-
-class ToolResultPayload(_Payload):
-    """What the tool returned (``result``: ``ToolResult.to_dict()``) and its step."""
-
-    kind: ClassVar[StepKind] = StepKind.TOOL_RESULT
-    call_id: str
-    result: dict[str, Any]
-    info: ToolStep
-
-
-class ObservationPayload(_Payload):
-    """The ids appended to the transcript after a reply, and their text."""
-
-    kind: ClassVar[StepKind] = StepKind.OBSERVATION
-    ids: list[int]
-    text: str
-
-
-class FailoverPayload(_Payload):
-    """The task's replica died under a call; the call replays elsewhere."""
-
-    kind: ClassVar[StepKind] = StepKind.FAILOVER
-    info: FailoverStep
-
-
-Payload = CallPayload | ToolStartPayload | ToolResultPayload | ObservationPayload | FailoverPayload
-PAYLOADS: dict[StepKind, type[Payload]] = {
-    p.kind: p
-    for p in (CallPayload, ToolStartPayload, ToolResultPayload, ObservationPayload, FailoverPayload)
-}
 
 
 class JournalError(ExecutorError):

@@ -33,7 +33,8 @@ from typing import Any
 
 from executor.agent import FINAL_ANSWER, Agent
 from executor.errors import ExecutorError
-from executor.loop.journal import (
+from executor.loop.reply import FinalAnswer, InvalidReply, ToolCall, parse_reply, reply_format
+from executor.loop.steps import (
     CallPayload,
     FailoverPayload,
     ObservationPayload,
@@ -41,12 +42,8 @@ from executor.loop.journal import (
     ToolResultPayload,
     ToolStartPayload,
 )
-from executor.loop.reply import FinalAnswer, InvalidReply, ToolCall, parse_reply, reply_format
 from executor.result import Step, TaskStatus, ToolStep
 
-#: Appended to every successful tool observation: small models otherwise call the
-#: tool again after it answered (measured: 0/3 without it, 3/3 with it; see
-#: docs/ARCHITECTURE.md, "The default model").
 INTERRUPTED = (
     "error: this tool call was interrupted when the executor stopped; its effects are "
     "unknown and it was not run again. Check its effects before repeating it."
