@@ -25,7 +25,7 @@ from scheduler.decisions import (
     RunCall,
 )
 from scheduler.errors import InvalidEvent
-from scheduler.estimates import GrowthStats, ToolStats
+from scheduler.estimates import DrainRate, GrowthStats, PrefillSpeed, ToolStats
 from scheduler.events import Event, ReplicaId, TaskId
 from scheduler.ledger import FleetIndex, Ledger
 from scheduler.policies.admission import AdmissionPolicy, KVBudgetAdmission, UsageAdmission
@@ -41,9 +41,13 @@ from scheduler.states import (
     TaskTrigger,
     next_task_state,
 )
+from scheduler.stats import WaitBook
 from scheduler.task import Task
 
-_PAUSES = (ReleaseCause.TOOL_WAIT, ReleaseCause.WAITING_CAP, ReleaseCause.OVER_BUDGET)
+_PAUSES = (
+    ReleaseCause.TOOL_WAIT, ReleaseCause.WAITING_CAP, ReleaseCause.OVER_BUDGET,
+    ReleaseCause.MAKE_ROOM,
+)
 _READY = TaskState.READY
 _ACTIVE = ReplicaState.ACTIVE
 _DEAD = ReplicaState.DEAD
@@ -87,6 +91,10 @@ class Book:
         self._budgets: dict[int, int] = {}  # budget -> active replicas with it
         self._freed = False
         self._replacing: set[ReplicaId] = set()  # dead replicas a new one is starting for
+        self._prefill = PrefillSpeed(c.prefill_tokens_per_s)
+        self._drain = DrainRate(c.drain_window_s)
+        self._waits = WaitBook(c.stats_ended_tasks)
+        self._ready_calls = 0  # READY tasks over all replicas (calls waiting for a slot)
 
     # -------------------------------------------------------------- helpers
 
@@ -148,6 +156,7 @@ class Book:
         self._ledger.free(task, r)
         if cause in _PAUSES:
             task.pauses += 1
+            self._waits.count(f"pause:{cause.name.lower()}")
         out.append(ReleaseKV(task.id, r.id, task.history, cause))
         task.lost_kv = MoveCause.KV_RELEASED
         task.cold = True
@@ -193,6 +202,12 @@ class Book:
         return task.kv_held and self._home(task).state is _DRAINING
 
     def _make_ready(self, task: Task, r: Replica) -> None:
+        if task.state is TaskState.QUEUED:
+            task.admission_wait_s += self._now - task.queued_since
+        elif task.state is _READY:  # re-placed after its replica died
+            task.slot_wait_s += self._now - task.ready_since
+        else:
+            self._ready_calls += 1
         task.state = next_task_state(task.state, TaskTrigger.PLACE)
         task.ready_seq += 1
         task.ready_since = self._now
@@ -208,6 +223,8 @@ class Book:
             if task is None:  # pragma: no cover - live count and heap disagree
                 raise AssertionError(f"replica {r.id}: run queue out of sync")
             rq.live -= 1
+            self._ready_calls -= 1
+            task.slot_wait_s += self._now - task.ready_since
             task.state = next_task_state(task.state, TaskTrigger.START_CALL)
             r.running += 1
             out.append(RunCall(task.id, r.id, task.cold))
@@ -244,9 +261,16 @@ class Book:
             self._place(task, r, need, out)
             self._dispatch(r, out)
         else:
-            task.state = next_task_state(task.state, TaskTrigger.QUEUE)
-            self._queue.push(task)
+            self._enqueue(task)
             out.append(Queue(task.id, "admission"))
+
+    def _enqueue(self, task: Task) -> None:
+        if task.state is _READY:  # its replica died under its ready call
+            self._ready_calls -= 1
+            task.slot_wait_s += self._now - task.ready_since
+        task.state = next_task_state(task.state, TaskTrigger.QUEUE)
+        task.queued_since = self._now
+        self._queue.push(task)
 
     def _admit(self, out: list[Decision]) -> None:
         """Place queued tasks, head first, while the head fits somewhere."""
@@ -260,8 +284,74 @@ class Book:
             if r is None:
                 return
             q.pop_head()
+            self._drained(task)
             self._place(task, r, need, out)
             self._dispatch(r, out)
+
+    def _drained(self, task: Task) -> None:
+        """A task leaves the admission queue for a replica: a new arrival counts toward
+        the queue's drain rate (returning tasks go first; their waits are short)."""
+        if task.calls_done == 0 and task.migrations == 0:
+            self._drain.drained()
+
+    def _work_conserve(self, out: list[Decision]) -> None:
+        """Work-conserving admission. The queue's head fits on no replica (else
+        ``_admit`` placed it). If a replica has a free compute slot, release KV of
+        tool-waiting tasks there (expected back last first, within their pause limit)
+        to place the head now, when (1) re-prefilling them costs less, at the learned
+        prefill speed, than the head's expected wait at the learned drain rate, and
+        (2) each is expected back no sooner than that wait: the room they hold would
+        sit unused until then. So a paused task's return is never expected before the
+        head would have been admitted anyway (its own wait is bounded by its tool's
+        remaining time plus its re-prefill). Unknown drain rate: no release."""
+        q = self._queue
+        while (head := q.head()) is not None:
+            wait = self._drain.expected_wait(1)
+            if wait is None:
+                return
+            need = self.admission.reservation(head)
+            room = self._make_room(need, wait, out)
+            if room is None:
+                return
+            q.pop_head()
+            self._drained(head)
+            self._waits.count("work_conserving_admits")
+            self._place(head, room, need, out)
+            self._dispatch(room, out)
+
+    def _make_room(self, need: int, wait: float, out: list[Decision]) -> Replica | None:
+        """A replica with a free slot where releasing tool-waiting tasks (see
+        ``_work_conserve``) frees ``need`` tokens at a re-prefill price under ``wait``;
+        the releases are made. None (nothing released) if there is none."""
+        horizon = self._now + wait
+        best: tuple[float, Replica, list[Task]] | None = None
+        for r in self._fleet:
+            if r.running >= r.max_running or r.budget < need:
+                continue
+            victims: list[Task] = []
+            popped: list[Task] = []
+            freed, price = r.free, 0.0
+            while freed < need:
+                v = r.pop_latest_waiting()
+                if v is None or v.expected_return < horizon:
+                    if v is not None:
+                        popped.append(v)
+                    break
+                popped.append(v)
+                if self._pausable(v):
+                    victims.append(v)
+                    freed += v.reserved
+                    price += self._prefill.seconds(v.history)
+            for v in popped:
+                r.repush_waiting(v, self._next_seq())
+            if freed >= need and price < wait and (best is None or price < best[0]):
+                best = (price, r, victims)
+        if best is None:
+            return None
+        _, r, victims = best
+        for v in victims:
+            self._release(v, ReleaseCause.MAKE_ROOM, out)
+        return r
 
     def _terminate(
         self, task: Task, trigger: TaskTrigger, reason: str, out: list[Decision]
@@ -271,8 +361,12 @@ class Book:
         r = self._replicas.get(task.replica) if task.replica is not None else None
         if state is TaskState.QUEUED:
             self._queue.forget(task)
-        elif state is _READY and r is not None:
-            r.run_queue.live -= 1
+            task.admission_wait_s += self._now - task.queued_since
+        elif state is _READY:
+            self._ready_calls -= 1
+            task.slot_wait_s += self._now - task.ready_since
+            if r is not None:
+                r.run_queue.live -= 1
         elif state is TaskState.RUNNING and r is not None:
             r.running -= 1
         if task.kv_held:
@@ -281,11 +375,16 @@ class Book:
             )
             self._release(task, cause, out)
         task.state = next_task_state(state, trigger)
-        del self._tasks[task.id]
+        self._forget(task)
         if trigger is TaskTrigger.FAIL:
             out.append(Fail(task.id, reason))
         if r is not None and r.state is not _DEAD:
             self._dispatch(r, out)
+
+    def _forget(self, task: Task) -> None:
+        """The task ended: keep its grant waits for the stats, drop it."""
+        self._waits.end(task.id, task.admission_wait_s, task.slot_wait_s)
+        del self._tasks[task.id]
 
     def _fail_queued(self, reason: str, out: list[Decision]) -> None:
         """No replica can ever take them: fail every task waiting for admission."""

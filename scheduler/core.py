@@ -51,6 +51,7 @@ from scheduler.events import (
     ToolFinished,
     ToolStarted,
 )
+from scheduler.policies.retention import CostAwareRetention
 from scheduler.replica import Replica, ReplicaView, replica_view
 from scheduler.run_queue import RunQueue
 from scheduler.states import (
@@ -61,6 +62,7 @@ from scheduler.states import (
     next_replica_state,
     next_task_state,
 )
+from scheduler.stats import CoreStats, ReplicaKV, TaskWait
 from scheduler.task import Task, TaskView, task_view
 
 
@@ -82,6 +84,10 @@ class SchedulerCore(Book):
         before = self._now
         self._now = t
         self._freed = False
+        # the stats' clocks: the state after the last event held until now
+        self._waits.advance(t)
+        self._drain.advance(t, self._queue.queued_new > 0)
+        self._ledger.now = t
         try:
             self._dispatch_event(event, out)
         except InvalidEvent as exc:  # handlers validate before they change anything
@@ -91,6 +97,12 @@ class SchedulerCore(Book):
             raise
         if self._freed and len(self._queue):
             self._admit(out)
+        if self.config.work_conserving and len(self._queue):
+            self._work_conserve(out)
+        waiting = len(self._queue) > 0 or self._ready_calls > 0
+        self._waits.settle(waiting, waiting and any(
+            r.running == 0 and r.state is ReplicaState.ACTIVE for r in self._replicas.values()
+        ))
         return out
 
     def _dispatch_event(self, event: Event, out: list[Decision]) -> None:
@@ -147,6 +159,42 @@ class SchedulerCore(Book):
     def replicas(self) -> list[ReplicaView]:
         return [v for rid in self._replicas if (v := self.replica(rid)) is not None]
 
+    def predicted_wait_s(self) -> float | None:
+        """How long a task arriving now should wait for admission: 0 when no new task
+        waits for admission, else its place among the new arrivals in line (tasks
+        returning to the queue go first) over the learned rate at which new arrivals
+        leave it; None while that rate is unknown."""
+        waiting_new = self._queue.queued_new
+        if not waiting_new:
+            return 0.0
+        return self._drain.expected_wait(waiting_new + 1)
+
+    def stats(self) -> CoreStats:
+        """The counters the benchmarks report (see :mod:`scheduler.stats`)."""
+        w = self._waits
+        now = self._now
+        tasks = dict(w.ended)
+        for t in self._tasks.values():
+            adm, slot = t.admission_wait_s, t.slot_wait_s
+            if t.state is TaskState.QUEUED:
+                adm += now - t.queued_since
+            elif t.state is TaskState.READY:
+                slot += now - t.ready_since
+            tasks[t.id] = TaskWait(adm, slot, False)
+        replicas = {}
+        for r in self._replicas.values():
+            r.account(now)
+            span = now - r.booked_at if r.booked_at is not None else 0.0
+            mean = r.reserved_token_s / span if span > 0 else float(r.reserved)
+            replicas[r.id] = ReplicaKV(r.budget, r.reserved, mean, r.reserved_peak)
+        return CoreStats(
+            now=now, observed_s=w.last - w.first if w.first is not None else 0.0,
+            idle_while_waiting_s=w.idle_while_waiting_s, waiting_s=w.waiting_s,
+            tasks=tasks, replicas=replicas, counters=dict(w.counters),
+            prefill_tokens_per_s=self._prefill.tokens_per_s(),
+            drain_per_s=self._drain.per_s(),
+        )
+
     def check_invariants(self) -> None:
         """O(tasks + replicas) self-check for tests; raises AssertionError."""
         check_invariants(self._tasks.values(), self._replicas)
@@ -167,6 +215,8 @@ class SchedulerCore(Book):
             e.task_id, e.agent, e.time, deadline, e.expected_calls, e.expected_history_tokens
         )
         task.prompt = e.prompt_tokens
+        if self.config.shed_slo_s is not None and self._shed(task, out):
+            return
         if self._hopeless():
             task.state = next_task_state(task.state, TaskTrigger.REJECT)
             out.append(Reject(task.id, "no live replica is left (every replica died)"))
@@ -194,9 +244,24 @@ class SchedulerCore(Book):
             )))
             return
         self._tasks[task.id] = task
-        task.state = next_task_state(task.state, TaskTrigger.QUEUE)
-        self._queue.push(task)
+        self._enqueue(task)
         out.append(Queue(task.id, "admission"))
+
+    def _shed(self, task: Task, out: list[Decision]) -> bool:
+        """SLO-aware shedding: refuse the task now if its predicted admission wait
+        already exceeds ``shed_slo_s`` (unknown drain rate: never shed)."""
+        slo = self.config.shed_slo_s
+        assert slo is not None
+        wait = self.predicted_wait_s()
+        if wait is None or wait <= slo:
+            return False
+        task.state = next_task_state(task.state, TaskTrigger.REJECT)
+        self._waits.count("shed")
+        out.append(Reject(task.id, (
+            f"shed: predicted queue wait {wait:.1f} s exceeds the SLO ({slo:g} s; "
+            f"{len(self._queue)} tasks waiting)"
+        ), retry_after_s=max(1.0, wait - slo)))
+        return True
 
     def _on_call_finished(self, e: CallFinished, out: list[Decision]) -> None:
         task = self._get_task(e, e.task_id)
@@ -210,6 +275,9 @@ class SchedulerCore(Book):
             or not 0 <= e.cached_tokens <= e.prompt_tokens
         ):
             raise InvalidEvent("token counts and latency must be >= 0, cached <= prompt", e)
+        self._prefill.observe(e.prompt_tokens - e.cached_tokens, e.output_tokens, e.latency_s)
+        if self.config.learn_prefill_speed and isinstance(self.retention, CostAwareRetention):
+            self.retention.prefill_tokens_per_s = self._prefill.tokens_per_s()
         r = self._replicas[e.replica_id]
         r.running -= 1
         before = task.history
@@ -295,7 +363,7 @@ class SchedulerCore(Book):
         if task.kv_held:
             self._release(task, ReleaseCause.TASK_DONE, out)
         task.state = next_task_state(task.state, TaskTrigger.FINISH)
-        del self._tasks[task.id]
+        self._forget(task)
 
     def _on_task_cancelled(self, e: TaskCancelled, out: list[Decision]) -> None:
         task = self._get_task(e, e.task_id)
@@ -318,6 +386,8 @@ class SchedulerCore(Book):
             ))
         state = next_replica_state(r.state, ReplicaTrigger.JOIN)
         self._replicas[r.id] = r
+        if r.booked_at is None:
+            r.booked_at = e.time
         r.state = state
         r.capacity = e.kv_capacity_tokens
         r.budget = self.admission.budget(e.kv_capacity_tokens)
@@ -349,7 +419,7 @@ class SchedulerCore(Book):
             self._budget_count(r.budget, -1)
         lost = self._ledger.lose(r)
         r.running = 0
-        r.run_queue.clear()
+        r.run_queue.clear()  # its ready calls are placed again below (still ready)
         if e.replacing:
             self._replacing.add(r.id)
         for task in lost:

@@ -20,6 +20,7 @@ class ReleaseCause(enum.Enum):
     WAITING_CAP = "waiting tasks' KV over cap"
     OVER_BUDGET = "replica over KV budget"
     DRAINING = "replica draining"
+    MAKE_ROOM = "room for a waiting task (work-conserving admission)"
 
 
 class MoveCause(enum.Enum):
@@ -75,10 +76,13 @@ class Replace:
 
 @dataclass(frozen=True, slots=True)
 class Reject:
-    """The task is not admitted (queue full, too large for any replica)."""
+    """The task is not admitted (queue full, too large for any replica, or shed: its
+    predicted wait exceeds ``SchedulerConfig.shed_slo_s``). ``retry_after_s``: when a
+    retry may be admitted in time (shedding only)."""
 
     task_id: TaskId
     reason: str
+    retry_after_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

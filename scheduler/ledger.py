@@ -92,17 +92,23 @@ class FleetIndex:
 
 
 class Ledger:
-    __slots__ = ("_fleet",)
+    __slots__ = ("_fleet", "now")
 
     def __init__(self, fleet: FleetIndex) -> None:
         self._fleet = fleet
+        self.now = 0.0  # the current event's time (set by the core): the stats' clock
+
+    def _account(self, r: Replica) -> None:
+        r.account(self.now)
 
     def hold(self, task: Task, r: Replica, tokens: int) -> None:
         """Pin the task on ``r``, holding ``tokens`` there."""
         task.replica = r.id
         task.kv_held = True
+        self._account(r)
         task.reserved = tokens
         r.reserved += tokens
+        r.reserved_peak = max(r.reserved_peak, r.reserved)
         r.pinned[task.id] = task
         agents = r.agents
         agents[task.agent] = agents.get(task.agent, 0) + 1
@@ -114,7 +120,9 @@ class Ledger:
         assert task.kv_held and task.replica == r.id and task.state is not TaskState.TOOL
         if tokens == task.reserved:
             return False
+        self._account(r)
         r.reserved += tokens - task.reserved
+        r.reserved_peak = max(r.reserved_peak, r.reserved)
         task.reserved = tokens
         self._fleet.update(r)
         return True
@@ -125,6 +133,7 @@ class Ledger:
         lost = list(r.pinned.values())
         r.pinned = {}
         r.agents = {}
+        self._account(r)
         r.reserved = 0
         r.clear_waiting()
         for task in lost:
@@ -135,6 +144,7 @@ class Ledger:
 
     def free(self, task: Task, r: Replica) -> None:
         """The task holds nothing on ``r`` any more."""
+        self._account(r)
         r.reserved -= task.reserved
         if task.state is TaskState.TOOL:
             r.waiting_tokens -= task.reserved

@@ -22,6 +22,7 @@ class Replica:
     __slots__ = (
         "id", "state", "seq", "capacity", "budget", "reserved", "max_running", "running",
         "run_queue", "pinned", "agents", "waiting_tokens", "_waiting_heap", "version",
+        "reserved_token_s", "reserved_at", "reserved_peak", "booked_at",
     )
 
     def __init__(self, replica_id: ReplicaId, seq: int, run_queue: RunQueue) -> None:
@@ -39,6 +40,17 @@ class Replica:
         self.waiting_tokens = 0  # reserved tokens of tool-waiting tasks
         self._waiting_heap: list[tuple[float, int, Task, float]] = []
         self.version = 0  # bumps when `free` changes (fleet-index staleness)
+        # the ledger's integral of `reserved` over time (for the stats)
+        self.reserved_token_s = 0.0
+        self.reserved_at: float | None = None  # time of its last change (None: not yet)
+        self.reserved_peak = 0
+        self.booked_at: float | None = None  # when it first joined
+
+    def account(self, now: float) -> None:
+        """Accrue ``reserved`` up to ``now`` (call before it changes)."""
+        if self.reserved_at is not None and now > self.reserved_at:
+            self.reserved_token_s += self.reserved * (now - self.reserved_at)
+        self.reserved_at = now
 
     @property
     def free(self) -> int:

@@ -15,6 +15,7 @@ class Task:
         "replica", "last_replica", "kv_held", "reserved", "history", "calls_done",
         "attained_s", "migrations", "retries", "tool", "tool_started", "expected_return",
         "ready_seq", "ready_since", "cold", "lost_kv", "dead_replica", "prompt", "pauses",
+        "queued_since", "admission_wait_s", "slot_wait_s",
     )
 
     def __init__(
@@ -47,6 +48,9 @@ class Task:
         self.dead_replica: ReplicaId | None = None  # the last replica that died under it
         self.prompt = 0  # its first call's prompt (tokens), when the driver said
         self.pauses = 0  # KV releases under pressure (tool wait, waiting cap, over budget)
+        self.queued_since = 0.0  # when it last entered the admission queue
+        self.admission_wait_s = 0.0  # time queued for admission (KV room), in all
+        self.slot_wait_s = 0.0  # time ready on its replica waiting for a compute slot
 
     def __repr__(self) -> str:
         return (

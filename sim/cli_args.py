@@ -130,6 +130,9 @@ def add_scheduler_args(p: argparse.ArgumentParser) -> None:
                         f"({d.waiting_kv_cap})")
     g.add_argument("--max-migrations", type=nonneg_int, default=d.max_migrations,
                    help=f"re-placements after replica deaths per task ({d.max_migrations})")
+    g.add_argument("--shed-slo", type=positive_float, default=None, metavar="S",
+                   help="opt-in shedding: reject at arrival a task whose predicted admission "
+                        "wait exceeds S seconds (off)")
 
 
 def engine_spec(a: argparse.Namespace, p: argparse.ArgumentParser) -> EngineSpec:
@@ -173,6 +176,7 @@ def scheduler_config(
             max_running_calls=a.max_running_calls, slo_s=slo_s,
             prefill_tokens_per_s=prefill, retention_ratio=a.retention_ratio,
             waiting_kv_cap=a.waiting_kv_cap, max_migrations=a.max_migrations,
+            shed_slo_s=a.shed_slo,
         )
     except ValueError as exc:
         p.error(str(exc))
