@@ -29,10 +29,12 @@ class SamplingParams(BaseModel):
     stop_token_ids: list[int] | None = None
     ignore_eos: bool = False
     skip_special_tokens: bool = True
+    sampling_seed: int | None = None  # (OpenAI's ``seed``)
     # Structured output: exactly one of these, or none.
     json_schema: str | None = None
     regex: str | None = None
     ebnf: str | None = None
+    structural_tag: str | None = None  # SGLang's (xgrammar's) structural tag, as JSON
 
     @field_validator("top_k")
     @classmethod
@@ -55,9 +57,10 @@ class SamplingParams(BaseModel):
 
     @model_validator(mode="after")
     def _one_constraint(self) -> SamplingParams:
-        given = [n for n in ("json_schema", "regex", "ebnf") if getattr(self, n) is not None]
+        kinds = ("json_schema", "regex", "ebnf", "structural_tag")
+        given = [n for n in kinds if getattr(self, n) is not None]
         if len(given) > 1:
-            raise ValueError(f"give at most one of json_schema, regex, ebnf (got {given})")
+            raise ValueError(f"give at most one of {', '.join(kinds)} (got {given})")
         return self
 
     def to_sglang(self) -> dict[str, Any]:

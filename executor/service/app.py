@@ -17,6 +17,9 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Stre
 from pydantic import ValidationError
 
 from executor.errors import ExecutorError
+from executor.gateway import Gateway, GatewayConfig
+from executor.gateway.routes import PATHS as GATEWAY_PATHS
+from executor.gateway.routes import install as install_gateway
 from executor.service.auth import authorized, same_secret
 from executor.service.dashboard import Dashboard, page
 from executor.service.events import task_events
@@ -46,14 +49,17 @@ COOKIE = "executor_token"  # the dashboard's: set from its link, good for GET on
 def create_app(service: TaskService, *, token: str | None = None,
                max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:  # fmt: skip
     dashboard = Dashboard(service)
+    gateway = Gateway(lambda: service.executor.services, GatewayConfig.from_env())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await service.start()
         dashboard.start()
+        gateway.start()
         try:
             yield
         finally:
+            await gateway.stop()
             await dashboard.stop()
             await service.close()
 
@@ -64,6 +70,8 @@ def create_app(service: TaskService, *, token: str | None = None,
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
         length = request.headers.get("content-length")
+        if request.url.path in GATEWAY_PATHS:  # the gateway bounds its own (longer) bodies
+            return await call_next(request)
         if length is not None and length.isdigit() and int(length) > max_body_bytes:
             return JSONResponse(
                 {"detail": f"the body is over {max_body_bytes} bytes"}, status_code=413
@@ -83,6 +91,7 @@ def create_app(service: TaskService, *, token: str | None = None,
                             headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
 
     guarded = [Depends(auth)]
+    install_gateway(app, gateway, token)  # /v1/models, /v1/chat/completions, /v1/sessions
 
     @app.exception_handler(UnknownTask)
     @app.exception_handler(UnknownAgent)

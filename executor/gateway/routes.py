@@ -1,0 +1,150 @@
+"""The gateway's HTTP routes, mounted on the service's app (``install``).
+
+    GET    /v1/models                 the served model
+    POST   /v1/chat/completions       OpenAI chat completions (``stream`` as SSE chunks)
+    GET    /v1/sessions               the live sessions (calls, replica, cached tokens)
+    DELETE /v1/sessions/{id}          end a session now (its KV is released)
+
+Same bearer token as the rest of the service; every error in OpenAI's shape.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Header, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from sglang.srt.entrypoints.openai.protocol import (
+    ChatCompletionResponse,
+    ChatCompletionResponseChoice,
+    ChatCompletionResponseStreamChoice,
+    ChatCompletionStreamResponse,
+    ChatMessage,
+    DeltaMessage,
+    FunctionResponse,
+    ModelCard,
+    ModelList,
+    ToolCall,
+    UsageInfo,
+)
+
+from executor.gateway.errors import GatewayError, bad_request
+from executor.gateway.gateway import Gateway, Reply
+from executor.service.auth import authorized
+
+PATHS = ("/v1/chat/completions",)  # bodies bounded by the gateway's own limit
+
+
+def _calls(reply: Reply) -> list[ToolCall] | None:
+    calls = reply.parsed.openai_calls()
+    if not calls:
+        return None
+    return [
+        ToolCall(
+            id=c["id"], index=c["index"], function=FunctionResponse(**c["function"])
+        )  # fmt: skip
+        for c in calls
+    ]
+
+
+def response_body(reply: Reply) -> dict[str, Any]:
+    message = ChatMessage(role="assistant", content=reply.parsed.content, tool_calls=_calls(reply))
+    choice = ChatCompletionResponseChoice(index=0, message=message,
+                                          finish_reason=reply.finish_reason)  # fmt: skip
+    out = ChatCompletionResponse(id=reply.id, created=reply.created, model=reply.model,
+                                 choices=[choice], usage=UsageInfo(**reply.usage()))  # fmt: skip
+    body: dict[str, Any] = out.model_dump(mode="json")
+    return body
+
+
+def chunks(reply: Reply, include_usage: bool) -> list[str]:
+    """The reply as SSE ``data:`` lines: role, text, tool calls, finish, usage, [DONE]."""
+
+    def chunk(delta: DeltaMessage | None, finish: str | None = None,
+              usage: dict[str, Any] | None = None) -> str:  # fmt: skip
+        choices = [] if delta is None else [ChatCompletionResponseStreamChoice(
+            index=0, delta=delta, finish_reason=finish)]  # fmt: skip
+        c = ChatCompletionStreamResponse(
+            id=reply.id, created=reply.created, model=reply.model, choices=choices,
+            usage=UsageInfo(**usage) if usage is not None else None,
+        )  # fmt: skip
+        return f"data: {json.dumps(c.model_dump(mode='json', exclude_none=True))}\n\n"
+
+    out = [chunk(DeltaMessage(role="assistant", content=""))]
+    if reply.parsed.content:
+        out.append(chunk(DeltaMessage(content=reply.parsed.content)))
+    for call in _calls(reply) or []:
+        out.append(chunk(DeltaMessage(tool_calls=[call])))
+    out.append(chunk(DeltaMessage(), reply.finish_reason))
+    if include_usage:
+        out.append(chunk(None, usage=reply.usage()))
+    out.append("data: [DONE]\n\n")
+    return out
+
+
+async def _stream(lines: list[str]) -> AsyncIterator[str]:
+    for line in lines:
+        yield line
+
+
+def install(app: FastAPI, gateway: Gateway, token: str | None) -> None:
+    """Mount the routes and the OpenAI-shaped error handler on ``app``."""
+
+    async def on_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, GatewayError)
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    app.add_exception_handler(GatewayError, on_error)
+
+    def auth(authorization: Annotated[str | None, Header()] = None) -> None:
+        if not authorized(authorization, token):
+            raise GatewayError(401, "a valid bearer token is required (Authorization: "
+                               "Bearer <token>)", code="invalid_api_key",
+                               headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+
+    router = APIRouter(dependencies=[Depends(auth)])
+
+    @router.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        card = ModelCard(id=gateway.model, owned_by="agent-executor",
+                         max_model_len=gateway.context_tokens())  # fmt: skip
+        listing: dict[str, Any] = ModelList(data=[card]).model_dump(mode="json")
+        return listing
+
+    @router.post("/v1/chat/completions")
+    async def chat(request: Request) -> Response:
+        raw = await request.body()
+        if len(raw) > gateway.config.max_body_bytes:
+            raise GatewayError(413, f"the body is over {gateway.config.max_body_bytes} bytes")
+        try:
+            body = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise bad_request(f"the body is not valid JSON ({exc})") from None
+        reply = await gateway.chat(body, request.headers)
+        if body.get("stream"):
+            options = body.get("stream_options") or {}
+            lines = chunks(reply, bool(isinstance(options, dict) and options.get("include_usage")))
+            return StreamingResponse(
+                _stream(lines), media_type="text/event-stream",
+                headers={**reply.headers, "Cache-Control": "no-cache"},
+            )  # fmt: skip
+        return JSONResponse(response_body(reply), headers=reply.headers)
+
+    @router.get("/v1/sessions")
+    async def sessions() -> dict[str, Any]:
+        return {"data": [
+            {"id": s.key, "task_id": s.task_id, "calls": s.calls, "replica_id": s.replica_id,
+             "cached_tokens": s.cached, "busy": bool(s.busy)}
+            for s in gateway.sessions.sessions()
+        ], "ended": gateway.sessions.ended}  # fmt: skip
+
+    @router.delete("/v1/sessions/{session_id}")
+    async def end(session_id: str) -> dict[str, Any]:
+        if not gateway.end_session(session_id):
+            raise GatewayError(404, f"no live session {session_id!r}", param="session_id",
+                               code="session_not_found")  # fmt: skip
+        return {"id": session_id, "object": "session", "deleted": True}
+
+    app.include_router(router)

@@ -1,0 +1,140 @@
+"""The gateway's live sessions: bounded in number, ended by the client or by idleness.
+
+A session is one task of the scheduler core (``Session.task_id``): it arrives with
+its first request, each request is one call, and the time between a response and
+the session's next request is its tool wait. When a session ends (``X-Session-Final``,
+``DELETE /v1/sessions/{id}``, the idle TTL, or eviction to make room) ``on_end``
+tells the core, which releases its KV.
+
+Memory stays bounded: at most ``max_sessions`` live at once, each holding its last
+prompt and reply as a packed array of token ids (4 bytes a token); when full, the
+least recently used idle session is ended to make room (a session in a request is
+never evicted; when every one is busy, a new one is refused).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from executor.gateway.errors import GatewayError
+from executor.gateway.transcript import Turn
+
+
+@dataclass
+class Session:
+    key: str
+    keyed: bool  # False: the request named no session (it ends with its response)
+    task_id: str
+    last_used: float
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    last: Turn | None = None
+    calls: int = 0
+    busy: int = 0  # requests in flight (waiting for the lock or running)
+    ending: str | None = None  # set while busy: end when the request is done
+    replica_id: str | None = None
+    cached: list[int] = field(default_factory=list)  # cached tokens of the latest calls
+
+    def new_task(self) -> None:
+        """A fresh core task for this session (its last one was ended or refused)."""
+        self.task_id = _task_id()
+
+    def note_call(self, replica_id: str, cached_tokens: int) -> None:
+        self.calls += 1
+        self.replica_id = replica_id
+        self.cached = [*self.cached[-7:], cached_tokens]
+
+
+def _task_id() -> str:
+    return f"gw-{uuid.uuid4().hex[:16]}"
+
+
+class SessionStore:
+    def __init__(
+        self, *, max_sessions: int, idle_ttl_s: float,
+        on_end: Callable[[Session, str], None], clock: Callable[[], float] = time.monotonic,
+    ) -> None:  # fmt: skip
+        self.max_sessions = max_sessions
+        self.idle_ttl_s = idle_ttl_s
+        self.on_end = on_end
+        self.clock = clock
+        self._live: OrderedDict[str, Session] = OrderedDict()  # least recently used first
+        self.ended = 0
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def get(self, key: str) -> Session | None:
+        return self._live.get(key)
+
+    def sessions(self) -> list[Session]:
+        return list(self._live.values())
+
+    def acquire(self, key: str | None) -> Session:
+        """The live session for ``key`` (a new one if none is), marked busy: the caller
+        must ``release`` it. ``key`` None: a new session of its own."""
+        now = self.clock()
+        session = self._live.get(key) if key is not None else None
+        if session is None:
+            self._make_room()
+            name = key if key is not None else f"anon-{uuid.uuid4().hex[:16]}"
+            session = Session(name, key is not None, _task_id(), now)
+            self._live[name] = session
+        self._live.move_to_end(session.key)
+        session.last_used = now
+        session.busy += 1
+        return session
+
+    def release(self, session: Session, *, final: bool = False) -> None:
+        session.busy -= 1
+        session.last_used = self.clock()
+        if final or not session.keyed:
+            session.ending = session.ending or ("final" if session.keyed else "no session key")
+        if session.ending is not None and session.busy == 0:
+            self._end(session, session.ending)
+
+    def end(self, key: str, reason: str) -> bool:
+        """End a session now, or, while it has a request in flight, when that ends."""
+        session = self._live.get(key)
+        if session is None:
+            return False
+        if session.busy:
+            session.ending = reason
+        else:
+            self._end(session, reason)
+        return True
+
+    def _end(self, session: Session, reason: str) -> None:
+        if self._live.get(session.key) is session:
+            del self._live[session.key]
+            self.ended += 1
+            self.on_end(session, reason)
+
+    def _make_room(self) -> None:
+        if len(self._live) < self.max_sessions:
+            return
+        idle = next((s for s in self._live.values() if not s.busy), None)
+        if idle is None:
+            raise GatewayError(
+                429, f"{self.max_sessions} sessions are in requests (the gateway's limit)",
+                code="too_many_sessions", headers={"Retry-After": "1"},
+            )  # fmt: skip
+        self._end(idle, "evicted (the session limit)")
+
+    def sweep(self) -> int:
+        """End the sessions idle longer than the TTL; how many."""
+        cutoff = self.clock() - self.idle_ttl_s
+        stale = [s for s in self._live.values() if not s.busy and s.last_used <= cutoff]
+        for s in stale:
+            self._end(s, "idle")
+        return len(stale)
+
+    async def sweep_forever(self) -> None:
+        period = max(0.05, min(30.0, self.idle_ttl_s / 4))
+        while True:
+            await asyncio.sleep(period)
+            self.sweep()
