@@ -33,3 +33,6 @@ CONTESTANTS = ("ours", "ours_v1", "ours_release", "ours_core", "sticky_router", 
                "round_robin", "no_cache")  # fmt: skip
 #: the contestants run at every load of the sweep
 EVERY_LOAD = ("ours", "sticky_router", "round_robin")
+#: the contestants of the open loop's rate sweep (``--open-loop``): a new one (the
+#: gateway) is one entry here and in CONTESTANTS, and its phase in :mod:`.run`
+OPEN_LOOP = ("ours", "sticky_router", "round_robin")

@@ -2,6 +2,8 @@
 
 python -m benchmarks.e2e --json out/e2e.json                 # the sweep, every contestant
 python -m benchmarks.e2e --quick --json out/e2e_quick.json   # CI: one load, four contestants
+python -m benchmarks.e2e --open-loop --json out/e2e_open.json  # open loop: the knees
+python -m benchmarks.e2e --quick --open-loop --json out/e2e_open_quick.json
 python -m benchmarks.e2e --calibrate out/e2e.json            # the calibration again, no engines
 python -m benchmarks.e2e --finish out/e2e.json.partial.jsonl --json out/e2e.json
                                # the report of a sweep that wrote none (same settings)
@@ -17,8 +19,9 @@ from typing import Any
 
 from rich.console import Console
 
-from benchmarks.e2e import CONTESTANTS, EVERY_LOAD
+from benchmarks.e2e import CONTESTANTS, EVERY_LOAD, OPEN_LOOP
 from benchmarks.e2e import __doc__ as package_doc
+from benchmarks.e2e.openloop import QUICK_RATES, RATES, SLO_FLOOR_MULTIPLE
 from benchmarks.e2e.plan import build_workload, middle, schedule, workload_spec
 from benchmarks.e2e.workload import SCENARIOS
 
@@ -30,6 +33,8 @@ __all__ = ["CONTESTANTS", "build_workload", "main", "middle", "parse_args", "sch
 QUICK = {"tasks": 4, "concurrency": [4], "calls": 6, "calls_spread": 0.0, "history_tokens": 2000,
          "contestants": ["ours", "ours_core", "sticky_router", "round_robin"],
          "probe_repeats": 1}  # fmt: skip
+#: --quick --open-loop: the same few short tasks, the open loop's contestants, three rates
+QUICK_OPEN = {"contestants": list(OPEN_LOOP), "open_rates": list(QUICK_RATES)}
 
 
 def _names(text: str) -> list[str]:
@@ -50,6 +55,16 @@ def _loads(text: str) -> list[int]:
     return loads
 
 
+def _rates(text: str) -> list[int]:
+    try:
+        rates = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        rates = []
+    if not rates or min(rates) < 1:
+        raise argparse.ArgumentTypeError("--rates is a comma-separated list of tasks/hour >= 1")
+    return rates
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.e2e", description=package_doc,
@@ -66,9 +81,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )  # fmt: skip
     p.add_argument("--replicas", type=int, default=2, help="engine replicas (default: 2)")
     p.add_argument("--model", default="tiny", help="registered model (default: tiny)")
-    p.add_argument("--contestants", type=_names, default=list(CONTESTANTS),
-                   help=f"comma-separated among {', '.join(CONTESTANTS)} (default: all)",
+    p.add_argument("--contestants", type=_names, default=None,
+                   help=f"comma-separated among {', '.join(CONTESTANTS)} (default: all; "
+                   f"open loop: {', '.join(OPEN_LOOP)})",
     )  # fmt: skip
+    o = p.add_argument_group("open loop (seeded Poisson arrivals; the knee per contestant)")
+    o.add_argument("--open-loop", action="store_true",
+                   help="a rate sweep on a fixed grid of rates (--rates; default "
+                   f"{','.join(map(str, RATES))} tasks/hour, --quick "
+                   f"{','.join(map(str, QUICK_RATES))}): per contestant the highest rate "
+                   "with task p95 <= the SLO and no task unfinished (and every lower rate)")
+    o.add_argument("--arrival-rate", type=int, default=None, metavar="R",
+                   help="one open-loop run of each contestant at R tasks/hour")
+    o.add_argument("--rates", type=_rates, default=None, help="the open loop's grid, tasks/hour")
+    o.add_argument("--slo-s", type=float, default=None,
+                   help=f"task p95 SLO (default: {SLO_FLOOR_MULTIPLE:g} x the workload's "
+                   "median task floor at the probes' engine speed)")  # fmt: skip
     p.add_argument("--quick", action="store_true",
                    help="CI size: " + ", ".join(f"{k}={v}" for k, v in QUICK.items()))  # fmt: skip
     w = p.add_argument_group("workload (scenario default)")
@@ -104,7 +132,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.quick:
         for key, value in QUICK.items():
-            setattr(args, key, value)
+            setattr(args, key, value if key != "contestants" or args.contestants is None
+                    else args.contestants)  # fmt: skip
+    args.open_rates = None
+    if args.arrival_rate is not None or args.open_loop or args.rates:
+        if args.arrival_rate is not None and args.arrival_rate < 1:
+            p.error("--arrival-rate must be >= 1 task/hour")
+        args.open_rates = ([args.arrival_rate] if args.arrival_rate is not None
+                           else args.rates or list(QUICK_RATES if args.quick else RATES))
+        if args.contestants is None or args.quick and args.contestants == QUICK["contestants"]:
+            args.contestants = list(OPEN_LOOP)
+    if args.contestants is None:
+        args.contestants = list(CONTESTANTS)
+    if args.slo_s is not None and args.slo_s <= 0:
+        p.error("--slo-s must be > 0")
     if args.max_total_tokens is None:
         args.max_total_tokens = 32768 if args.scenario == "heavy_tail" else 16384
     if min(args.tasks, args.replicas, args.probe_repeats) < 1:
@@ -156,13 +197,19 @@ def main(argv: list[str] | None = None) -> int:
             console.print(f"[red]error:[/] {exc}")
             return 2
     runs = report.pop("_runs")
-    print(json.dumps(brief(report), indent=2))
+    if "knees" in report:  # open loop
+        print(json.dumps({k: v for k, v in report.items()
+                          if k not in ("traces", "plans", "points")}, indent=2))  # fmt: skip
+        print(report["knees_table"])
+    else:
+        print(json.dumps(brief(report), indent=2))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")
         stem = args.json.with_name(args.json.stem)
-        plot_cdf(runs, Path(f"{stem}_cdf.png"))
-        plot_timeline(runs, Path(f"{stem}_timeline.png"))
-        plot_kv(runs, Path(f"{stem}_kv.png"))
-        console.print(f"wrote {args.json} and its PNGs")
+        if runs:
+            plot_cdf(runs, Path(f"{stem}_cdf.png"))
+            plot_timeline(runs, Path(f"{stem}_timeline.png"))
+            plot_kv(runs, Path(f"{stem}_kv.png"))
+        console.print(f"wrote {args.json}" + (" and its PNGs" if runs else ""))
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from benchmarks.e2e import EVERY_LOAD
+from benchmarks.e2e import EVERY_LOAD, OPEN_LOOP
 from benchmarks.e2e.workload import HeavyTailSpec, ReplayTask
 
 
@@ -19,6 +19,12 @@ def schedule(contestants: list[str], loads: list[int]) -> list[tuple[str, int]]:
     mid = middle(loads)
     return [(n, load) for load in sorted(set(loads)) for n in contestants
             if n in EVERY_LOAD or load == mid]  # fmt: skip
+
+
+def open_schedule(contestants: list[str], rates: list[int]) -> list[tuple[str, int]]:
+    """Open loop: (contestant, rate) runs, those of OPEN_LOOP at every rate, lowest
+    rate first."""
+    return [(n, r) for r in sorted(set(rates)) for n in contestants if n in OPEN_LOOP]
 
 
 def workload_spec(args: argparse.Namespace) -> Any:

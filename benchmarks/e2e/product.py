@@ -29,13 +29,21 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.e2e.contestants import MAX_REPLY_TOKENS
-from benchmarks.e2e.replay import CallTrace, KvProbe, RunTrace, TaskTrace, gather_sampling_kv
+from benchmarks.e2e.replay import (
+    CallTrace,
+    KvProbe,
+    RunTrace,
+    TaskTrace,
+    gather_sampling_kv,
+    until_deadline,
+)
 from benchmarks.e2e.workload import ReplayTask
 from executor import Agent, Executor
 from executor.fleet.generation import SamplingParams
 from executor.fleet.pool import ReplicaPool
-from executor.loop.journal import CallPayload, Journal, ObservationPayload
+from executor.loop.journal import Journal
 from executor.loop.reply import reply_schema
+from executor.loop.steps import CallPayload, ObservationPayload
 from executor.result import CallStep, ToolStep
 from scheduler import SchedulerConfig
 from tools import Tool, ToolContext, tool
@@ -140,8 +148,11 @@ async def run_product(
     name: str, workload: list[ReplayTask], pool: ReplicaPool, sandboxes: SandboxBackend,
     concurrency: int, scheduler: SchedulerConfig, journal_path: Path, texts: ObservationText,
     kv_probe: KvProbe | None = None, on_task: Callable[[TaskTrace], None] | None = None,
+    times: list[float] | None = None, cut_at: float | None = None,
 ) -> tuple[RunTrace, Journal]:  # fmt: skip
-    """Every task through an :class:`Executor` on ``pool``, ``concurrency`` at a time."""
+    """Every task through an :class:`Executor` on ``pool``, ``concurrency`` at a time;
+    open loop with ``times``: task i starts at ``times[i]`` (s from the start), and at
+    ``cut_at`` those not done are cancelled (unfinished)."""
     tool_ = replay_tool(workload, texts)
     agents = agents_for(workload, pool.config.model, texts, tool_,
                         {w.task_id: w.calls for w in workload})  # fmt: skip
@@ -163,7 +174,9 @@ async def run_product(
     rejected: list[str] = []
     goals = {w.task_id: texts.text(w.new_ids[0]) for w in workload}
 
-    async def one(w: ReplayTask) -> TaskTrace | None:
+    async def one(i: int, w: ReplayTask) -> TaskTrace | None:
+        if times is not None:
+            await asyncio.sleep(max(0.0, times[i] - clock()))
         async with gate:
             started = clock()
             agent = agents[f"{w.plan.agent}-{w.calls}"]
@@ -180,14 +193,18 @@ async def run_product(
             on_task(trace)
         return trace
 
+    async def all_of() -> tuple[list[TaskTrace | None], list[int]]:
+        return await until_deadline([one(i, w) for i, w in enumerate(workload)], cut_at, clock)
+
     try:
-        traces = await gather_sampling_kv([one(w) for w in workload], kv_probe, clock, kv)
+        [(traces, cut)] = await gather_sampling_kv([all_of()], kv_probe, clock, kv)
     finally:
         await ex.close()
     if failures:
         raise RuntimeError(f"{name}: tasks did not run their plan: {failures[:3]}")
     run = RunTrace(name, 0.0, clock(), [t for t in traces if t is not None], kv,
-                   path="executor", rejected=len(rejected))  # fmt: skip
+                   path="executor", rejected=len(rejected),
+                   unfinished_arrivals=[times[i] for i in cut] if times else [])  # fmt: skip
     return run, journal
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -50,7 +50,13 @@ class RunTrace:
     tasks: list[TaskTrace]
     kv: list[tuple[float, str, int, int]]  # (t, replica, used tokens, capacity)
     path: str = "replay"  # "executor": the tasks ran through the public Executor
-    rejected: int = 0  # tasks the contestant refused
+    rejected: int = 0  # tasks the contestant refused (shed)
+    #: open loop: the arrival times of the tasks the run's cut left unfinished
+    unfinished_arrivals: list[float] = field(default_factory=list)
+
+    @property
+    def unfinished(self) -> int:
+        return len(self.unfinished_arrivals)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -66,7 +72,8 @@ class RunTrace:
         ]  # fmt: skip
         kv = [tuple(x) for x in data["kv"]]
         return cls(data["contestant"], data["started"], data["ended"], tasks, kv,
-                   data.get("path", "replay"), data.get("rejected", 0))  # fmt: skip
+                   data.get("path", "replay"), data.get("rejected", 0),
+                   list(data.get("unfinished_arrivals", [])))  # fmt: skip
 
 
 async def replay_task(
@@ -159,3 +166,56 @@ async def replay(
     traces = await gather_sampling_kv([one(t) for t in workload], kv_probe, clock, kv)
     done = [t for t in traces if t is not None]
     return RunTrace(contestant.name, 0.0, clock(), done, kv, rejected=len(traces) - len(done))
+
+
+async def until_deadline(
+    jobs: Sequence[Awaitable[T]], cut_at: float | None, clock: Callable[[], float]
+) -> tuple[list[T], list[int]]:
+    """Run ``jobs`` to their ends, or until ``clock()`` reaches ``cut_at`` (None: no
+    cut): the results of those that ended, the indices of those cancelled."""
+    futures = [asyncio.ensure_future(j) for j in jobs]
+    if futures:
+        timeout = None if cut_at is None else max(0.0, cut_at - clock())
+        await asyncio.wait(futures, timeout=timeout)
+    cut = [i for i, f in enumerate(futures) if not f.done()]
+    for i in cut:
+        futures[i].cancel()
+    await asyncio.gather(*(futures[i] for i in cut), return_exceptions=True)
+    return [f.result() for f in futures if not f.cancelled()], cut
+
+
+async def replay_open(
+    workload: list[ReplayTask],
+    contestant: Contestant,
+    sandboxes: SandboxBackend,
+    times: list[float],
+    cut_at: float,
+    kv_probe: KvProbe | None = None,
+    on_task: Callable[[TaskTrace], None] | None = None,
+) -> RunTrace:
+    """Open loop: task i of ``workload`` starts at ``times[i]`` (s from the run's
+    start) whatever else runs; at ``cut_at`` the tasks not done are cancelled and
+    counted unfinished."""
+    t0 = time.monotonic()
+
+    def clock() -> float:
+        return time.monotonic() - t0
+
+    kv: list[tuple[float, str, int, int]] = []
+
+    async def one(task: ReplayTask, at: float) -> TaskTrace | None:
+        await asyncio.sleep(max(0.0, at - clock()))
+        trace = await replay_task(task, contestant, sandboxes, clock)
+        if on_task is not None and trace is not None:
+            on_task(trace)
+        return trace
+
+    async def all_of() -> tuple[list[TaskTrace | None], list[int]]:
+        jobs = [one(t, at) for t, at in zip(workload, times, strict=True)]
+        return await until_deadline(jobs, cut_at, clock)
+
+    [(traces, cut)] = await gather_sampling_kv([all_of()], kv_probe, clock, kv)
+    done = [t for t in traces if t is not None]
+    return RunTrace(contestant.name, 0.0, clock(), done, kv,
+                    rejected=len(traces) - len(done),
+                    unfinished_arrivals=[times[i] for i in cut])  # fmt: skip

@@ -16,12 +16,13 @@ import httpx
 from rich.console import Console
 
 from benchmarks.e2e import calibration as calib
-from benchmarks.e2e import sizing
+from benchmarks.e2e import ceiling, openloop, sizing
 from benchmarks.e2e.contestants import Ours, RoundRobin, SGLangRouter
-from benchmarks.e2e.plan import build_workload, middle, schedule, workload_spec
+from benchmarks.e2e.plan import build_workload, open_schedule, schedule
 from benchmarks.e2e.product import ObservationText, journal_records, replay_schema, run_product
-from benchmarks.e2e.replay import RunTrace, TaskTrace, replay
-from benchmarks.e2e.report import TURN_METRIC, summarize, sweep_rows, targets
+from benchmarks.e2e.replay import KvProbe, RunTrace, TaskTrace, replay, replay_open
+from benchmarks.e2e.report import summarize
+from benchmarks.e2e.results import recalibrate, report
 from benchmarks.e2e.workload import (
     ReplayTask,
     follow_journal,
@@ -31,6 +32,8 @@ from benchmarks.e2e.workload import (
 )
 from scheduler import SchedulerConfig
 from scheduler.config import v1
+
+__all__ = ["Bench", "finish", "recalibrate", "report", "run_all"]
 
 #: contestants on the Ray replicas with the radix cache on (the executor's first)
 POOL = ("ours", "ours_v1", "ours_core", "round_robin")
@@ -59,7 +62,12 @@ class Bench:
         self.texts: ObservationText | None = None  # the model's text of a given length
         self.sizing: dict[str, Any] = {}
         self._work: Path | None = None
-        self.todo = schedule(args.contestants, args.concurrency)
+        #: open loop: the rates (tasks/hour) of the sweep, each run one of them
+        self.open_rates: list[int] = list(getattr(args, "open_rates", None) or [])
+        self.slo_s: float | None = getattr(args, "slo_s", None)
+        self.slo_basis = "given (--slo-s)" if self.slo_s is not None else ""
+        self.todo = (open_schedule(args.contestants, self.open_rates) if self.open_rates
+                     else schedule(args.contestants, args.concurrency))  # fmt: skip
 
     @property
     def work(self) -> Path:
@@ -93,6 +101,25 @@ class Bench:
             with path.open("a") as f:
                 f.write(json.dumps(line) + "\n")
 
+    def open_args(self, rate: int) -> dict[str, Any]:
+        """Open loop at ``rate``: the arrival times and the cut (empty: closed loop)."""
+        if not self.open_rates:
+            return {}
+        if self.slo_s is None:
+            raise ValueError("the open loop's SLO is not known: the engines were not probed")
+        times = openloop.arrivals(len(self.workload), rate, self.args.seed)
+        return {"times": times, "cut_at": openloop.deadline(times, self.slo_s)}
+
+    async def drive(self, contestant: Any, load: int, kv: KvProbe) -> RunTrace:
+        """The replayed workload through ``contestant``: ``load`` tasks at once, or
+        (open loop) arriving at ``load`` tasks/hour."""
+        on_task = self.progress(contestant.name, load)
+        if self.open_rates:
+            o = self.open_args(load)
+            return await replay_open(self.replayed, contestant, self.sandboxes, o["times"],
+                                     o["cut_at"], kv, on_task)  # fmt: skip
+        return await replay(self.replayed, contestant, self.sandboxes, load, kv, on_task)
+
     @property
     def replayed(self) -> list[ReplayTask]:
         return self.followed if self.followed is not None else self.workload
@@ -120,6 +147,13 @@ class Bench:
         self.probes[when] = {r: m["probes"] for r, m in zip(handles, per, strict=True)}
         self.measured.extend(per)
         self.rates.update(calib.mean_rates(self.measured))
+        if self.open_rates and self.slo_s is None:  # before the runs: their cut needs it
+            engine = calib.engine_spec({**self.rates, "host_contention": 0.0}, 1)
+            floor = ceiling.ceiling(self.workload, engine, self.args.replicas)["task_floor_s"]
+            self.slo_s = round(openloop.SLO_FLOOR_MULTIPLE * floor["p50"], 1)
+            self.slo_basis = (f"{openloop.SLO_FLOOR_MULTIPLE:g} x the median task floor "
+                              f"({floor['p50']} s at the probes' engine speed)")  # fmt: skip
+            self.save({"slo_s": self.slo_s, "slo_basis": self.slo_basis})
         self.save({"probes": {when: self.probes[when]}, "engine_rates": self.rates})
 
 
@@ -154,9 +188,13 @@ async def pool_phase(b: Bench, cfg: Any, names: tuple[str, ...], probe: bool) ->
                 run, journal = await run_product(
                     name, b.workload, pool, b.sandboxes, load, PRODUCT[name],
                     b.work / f"journal-{name}-{load}.sqlite", texts, kv, b.progress(name, load),
+                    **b.open_args(load),
                 )  # fmt: skip
                 records = journal_records(journal, b.workload)
                 journal.close()
+                if run.unfinished:  # cut (open loop): its journal is not the whole plan
+                    b.record(name, load, run)
+                    continue
                 followed = follow_journal(b.workload, records, replay_schema(b.workload, texts))
                 if b.followed is None:
                     b.followed, b.plan_source = followed, f"the journal of {name} at {load}"
@@ -167,8 +205,7 @@ async def pool_phase(b: Bench, cfg: Any, names: tuple[str, ...], probe: bool) ->
             else:
                 contestant = (RoundRobin(handles) if name == "round_robin"
                               else Ours(handles, SchedulerConfig(), name=name))  # fmt: skip
-                run = await replay(b.replayed, contestant, b.sandboxes, load, kv,
-                                   b.progress(name, load))  # fmt: skip
+                run = await b.drive(contestant, load, kv)
             b.record(name, load, run)
         if probe and todo and not b.args.quick:  # again: the machine's speed drifts
             await b.measure(handles, "after")
@@ -211,9 +248,7 @@ async def router_phase(b: Bench, cfg: Any) -> None:
                             url, workers, name=name, sticky=name == "sticky_router"
                         )
                         try:
-                            run = await replay(
-                                b.replayed, router, b.sandboxes, load, kv, b.progress(name, load)
-                            )  # fmt: skip
+                            run = await b.drive(router, load, kv)
                         finally:
                             await router.close()
                         await asyncio.sleep(1.0)  # the servers' logs written
@@ -286,110 +321,10 @@ def finish(args: argparse.Namespace, console: Console, partial: Path) -> dict[st
         elif "probes" in line:
             b.probes.update(line["probes"])
             b.rates = dict(line["engine_rates"])
+        elif "slo_s" in line:
+            b.slo_s, b.slo_basis = float(line["slo_s"]), str(line["slo_basis"])
         else:
             raise ValueError(f"line {n} is neither a run, the plans nor the probes")
     if not b.runs:
         raise ValueError("it holds no finished run")
     return report(b)
-
-
-def report(b: Bench) -> dict[str, Any]:
-    args, mid = b.args, middle(b.args.concurrency)
-    summaries = {key: summarize(run) for key, run in b.runs.items()}
-    at_mid = {n: summaries[(n, mid)] for n in args.contestants if (n, mid) in summaries}
-    out: dict[str, Any] = {
-        "settings": {
-            k: (str(v) if isinstance(v, Path) else v)
-            for k, v in vars(args).items()
-            if k not in ("json", "calibrate", "finish")
-        },  # fmt: skip
-        "middle_load": mid,
-        "workload": {
-            "planned": shape(b.workload),
-            "replayed": shape(b.replayed),
-            "plan_source": b.plan_source,
-            "context": b.sizing,
-            "journal_matches_plan": b.journal_matches,
-            "outputs": "each reply as the executor's reply grammar made it; the others "
-            "decode under the same grammar, greedy: the same reply, the same length",
-        },  # fmt: skip
-        "turn_metric": TURN_METRIC,
-        "engine_rates": b.rates,
-        "engine_probes": b.probes,
-        "contestants": at_mid,
-        "sweep": sweep_rows({k: s for k, s in summaries.items() if k[1] != mid}),
-        "sweep_all": sweep_rows(summaries),
-    }
-    out["targets"] = {str(load): targets({n: s for (n, lo), s in summaries.items() if lo == load})
-                      for load in sorted(set(args.concurrency))}  # fmt: skip
-    out["plans"] = plans_to_json(b.replayed)
-    out["traces"] = {f"{n}@{load}": run.to_json() for (n, load), run in b.runs.items()}
-    out["calibration"] = calibrate(args, b.rates, {k: r for k, r in b.runs.items() if k[1] == mid},
-                                   at_mid, b.replayed) if b.rates else {}  # fmt: skip
-    out["_runs"] = [b.runs[(n, mid)] for n in args.contestants if (n, mid) in b.runs]
-    return out
-
-
-def calibrate(
-    args: argparse.Namespace, rates: dict[str, float], runs: dict[tuple[str, int], RunTrace],
-    measured: dict[str, dict[str, Any]], workload: list[ReplayTask],
-) -> dict[str, Any]:  # fmt: skip
-    """The simulator on the runs' own tasks (as replayed) and arrivals, with the probes'
-    engine terms, at the speed the engines ran during each contestant's run, and with
-    the slowdown a replica's calls showed while another one was busy (both from the
-    calls that ran alone on their replica: a contestant with too few takes the
-    others'). ``probes_only``: the probes' terms alone."""
-    spec = workload_spec(args)
-    byname = {n: r for (n, _), r in runs.items() if "p50_s" in measured.get(n, {})}
-    loads = {n: load for (n, load) in runs}
-    alone = {n: calib.alone_calls(run, workload, rates) for n, run in byname.items()}
-    pooled = [x for xs in alone.values() for x in xs]
-    contention = calib.fit_contention(pooled)
-    phases = calib.fit_phases(pooled, contention)
-    out = {}
-    for name, run in byname.items():
-        own = len(alone[name]) >= calib.MIN_ALONE_CALLS
-        calls = alone[name] if own else pooled
-        speed = calib.engine_slowdown(calls, contention, phases)
-        engine = calib.scaled({**rates, "host_contention": contention},
-                              speed * phases[0], speed * phases[1])  # fmt: skip
-
-        def sim(r: dict[str, float], name: str = name, run: RunTrace = run) -> dict[str, Any]:
-            return calib.simulate_trials(name, run, workload, spec, r, args.replicas,
-                                         args.max_total_tokens, SchedulerConfig())  # fmt: skip
-
-        out[name] = calib.compare(measured[name], sim(engine))
-        out[name]["engine_speed"] = {
-            "slowdown": round(speed, 3), "host_contention": contention,
-            "prefill_slowdown": round(speed * phases[0], 3),
-            "decode_slowdown": round(speed * phases[1], 3),
-            "calls_alone": len(calls),
-            "from": "its own calls" if own else "the other contestants' calls",
-        }  # fmt: skip
-        plain = calib.compare(measured[name], sim({**rates, "host_contention": 0.0}))
-        out[name]["probes_only"] = {k: plain[k] for k in ("simulated", "error")}
-        real = measured[name].get("tasks_per_hour")
-        if loads[name] and real:  # the same tasks in a closed loop: its throughput
-            closed = calib.simulate(name, run, workload, spec, engine, args.replicas,
-                                    args.max_total_tokens, SchedulerConfig(),
-                                    concurrency=loads[name])  # fmt: skip
-            got = closed.get("tasks_per_hour", 0.0)
-            out[name]["closed_loop"] = {
-                "concurrency": loads[name], "measured_tasks_per_hour": real,
-                "simulated_tasks_per_hour": got, "error": round(got / real - 1.0, 3),
-            }  # fmt: skip
-    return out
-
-
-def recalibrate(report: dict[str, Any]) -> dict[str, Any]:
-    """Calibration again from a report's saved plans and traces (no engine needed)."""
-    args = argparse.Namespace(**report["settings"])
-    mid = report.get("middle_load")
-    runs = {}
-    for key, t in report["traces"].items():
-        name, _, load = key.partition("@")
-        if not load or int(load) == mid:
-            runs[(name, int(load or 0))] = RunTrace.from_json(t)
-    plans = report.get("plans")
-    workload = plans_from_json(plans) if plans else build_workload(args)
-    return calibrate(args, report["engine_rates"], runs, report["contestants"], workload)

@@ -1,0 +1,127 @@
+"""Open loop: tasks arrive at a rate (seeded Poisson) whether or not the others are
+done, as users send them; per contestant, the knee of a rate sweep.
+
+- **Arrivals** (:func:`arrivals`): the workload's tasks in order, the gaps
+  exponential at ``rate`` tasks/hour, from a generator seeded by the run's seed
+  and the rate: every contestant gets the same arrival times at a rate.
+- **A run** stops at its last arrival plus the SLO: a task not finished then has
+  already missed it (it arrived at or before the last one); it is counted
+  ``unfinished`` and its latency censored at the cut.
+- **Per run** (:func:`open_summary`): p95 of the task latencies (arrival to end)
+  over the tasks not shed, unfinished ones at their censored latency; goodput =
+  the offered rate x the share of offered tasks finished within the SLO (tasks
+  finished within the SLO per hour of offered load); tasks shed (refused: 429,
+  rejected) counted apart, never good.
+- **The knee** (:func:`knee`): on a fixed grid of rates (:data:`RATES`, or
+  ``--rates``), the highest rate at which p95 <= SLO with no task unfinished, and
+  every lower rate of the grid too (the first miss ends the search: a run is one
+  draw, and a later lucky point is not a knee).
+- **The SLO**: ``--slo-s``, or :data:`SLO_FLOOR_MULTIPLE` x the workload's median
+  task floor (:mod:`benchmarks.e2e.ceiling`) at the probes' engine speed,
+  computed before the runs.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from benchmarks.e2e.replay import RunTrace
+from sim.metrics import percentile
+
+#: --open-loop's rate grid, tasks/hour (the default scenario on 2 CPU replicas: closed
+#: loop did 350-680 tasks/hour; the engine-time ceiling was ~600-850)
+RATES = (120, 240, 360, 480, 600, 720)
+#: --quick --open-loop: few short tasks at three rates
+QUICK_RATES = (900, 1800, 3600)
+#: the default SLO: this many times the workload's median task floor
+SLO_FLOOR_MULTIPLE = 3.0
+
+
+def arrivals(n: int, rate_per_hour: float, seed: int) -> list[float]:
+    """``n`` arrival times (s from the run's start): Poisson at ``rate_per_hour``,
+    seeded by ``seed`` and the rate."""
+    if rate_per_hour <= 0:
+        raise ValueError("the arrival rate must be > 0 tasks/hour")
+    rng = random.Random(f"arrivals/{seed}/{rate_per_hour:g}")
+    t, out = 0.0, []
+    for _ in range(n):
+        t += rng.expovariate(rate_per_hour / 3600.0)
+        out.append(round(t, 3))
+    return out
+
+
+def deadline(times: list[float], slo_s: float) -> float:
+    """When a run is cut: its last arrival plus the SLO."""
+    return (max(times) if times else 0.0) + slo_s
+
+
+def open_summary(run: RunTrace, offered: int, rate_per_hour: float, slo_s: float) -> dict[str, Any]:
+    """The open-loop figures of one run: ``offered`` tasks at ``rate_per_hour``."""
+    lat = sorted(t.latency_s for t in run.tasks)
+    censored = lat + [max(0.0, run.ended - a) for a in run.unfinished_arrivals]
+    good = sum(x <= slo_s for x in lat)
+    p95 = percentile(censored, 95) if censored else 0.0
+    return {
+        "rate_per_hour": rate_per_hour,
+        "offered": offered,
+        "finished": len(lat),
+        "good": good,
+        "shed": run.rejected,
+        "unfinished": run.unfinished,
+        "p50_s": round(percentile(censored, 50), 2) if censored else 0.0,
+        "p95_s": round(p95, 2),
+        "goodput_per_hour": round(rate_per_hour * good / offered, 1) if offered else 0.0,
+        "completed_per_hour": round(rate_per_hour * len(lat) / offered, 1) if offered else 0.0,
+        "meets_slo": run.unfinished == 0 and bool(censored) and p95 <= slo_s,
+    }
+
+
+def knee(points: list[dict[str, Any]]) -> dict[str, Any]:
+    """A contestant's knee from its :func:`open_summary` points (one per grid rate):
+    the highest rate meeting the SLO with every lower rate meeting it too.
+    ``bound``: ``bracketed`` (a higher rate missed), ``above_grid`` (every rate
+    met: the knee is at least the top), ``below_grid`` (the lowest rate missed)."""
+    ordered = sorted(points, key=lambda p: p["rate_per_hour"])
+    best = None
+    for p in ordered:
+        if not p["meets_slo"]:
+            break
+        best = p
+    if best is None:
+        first = ordered[0] if ordered else {}
+        return {"rate_per_hour": 0.0, "goodput_per_hour": 0.0, "p95_s": first.get("p95_s"),
+                "shed": first.get("shed", 0), "bound": "below_grid"}  # fmt: skip
+    bound = "above_grid" if best is ordered[-1] else "bracketed"
+    return {"rate_per_hour": best["rate_per_hour"], "goodput_per_hour": best["goodput_per_hour"],
+            "p95_s": best["p95_s"], "shed": best["shed"], "bound": bound}  # fmt: skip
+
+
+def knees(
+    summaries: dict[tuple[str, int], dict[str, Any]], ceiling_per_hour: float | None
+) -> dict[str, dict[str, Any]]:
+    """Each contestant's knee, with its goodput there as a share of the ceiling."""
+    by_name: dict[str, list[dict[str, Any]]] = {}
+    for (name, _), s in summaries.items():
+        by_name.setdefault(name, []).append(s)
+    out = {}
+    for name, points in sorted(by_name.items()):
+        k = knee(points)
+        k["ceiling_share"] = (round(k["goodput_per_hour"] / ceiling_per_hour, 3)
+                              if ceiling_per_hour else None)  # fmt: skip
+        out[name] = k
+    return out
+
+
+def table(knees_: dict[str, dict[str, Any]], ceiling_per_hour: float | None) -> str:
+    """The knees as a Markdown table."""
+    lines = ["| contestant | knee (tasks/h) | goodput (tasks/h) | share of ceiling | p95 | shed |",
+             "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for name, k in knees_.items():
+        share = "" if k["ceiling_share"] is None else f"{k['ceiling_share']:.0%}"
+        more = "+" if k["bound"] == "above_grid" else ""
+        lines.append(f"| {name} | {k['rate_per_hour']:g}{more} | {k['goodput_per_hour']:g} | "
+                     f"{share} | {k['p95_s']} s | {k['shed']} |")  # fmt: skip
+    if ceiling_per_hour:
+        lines.append(f"\nceiling: {ceiling_per_hour:g} tasks/hour")
+    return "\n".join(lines)

@@ -1,0 +1,171 @@
+"""A benchmark's report from its runs: the closed loop's (per contestant and load,
+the sweep, the targets, the ceiling, the simulator's calibration) and the open
+loop's (per contestant and rate, the knees, the ceiling). ``b`` is a
+:class:`benchmarks.e2e.run.Bench` (its settings, workload, runs and probes)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from benchmarks.e2e import calibration as calib
+from benchmarks.e2e import ceiling, openloop
+from benchmarks.e2e.plan import build_workload, middle, workload_spec
+from benchmarks.e2e.replay import RunTrace
+from benchmarks.e2e.report import TURN_METRIC, summarize, sweep_rows, targets
+from benchmarks.e2e.workload import ReplayTask, plans_from_json, plans_to_json, shape
+from scheduler import SchedulerConfig
+
+
+def workload_ceiling(b: Any, loads: list[int] | None) -> dict[str, Any]:
+    """The ceiling of the replayed workload at the engine speed of the runs (none
+    without the engines' probes)."""
+    if not b.rates or not b.runs:
+        return {}
+    engine, basis = ceiling.measured_engine(b.rates, list(b.runs.values()), b.replayed,
+                                            b.args.max_total_tokens)  # fmt: skip
+    return {**ceiling.ceiling(b.replayed, engine, b.args.replicas, loads), "engine_speed": basis}
+
+
+def report_open(b: Any) -> dict[str, Any]:
+    """The open loop's report: per (contestant, rate) its figures, each contestant's
+    knee, the ceiling."""
+    assert b.slo_s is not None
+    ceil = workload_ceiling(b, None)
+    top = ceil.get("ceiling_per_hour")
+    summaries = {}
+    for (name, rate), run in b.runs.items():
+        s = {**summarize(run), **openloop.open_summary(run, len(b.workload), rate, b.slo_s)}
+        summaries[(name, rate)] = {**s, **ceiling.shares(s, top or 0.0)}
+    knees = openloop.knees(summaries, top)
+    return {
+        "settings": settings(b.args),
+        "open_loop": {"rates_per_hour": b.open_rates, "slo_s": b.slo_s,
+                      "slo_basis": b.slo_basis, "grid": "fixed (--rates, or the default)",
+                      "knee": openloop.knee.__doc__},  # fmt: skip
+        "workload": {"planned": shape(b.workload), "replayed": shape(b.replayed),
+                     "plan_source": b.plan_source, "context": b.sizing},  # fmt: skip
+        "engine_rates": b.rates,
+        "engine_probes": b.probes,
+        "ceiling": ceil,
+        "ceiling_per_hour": top,
+        "knees": knees,
+        "knees_table": openloop.table(knees, top),
+        "points": [{"contestant": n, **{k: v for k, v in s.items() if k != "kv_occupancy"}}
+                   for (n, _), s in sorted(summaries.items(), key=lambda x: (x[0][1], x[0][0]))],
+        "contestants": {},
+        "plans": plans_to_json(b.replayed),
+        "traces": {f"{n}@{r}/h": run.to_json() for (n, r), run in b.runs.items()},
+        "_runs": [],
+    }  # fmt: skip
+
+
+def settings(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+            if k not in ("json", "calibrate", "finish")}  # fmt: skip
+
+
+def report(b: Any) -> dict[str, Any]:
+    if b.open_rates:
+        return report_open(b)
+    args, mid = b.args, middle(b.args.concurrency)
+    summaries = {key: summarize(run) for key, run in b.runs.items()}
+    ceil = workload_ceiling(b, args.concurrency)
+    for (_, load), s in summaries.items():
+        s.update(ceiling.shares(s, ceil.get("by_load", {}).get(str(load), {})
+                                .get("ceiling_per_hour", 0.0)))  # fmt: skip
+    at_mid = {n: summaries[(n, mid)] for n in args.contestants if (n, mid) in summaries}
+    out: dict[str, Any] = {
+        "settings": settings(args),
+        "middle_load": mid,
+        "workload": {
+            "planned": shape(b.workload),
+            "replayed": shape(b.replayed),
+            "plan_source": b.plan_source,
+            "context": b.sizing,
+            "journal_matches_plan": b.journal_matches,
+            "outputs": "each reply as the executor's reply grammar made it; the others "
+            "decode under the same grammar, greedy: the same reply, the same length",
+        },  # fmt: skip
+        "turn_metric": TURN_METRIC,
+        "engine_rates": b.rates,
+        "engine_probes": b.probes,
+        "ceiling": ceil,
+        "contestants": at_mid,
+        "sweep": sweep_rows({k: s for k, s in summaries.items() if k[1] != mid}),
+        "sweep_all": sweep_rows(summaries),
+    }
+    out["targets"] = {str(load): targets({n: s for (n, lo), s in summaries.items() if lo == load})
+                      for load in sorted(set(args.concurrency))}  # fmt: skip
+    out["plans"] = plans_to_json(b.replayed)
+    out["traces"] = {f"{n}@{load}": run.to_json() for (n, load), run in b.runs.items()}
+    out["calibration"] = calibrate(args, b.rates, {k: r for k, r in b.runs.items() if k[1] == mid},
+                                   at_mid, b.replayed) if b.rates else {}  # fmt: skip
+    out["_runs"] = [b.runs[(n, mid)] for n in args.contestants if (n, mid) in b.runs]
+    return out
+
+
+def calibrate(
+    args: argparse.Namespace, rates: dict[str, float], runs: dict[tuple[str, int], RunTrace],
+    measured: dict[str, dict[str, Any]], workload: list[ReplayTask],
+) -> dict[str, Any]:  # fmt: skip
+    """The simulator on the runs' own tasks (as replayed) and arrivals, with the probes'
+    engine terms, at the speed the engines ran during each contestant's run, and with
+    the slowdown a replica's calls showed while another one was busy (both from the
+    calls that ran alone on their replica: a contestant with too few takes the
+    others'). ``probes_only``: the probes' terms alone."""
+    spec = workload_spec(args)
+    byname = {n: r for (n, _), r in runs.items() if "p50_s" in measured.get(n, {})}
+    loads = {n: load for (n, load) in runs}
+    alone = {n: calib.alone_calls(run, workload, rates) for n, run in byname.items()}
+    pooled = [x for xs in alone.values() for x in xs]
+    contention = calib.fit_contention(pooled)
+    phases = calib.fit_phases(pooled, contention)
+    out = {}
+    for name, run in byname.items():
+        own = len(alone[name]) >= calib.MIN_ALONE_CALLS
+        calls = alone[name] if own else pooled
+        speed = calib.engine_slowdown(calls, contention, phases)
+        engine = calib.scaled({**rates, "host_contention": contention},
+                              speed * phases[0], speed * phases[1])  # fmt: skip
+
+        def sim(r: dict[str, float], name: str = name, run: RunTrace = run) -> dict[str, Any]:
+            return calib.simulate_trials(name, run, workload, spec, r, args.replicas,
+                                         args.max_total_tokens, SchedulerConfig())  # fmt: skip
+
+        out[name] = calib.compare(measured[name], sim(engine))
+        out[name]["engine_speed"] = {
+            "slowdown": round(speed, 3), "host_contention": contention,
+            "prefill_slowdown": round(speed * phases[0], 3),
+            "decode_slowdown": round(speed * phases[1], 3),
+            "calls_alone": len(calls),
+            "from": "its own calls" if own else "the other contestants' calls",
+        }  # fmt: skip
+        plain = calib.compare(measured[name], sim({**rates, "host_contention": 0.0}))
+        out[name]["probes_only"] = {k: plain[k] for k in ("simulated", "error")}
+        real = measured[name].get("tasks_per_hour")
+        if loads[name] and real:  # the same tasks in a closed loop: its throughput
+            closed = calib.simulate(name, run, workload, spec, engine, args.replicas,
+                                    args.max_total_tokens, SchedulerConfig(),
+                                    concurrency=loads[name])  # fmt: skip
+            got = closed.get("tasks_per_hour", 0.0)
+            out[name]["closed_loop"] = {
+                "concurrency": loads[name], "measured_tasks_per_hour": real,
+                "simulated_tasks_per_hour": got, "error": round(got / real - 1.0, 3),
+            }  # fmt: skip
+    return out
+
+
+def recalibrate(report: dict[str, Any]) -> dict[str, Any]:
+    """Calibration again from a report's saved plans and traces (no engine needed)."""
+    args = argparse.Namespace(**report["settings"])
+    mid = report.get("middle_load")
+    runs = {}
+    for key, t in report["traces"].items():
+        name, _, load = key.partition("@")
+        if not load or int(load) == mid:
+            runs[(name, int(load or 0))] = RunTrace.from_json(t)
+    plans = report.get("plans")
+    workload = plans_from_json(plans) if plans else build_workload(args)
+    return calibrate(args, report["engine_rates"], runs, report["contestants"], workload)
