@@ -1,0 +1,148 @@
+"""The gateway on the real scheduler core (``Dispatcher`` + ``SchedulerCore``), with a
+stand-in replica handle (no engine): a session is one core task, sticky, in a tool
+wait between its requests; a request the core keeps waiting past the bound gets a
+429 with Retry-After; ending a session releases its KV in the core."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from executor.dispatch import Dispatcher
+from executor.fleet.generation import GenerateRequest, GenerateResult
+from executor.fleet.registry import ReplicaRegistry
+from executor.gateway import Gateway, GatewayConfig, GatewayError
+from executor.telemetry import Telemetry
+from scheduler import ReplicaJoined, SchedulerCore
+from scheduler.states import TaskState
+
+ASK = [{"role": "user", "content": "hello"}]
+
+
+class Replica:
+    """Answers each call with a fixed reply once ``gate`` is set."""
+
+    def __init__(self, replica_id: str, tokenizer: Any) -> None:
+        self.replica_id = replica_id
+        self.tokenizer = tokenizer
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.requests: list[GenerateRequest] = []
+
+    @property
+    def context_tokens(self) -> int:
+        return 4096
+
+    async def agenerate(self, request: dict[str, Any]) -> GenerateResult:
+        req = GenerateRequest.parse(request)
+        self.requests.append(req)
+        await self.gate.wait()
+        out = list(self.tokenizer.encode("fine", add_special_tokens=False))
+        ids = req.input_ids or []
+        return GenerateResult(
+            replica_id=self.replica_id, text="fine", prompt_ids=ids, output_ids=out,
+            prompt_tokens=len(ids), cached_tokens=0, completion_tokens=len(out),
+            finish_reason="stop", latency_s=0.01,
+        )  # fmt: skip
+
+
+@dataclass
+class Chat:
+    tokenizer: Any
+
+
+@dataclass
+class Services:
+    model: str
+    dispatcher: Dispatcher
+    replicas: ReplicaRegistry
+    chat: Chat
+    telemetry: Telemetry
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> Any:
+    from transformers import AutoTokenizer
+
+    from executor.models import resolve
+
+    return AutoTokenizer.from_pretrained(str(resolve("tiny")))
+
+
+def make(tokenizer: Any, **config: Any) -> tuple[Gateway, Replica, Dispatcher]:
+    dispatcher = Dispatcher(SchedulerCore())
+    registry = ReplicaRegistry()
+    replica = Replica("r0", tokenizer)
+    registry.add(replica)  # type: ignore[arg-type]
+    dispatcher.send(ReplicaJoined(dispatcher.now(), "r0", 4096, max_running_calls=1))
+    services = Services("tiny", dispatcher, registry, Chat(tokenizer), Telemetry("none"))
+    return Gateway(lambda: services, GatewayConfig(**config)), replica, dispatcher
+
+
+def test_a_session_is_one_core_task_in_a_tool_wait_between_requests(tokenizer: Any) -> None:
+    async def run() -> None:
+        gw, replica, d = make(tokenizer)
+        body = {"model": "tiny", "messages": ASK, "max_tokens": 8}
+        first = await gw.chat(body, {"X-Session-ID": "s1"})
+        session = gw.sessions.get("s1")
+        assert session is not None and first.headers["X-Session-ID"] == "s1"
+        view = d.core.task(session.task_id)
+        assert view is not None and view.state is TaskState.TOOL  # the client's turn
+        again = {**body, "messages": [*ASK, {"role": "assistant", "content": "fine"},
+                                      {"role": "user", "content": "more"}]}  # fmt: skip
+        second = await gw.chat(again, {"X-Session-ID": "s1"})
+        assert second.headers["X-Prefix-Reuse"] == "exact"
+        first_ids = replica.requests[0].input_ids or []
+        assert (replica.requests[1].input_ids or [])[: len(first_ids)] == first_ids
+        assert session.calls == 2 and gw.end_session("s1")
+        assert d.core.task(session.task_id) is None  # ended: forgotten, its KV released
+        assert d.stats.released_kv_tokens > 0
+
+    asyncio.run(run())
+
+
+def test_a_wait_past_the_bound_is_a_429_with_retry_after(tokenizer: Any) -> None:
+    async def run() -> None:
+        gw, replica, d = make(tokenizer, queue_wait_s=0.3, retry_after_s=3)
+        replica.gate.clear()  # the first session's call holds the replica's only slot
+        body = {"model": "tiny", "messages": ASK, "max_tokens": 8}
+        held = asyncio.ensure_future(gw.chat(body, {"X-Session-ID": "a"}))
+        await asyncio.sleep(0.05)
+        with pytest.raises(GatewayError) as busy:
+            await gw.chat(body, {"X-Session-ID": "b"})
+        assert busy.value.status == 429 and busy.value.headers["Retry-After"] == "3"
+        assert gw.sessions.get("b") is None  # a refused first request leaves no session
+        assert d.queue_depth == 0  # "b" left the core's queue
+        view = d.core.replica("r0")
+        assert view is not None and view.running_calls == 1  # "a" only
+        replica.gate.set()
+        assert (await held).finish_reason == "stop"
+        ok = await gw.chat(body, {"X-Session-ID": "b"})  # room again: served
+        assert ok.result.replica_id == "r0"
+
+    asyncio.run(run())
+
+
+def test_bad_requests_are_400_before_the_core_sees_them(tokenizer: Any) -> None:
+    async def run() -> None:
+        gw, _, d = make(tokenizer)
+        cases = [
+            ({"model": "other", "messages": ASK}, 404, "model"),
+            ({"model": "tiny", "messages": ASK, "n": 3}, 400, "n"),
+            ({"model": "tiny", "messages": []}, 400, "messages"),
+            ({"model": "tiny", "messages": ASK, "max_tokens": 5000}, 400, "max_tokens"),
+            ({"model": "tiny", "messages": ASK, "top_p": 0}, 400, "top_p"),
+            ({"model": "tiny", "messages": [{"role": "user", "content": "x " * 5000}]}, 400,
+             "messages"),
+        ]  # fmt: skip
+        for body, status, param in cases:
+            with pytest.raises(GatewayError) as err:
+                await gw.chat(body, {"X-Session-ID": "k"})
+            assert err.value.status == status and err.value.param == param, body
+        view = d.core.replica("r0")
+        assert view is not None and view.kv_reserved_tokens == 0 and len(gw.sessions) == 0
+
+    asyncio.run(run())

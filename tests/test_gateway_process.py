@@ -1,0 +1,232 @@
+"""The gateway (issues 26/30) against a real ``python -m executor serve`` on the tiny
+model, through the official ``openai`` client: one server for the whole module.
+
+The tiny model's text is meaningless; the shapes, the grammar's guarantees (tool
+calls valid against their schemas), the cache hits and the errors are what count.
+The server runs with ``EXECUTOR_GATEWAY_TOOL_CALL_PARSER=qwen25`` (the tiny template
+has no tool-call format of its own), so the Qwen-family grammars run in the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import jsonschema
+import openai
+import pytest
+from service_process import AUTH, TOKEN, Server
+
+pytestmark = pytest.mark.engine
+
+WEATHER = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string", "enum": ["Paris", "Oslo", "Lima"]},
+        "unit": {"type": "string", "enum": ["c", "f"]},
+    },
+    "required": ["city", "unit"],
+    "additionalProperties": False,
+}
+TIME = {
+    "type": "object",
+    "properties": {"zone": {"type": "string", "enum": ["UTC", "CET"]}},
+    "required": ["zone"],
+    "additionalProperties": False,
+}
+TOOLS: list[Any] = [
+    {"type": "function", "function": {"name": "get_weather", "description": "The weather.",
+                                      "parameters": WEATHER}},
+    {"type": "function", "function": {"name": "get_time", "description": "The time.",
+                                      "parameters": TIME}},
+]  # fmt: skip
+SCHEMAS = {"get_weather": WEATHER, "get_time": TIME}
+ASK = [{"role": "system", "content": "You answer briefly."},
+       {"role": "user", "content": "What is the weather in Paris?"}]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def server(pool: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    srv = Server(pool, tmp_path_factory.mktemp("gateway-process"))
+    srv.env["EXECUTOR_GATEWAY_TOOL_CALL_PARSER"] = "qwen25"
+    srv.env["EXECUTOR_GATEWAY_DEFAULT_MAX_TOKENS"] = "32"
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server: Server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=TOKEN, max_retries=0, timeout=300)
+
+
+def sessions(server: Server) -> dict[str, Any]:
+    return {s["id"]: s for s in server.get("/v1/sessions")["data"]}
+
+
+def sessions_of(client: openai.OpenAI) -> dict[str, Any]:
+    data = client.get("/sessions", cast_to=object)
+    assert isinstance(data, dict)
+    return {s["id"]: s for s in data["data"]}
+
+
+def check_calls(calls: Any, allowed: set[str]) -> None:
+    assert calls, "no tool call"
+    for call in calls:
+        assert call.type == "function" and call.id and call.function.name in allowed
+        jsonschema.validate(json.loads(call.function.arguments), SCHEMAS[call.function.name])
+
+
+def test_models_and_a_plain_chat(client: openai.OpenAI) -> None:
+    assert [m.id for m in client.models.list().data] == ["tiny"]
+    raw = client.chat.completions.with_raw_response.create(
+        model="tiny", messages=ASK, max_tokens=8, temperature=0, seed=7,
+    )  # fmt: skip
+    reply = raw.parse()
+    assert reply.object == "chat.completion" and reply.model == "tiny"
+    choice = reply.choices[0]
+    assert choice.message.role == "assistant" and isinstance(choice.message.content, str)
+    assert choice.finish_reason in ("stop", "length")
+    assert reply.usage is not None and 0 < reply.usage.completion_tokens <= 8
+    assert reply.usage.prompt_tokens_details is not None
+    assert reply.usage.prompt_tokens_details.cached_tokens >= 0
+    assert raw.headers["x-session-id"].startswith("anon-")  # keyless: a session of its own
+    assert raw.headers["x-session-id"] not in sessions_of(client)  # ... ended with it
+
+
+def test_stream_sync_and_async(server: Server, client: openai.OpenAI) -> None:
+    chunks = list(client.chat.completions.create(
+        model="tiny", messages=ASK, max_tokens=8, stream=True,
+        stream_options={"include_usage": True},
+    ))  # fmt: skip
+    assert chunks[0].choices[0].delta.role == "assistant"
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
+    assert finishes[-1] in ("stop", "length") and all(f is None for f in finishes[:-1])
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens > 0
+
+    async def both() -> tuple[Any, list[Any]]:
+        aclient = openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key=TOKEN, max_retries=0)
+        async with aclient:
+            plain = await aclient.chat.completions.create(model="tiny", messages=ASK,
+                                                          max_tokens=4)  # fmt: skip
+            stream = await aclient.chat.completions.create(model="tiny", messages=ASK,
+                                                           max_tokens=4, stream=True)  # fmt: skip
+            return plain, [c async for c in stream]
+
+    plain, streamed = asyncio.run(both())
+    assert plain.choices[0].message.role == "assistant" and plain.usage.completion_tokens > 0
+    assert streamed[-1].choices[0].finish_reason in ("stop", "length")
+    assert all(c.usage is None for c in streamed)  # no usage chunk unless asked
+
+
+def test_tool_call_round_trip_reuses_the_prefix(server: Server, client: openai.OpenAI) -> None:
+    sid = f"s-{uuid.uuid4().hex[:8]}"
+    first = client.chat.completions.with_raw_response.create(
+        model="tiny", messages=ASK, tools=TOOLS, tool_choice="required", max_tokens=160,
+        extra_headers={"X-Session-ID": sid},
+    )  # fmt: skip
+    assert first.headers["x-tool-call-parser"] == "qwen25"
+    assert first.headers["x-prefix-reuse"] == "rendered"
+    one = first.parse()
+    assert one.choices[0].finish_reason == "tool_calls", one.choices[0].message.content
+    check_calls(one.choices[0].message.tool_calls, set(SCHEMAS))
+    assert sessions(server)[sid]["calls"] == 1
+
+    call = one.choices[0].message.tool_calls[0]
+    history = [*ASK, one.choices[0].message.model_dump(exclude_none=True),
+               {"role": "tool", "tool_call_id": call.id, "content": "12 C and sunny"}]  # fmt: skip
+    second = client.chat.completions.with_raw_response.create(
+        model="tiny", messages=history, tools=TOOLS, max_tokens=160,
+        tool_choice={"type": "function", "function": {"name": "get_time"}},
+        extra_headers={"X-Session-ID": sid},
+    )  # fmt: skip
+    assert second.headers["x-prefix-reuse"] == "exact"
+    assert second.headers["x-replica-id"] == first.headers["x-replica-id"]  # sticky
+    two = second.parse()
+    check_calls(two.choices[0].message.tool_calls, {"get_time"})
+    assert two.usage.prompt_tokens_details.cached_tokens >= one.usage.prompt_tokens
+    assert sessions(server)[sid]["calls"] == 2
+
+
+def test_cached_tokens_cover_the_last_prompt_keyed_by_prompt_cache_key(
+    server: Server, client: openai.OpenAI
+) -> None:
+    key = f"k-{uuid.uuid4().hex[:8]}"
+    one = client.chat.completions.create(model="tiny", messages=ASK, max_tokens=6,
+                                         prompt_cache_key=key)  # fmt: skip
+    again = [*ASK, {"role": "assistant", "content": one.choices[0].message.content},
+             {"role": "user", "content": "And tomorrow?"}]  # fmt: skip
+    raw = client.chat.completions.with_raw_response.create(
+        model="tiny", messages=again, max_tokens=6, prompt_cache_key=key,
+        extra_headers={"X-Session-Final": "true"},
+    )  # fmt: skip
+    two = raw.parse()
+    assert raw.headers["x-prefix-reuse"] == "exact"
+    assert two.usage.prompt_tokens_details.cached_tokens >= one.usage.prompt_tokens
+    assert key not in sessions(server)  # X-Session-Final ended it
+
+
+def test_auto_tool_choice_is_text_or_valid_calls(client: openai.OpenAI) -> None:
+    reply = client.chat.completions.create(model="tiny", messages=ASK, tools=TOOLS,
+                                           max_tokens=24, temperature=0)  # fmt: skip
+    message = reply.choices[0].message
+    if message.tool_calls:
+        check_calls(message.tool_calls, set(SCHEMAS))
+        assert reply.choices[0].finish_reason == "tool_calls"
+    else:
+        assert isinstance(message.content, str)
+        assert not message.content.lstrip().startswith("{")  # a bare call is never text
+
+
+def test_openai_shaped_errors(server: Server, client: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError) as nf:
+        client.chat.completions.create(model="gpt-9", messages=ASK)
+    assert nf.value.code == "model_not_found"
+    with pytest.raises(openai.BadRequestError) as n2:
+        client.chat.completions.create(model="tiny", messages=ASK, n=2)
+    assert n2.value.param == "n"
+    with pytest.raises(openai.BadRequestError) as unknown:
+        client.chat.completions.create(
+            model="tiny", messages=ASK, tools=TOOLS,
+            tool_choice={"type": "function", "function": {"name": "launch"}},
+        )  # fmt: skip
+    assert unknown.value.param == "tool_choice"
+    with pytest.raises(openai.BadRequestError) as long:
+        client.chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": "def f(x): return x\n" * 3000}]
+        )  # fmt: skip
+    assert long.value.code == "context_length_exceeded"
+    bad_history = [*ASK, {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "get_time", "arguments": "{oops"}}
+    ]}, {"role": "tool", "tool_call_id": "c1", "content": "x"}]  # fmt: skip
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="tiny", messages=bad_history)
+    bad = openai.OpenAI(base_url=f"{server.url}/v1", api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        bad.models.list()
+    for body in (b"{not json", b'{"model": "tiny"}', b'{"model": "tiny", "messages": 3}'):
+        r = httpx.post(f"{server.url}/v1/chat/completions", content=body, timeout=30,
+                       headers={**AUTH, "Content-Type": "application/json"})  # fmt: skip
+        assert r.status_code == 400, r.text
+        error = r.json()["error"]
+        assert set(error) == {"message", "type", "param", "code"}
+        assert error["type"] == "invalid_request_error"
+
+
+def test_delete_ends_a_session(server: Server, client: openai.OpenAI) -> None:
+    sid = f"d-{uuid.uuid4().hex[:8]}"
+    client.chat.completions.create(model="tiny", messages=ASK, max_tokens=4,
+                                   extra_headers={"X-Session-ID": sid})  # fmt: skip
+    assert sid in sessions(server)
+    url = f"{server.url}/v1/sessions/{sid}"
+    assert httpx.delete(url, headers=AUTH, timeout=30).json()["deleted"] is True
+    assert sid not in sessions(server)
+    gone = httpx.delete(url, headers=AUTH, timeout=30)
+    assert gone.status_code == 404 and gone.json()["error"]["code"] == "session_not_found"
