@@ -202,12 +202,12 @@ class Book:
         return task.kv_held and self._home(task).state is _DRAINING
 
     def _make_ready(self, task: Task, r: Replica) -> None:
-        if task.state is TaskState.QUEUED:
-            task.admission_wait_s += self._now - task.queued_since
-        elif task.state is _READY:  # re-placed after its replica died
+        if task.state is _READY:  # re-placed after its replica died: still ready
             task.slot_wait_s += self._now - task.ready_since
         else:
             self._ready_calls += 1
+            if task.state is TaskState.QUEUED:
+                task.admission_wait_s += self._now - task.queued_since
         task.state = next_task_state(task.state, TaskTrigger.PLACE)
         task.ready_seq += 1
         task.ready_since = self._now

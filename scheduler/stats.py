@@ -41,7 +41,8 @@ class ReplicaKV:
     budget_tokens: int
     reserved_tokens: int  # now
     mean_reserved_tokens: float  # averaged over its time in the book
-    peak_reserved_tokens: int
+    peak_reserved_tokens: int  # highest (a call's growth may pass the budget
+    # for the moment before the core pauses tasks: the ledger is within it after events)
 
 
 @dataclass(frozen=True, slots=True)

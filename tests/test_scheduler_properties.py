@@ -66,8 +66,15 @@ configs = st.builds(
     growth_prior_tokens=st.sampled_from([0, 1024]),
     max_pauses=st.sampled_from([None, 0, 1, 3]),
     pause_low_water=st.sampled_from([0.5, 0.9, 1.0]),
+    work_conserving=st.booleans(),
+    learn_prefill_speed=st.booleans(),
+    drain_window_s=st.sampled_from([1.0, 120.0]),
+    shed_slo_s=st.sampled_from([None, 0.5, 50.0]),
 )
-PAUSES = (ReleaseCause.TOOL_WAIT, ReleaseCause.WAITING_CAP, ReleaseCause.OVER_BUDGET)
+PAUSES = (
+    ReleaseCause.TOOL_WAIT, ReleaseCause.WAITING_CAP, ReleaseCause.OVER_BUDGET,
+    ReleaseCause.MAKE_ROOM,
+)
 
 
 @dataclass
@@ -254,6 +261,16 @@ def test_budget_stickiness_and_no_starvation(
     d = run(cfg, acts, las)
     d.drain()
     assert d.core.live_tasks == 0 and d.core.queued == 0
+    # the counters are consistent with each other and with the run
+    s = d.core.stats()
+    assert 0.0 <= s.idle_while_waiting_s <= s.waiting_s + 1e-9 <= s.observed_s + 2e-9
+    assert all(w.admission_s >= 0 and w.slot_s >= 0 and w.done for w in s.tasks.values())
+    assert all(w.total_s <= s.waiting_s + 1e-6 for w in s.tasks.values())
+    for kv in s.replicas.values():
+        assert kv.reserved_tokens == 0
+        assert 0 <= kv.mean_reserved_tokens <= kv.peak_reserved_tokens * (1 + 1e-9)
+    if cfg.shed_slo_s is None:
+        assert "shed" not in s.counters
 
 
 @SETTINGS
