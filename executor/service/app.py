@@ -8,6 +8,7 @@ set. Request bodies are bounded (``max_body_bytes``) before they are parsed.
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -160,8 +161,9 @@ def create_app(service: TaskService, *, token: str | None = None,
         except KeyReused:
             raise HTTPException(409, "this Idempotency-Key was used with another body") from None
         except Busy as exc:
+            retry = RETRY_AFTER_S if exc.retry_after_s is None else math.ceil(exc.retry_after_s)
             raise HTTPException(429, str(exc),
-                                headers={"Retry-After": str(RETRY_AFTER_S)}) from None  # fmt: skip
+                                headers={"Retry-After": str(max(1, retry))}) from None  # fmt: skip
         except BadAgent as exc:
             raise HTTPException(422, [{"loc": ["body", "agent"], "msg": str(exc)}]) from None
         except UnknownAgent:

@@ -43,7 +43,11 @@ class UnknownTask(ExecutorError):
 
 
 class Busy(ExecutorError):
-    """Too many tasks at once: try again later."""
+    """Too many tasks at once: try again later (``retry_after_s``: when, if known)."""
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class BadAgent(ExecutorError):
@@ -159,6 +163,11 @@ class TaskService:
             raise Busy(f"{self.max_active} tasks are running or queued (the service's limit)")
         if self.executor.dispatcher.queue_depth >= queue_limit:
             raise Busy(f"the admission queue is full ({queue_limit} tasks)")
+        slo = self.executor.config.scheduler.shed_slo_s  # opt-in SLO-aware shedding
+        wait = self.executor.dispatcher.core.predicted_wait_s() if slo is not None else None
+        if slo is not None and wait is not None and wait > slo:
+            raise Busy(f"shed: predicted queue wait {wait:.1f} s exceeds the SLO ({slo:g} s)",
+                       retry_after_s=wait - slo)  # fmt: skip
 
     def _track(self, handle: TaskHandle) -> None:
         self.handles[handle.task_id] = handle
