@@ -182,7 +182,9 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr, flush=True)
 
     meta: dict[str, Any] = {
-        "config": {k: v for k, v in asdict(cfg).items()},
+        "config": {k: v for k, v in asdict(replace(cfg, workload=replace(
+            cfg.workload, trace=()))).items()},  # a trace: its file, not its tasks
+        "trace": str(a.trace) if a.trace is not None else None,
         "slo_s": a.slo,
         "kv_capacity_tokens_per_replica": cfg.engine.kv_capacity_tokens,
         "default_ordering": DEFAULT_ORDERING,

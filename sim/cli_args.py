@@ -5,6 +5,7 @@ argparse errors (not tracebacks) for bad values."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from scheduler.config import SchedulerConfig
 from sim.model import DTYPE_BYTES, EngineSpec, ModelShape
@@ -110,6 +111,11 @@ def add_workload_args(p: argparse.ArgumentParser) -> None:
                    help="distinct agents (shared system prompts) (4)")
     g.add_argument("--expect-margin", type=positive_float, default=1.1,
                    help="expected peak history told to the scheduler = margin x mean (1.1)")
+    g.add_argument("--trace", type=Path, default=None, metavar="FILE",
+                   help="replay an agent trace (JSONL, one task per line: per step the new "
+                   "input tokens, output tokens and tool seconds; see sim/traces.py and "
+                   "docs/benchmarks-e2e.md) at the Poisson arrivals, its tasks in order, "
+                   "cycling; the workload options above are then ignored")
 
 
 def add_scheduler_args(p: argparse.ArgumentParser) -> None:
@@ -155,6 +161,13 @@ def engine_spec(a: argparse.Namespace, p: argparse.ArgumentParser) -> EngineSpec
 
 
 def workload_spec(a: argparse.Namespace, p: argparse.ArgumentParser) -> WorkloadSpec:
+    if getattr(a, "trace", None) is not None:
+        from sim.traces import TraceError, load_trace, spec_of
+
+        try:
+            return spec_of(load_trace(a.trace))
+        except TraceError as exc:
+            p.error(str(exc))
     try:
         return WorkloadSpec(
             calls=a.calls, calls_spread=a.calls_spread, history_tokens=a.history_tokens,

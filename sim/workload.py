@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 Z99 = 2.3263478740408408  # standard normal 0.99 quantile
 
@@ -30,6 +30,9 @@ class WorkloadSpec:
     tool_p99_s: float = 4.0
     agents: int = 4
     expect_margin: float = 1.1  # expected_history told to the core = margin x mean
+    #: a trace's tasks (:mod:`sim.traces`): drawn in order, cycling, at the Poisson
+    #: arrivals instead of generated; the fields above are then the trace's means
+    trace: tuple[TaskPlan, ...] = ()
 
     def __post_init__(self) -> None:
         if self.calls < 1:
@@ -111,6 +114,9 @@ class WorkloadGenerator:
         spec, rng = self.spec, self._rng
         self._t += rng.expovariate(self.rate)
         self._n += 1
+        if spec.trace:
+            plan = spec.trace[(self._n - 1) % len(spec.trace)]
+            return replace(plan, task_id=f"t{self._n}", arrival=self._t)
         calls = spec.calls
         if spec.calls_spread:
             calls = max(1, self._spread(spec.calls, spec.calls_spread))

@@ -74,7 +74,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="workload shape (default: default)")  # fmt: skip
     # 12 tasks at 4/8/12 at once: the sweep of 14 runs fits 45 minutes on 2 cores
     # (16 tasks at 6/12/18 took 65 minutes on a loaded host and was not done)
-    p.add_argument("--tasks", type=int, default=12, help="tasks per run (default: 12)")
+    p.add_argument("--tasks", type=int, default=None,
+                   help="tasks per run (default: 12; with --trace, the trace's)")
+    p.add_argument("--trace", default=None, metavar="FILE",
+                   help="the tasks of an agent trace (JSONL, one task per line: per step "
+                   "the new input tokens, output tokens and tool seconds; "
+                   "docs/benchmarks-e2e.md) instead of a scenario")  # fmt: skip
     p.add_argument("--concurrency", type=_loads, default=[4, 8, 12],
                    help="the load sweep, tasks at once (default: 4,8,12; "
                    f"{', '.join(EVERY_LOAD)} at every load, the others at the middle one)",
@@ -113,7 +118,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     w.add_argument("--agents", type=int, default=2, help="agents (system prompts)")
     p.add_argument("--max-total-tokens", type=int, default=None,
                    help="KV pool per replica in tokens (default: 16384 for the default "
-                   "scenario, 32768 for heavy_tail)")  # fmt: skip
+                   "scenario, 32768 for heavy_tail, swe_agent and traces)")  # fmt: skip
     p.add_argument("--sandbox", default="bwrap", help="sandbox backend of the tools")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--probe-repeats", type=int, default=3,
@@ -146,8 +151,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.contestants = list(CONTESTANTS)
     if args.slo_s is not None and args.slo_s <= 0:
         p.error("--slo-s must be > 0")
+    if args.trace is not None:
+        from sim.traces import TraceError, load_trace
+
+        try:
+            held = len(load_trace(args.trace))
+        except TraceError as exc:
+            p.error(str(exc))
+        args.tasks = held if args.tasks is None else args.tasks
+    if args.tasks is None:
+        args.tasks = 12
     if args.max_total_tokens is None:
-        args.max_total_tokens = 32768 if args.scenario == "heavy_tail" else 16384
+        big = args.scenario in ("heavy_tail", "swe_agent") or args.trace is not None
+        args.max_total_tokens = 32768 if big else 16384
     if min(args.tasks, args.replicas, args.probe_repeats) < 1:
         p.error("--tasks, --replicas and --probe-repeats must be >= 1")
     return args

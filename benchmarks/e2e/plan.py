@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from benchmarks.e2e import EVERY_LOAD, OPEN_LOOP
-from benchmarks.e2e.workload import HeavyTailSpec, ReplayTask
+from benchmarks.e2e.workload import HeavyTailSpec, ReplayTask, SweAgentSpec
 
 
 def middle(loads: list[int]) -> int:
@@ -28,10 +28,22 @@ def open_schedule(contestants: list[str], rates: list[int]) -> list[tuple[str, i
 
 
 def workload_spec(args: argparse.Namespace) -> Any:
-    """The simulator's spec of the scenario (heavy_tail: its means, for the baselines'
-    system prompt)."""
+    """The simulator's spec of the scenario (heavy_tail, swe_agent, a trace: its
+    means, for the baselines' system prompt)."""
     from sim.workload import WorkloadSpec
 
+    if getattr(args, "trace", None):
+        from sim.traces import load_trace, spec_of
+
+        return spec_of(load_trace(args.trace))
+    if getattr(args, "scenario", "default") == "swe_agent":
+        s = SweAgentSpec()
+        return WorkloadSpec(
+            calls=s.steps_median, history_tokens=s.history_median,
+            system_prompt_tokens=s.system_tokens, first_message_tokens=s.first_tokens,
+            output_tokens=s.output_median, tool_median_s=s.tool_median_s,
+            tool_p99_s=2.0, agents=1,
+        )  # fmt: skip
     if getattr(args, "scenario", "default") == "heavy_tail":
         h = HeavyTailSpec()
         return WorkloadSpec(
@@ -49,8 +61,12 @@ def workload_spec(args: argparse.Namespace) -> Any:
 
 
 def build_workload(args: argparse.Namespace) -> list[ReplayTask]:
-    from benchmarks.e2e.workload import make_heavy_tail, make_workload
+    from benchmarks.e2e.workload import from_trace, make_heavy_tail, make_swe_agent, make_workload
 
+    if getattr(args, "trace", None):
+        return from_trace(args.trace, args.tasks, args.seed)
+    if getattr(args, "scenario", "default") == "swe_agent":
+        return make_swe_agent(SweAgentSpec(), args.tasks, args.seed)
     if getattr(args, "scenario", "default") == "heavy_tail":
         return make_heavy_tail(HeavyTailSpec(), args.tasks, args.seed)
     return make_workload(workload_spec(args), args.tasks, args.seed)

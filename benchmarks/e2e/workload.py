@@ -36,7 +36,7 @@ from sim.workload import TaskPlan, WorkloadGenerator, WorkloadSpec
 #: Token ids are drawn from this range: inside every registered model's vocabulary,
 #: clear of the special tokens at its start.
 ID_RANGE = (100, 4000)
-SCENARIOS = ("default", "heavy_tail")
+SCENARIOS = ("default", "heavy_tail", "swe_agent")
 
 
 @dataclass(frozen=True)
@@ -123,6 +123,92 @@ def heavy_tail_plans(spec: HeavyTailSpec, tasks: int, seed: int) -> list[TaskPla
     return out
 
 
+@dataclass(frozen=True)
+class SweAgentSpec:
+    """The ``swe_agent`` scenario: SWE-agent on SWE-bench Lite (GLM-4.5, 64 tasks,
+    ThunderAgent's published profiles: steps median 40, p10 27, p90 71, max 127;
+    tools median 0.15 s, p90 0.37 s, p99 2 s, max 31.6 s, 98% under 1 s; output
+    median 77, p90 454 tokens; inputs median 21K, p90 47K tokens), its token counts
+    scaled to what the CPU holds (histories to 12K: x12/47 of the inputs), its step,
+    tool and output distributions kept."""
+
+    steps_median: int = 40
+    steps_sigma: tuple[float, float] = (0.307, 0.448)  # log-space, below / above the median
+    steps_range: tuple[int, int] = (5, 127)
+    history_median: int = 8_500  # a task's final history (per-call inputs ~ half of it)
+    history_sigma: float = 0.4
+    history_max: int = 12_000
+    system_tokens: int = 1_000  # the agent's prompt, shared by every task
+    first_tokens: int = 400  # the issue
+    output_median: int = 77
+    output_sigma: float = 1.385  # p90 454
+    output_max: int = 1_024
+    obs_sigma: float = 0.9  # the observations' split of the history: heavy-tailed
+    tool_median_s: float = 0.15
+    tool_sigma: float = 0.705  # p90 0.37 s
+    slow_tool_p: float = 0.012  # ... and this share log-uniform in slow_tool_s (p99 ~2 s)
+    slow_tool_s: tuple[float, float] = (1.0, 31.6)
+
+
+def swe_agent_plans(spec: SweAgentSpec, tasks: int, seed: int) -> list[TaskPlan]:
+    rng = random.Random(f"swe_agent/{seed}")
+
+    def lognormal(median: float, sigma: float) -> float:
+        return median * math.exp(rng.gauss(0.0, sigma))
+
+    out = []
+    for n in range(1, tasks + 1):
+        z = rng.gauss(0.0, 1.0)
+        sigma = spec.steps_sigma[0] if z < 0 else spec.steps_sigma[1]
+        steps = min(spec.steps_range[1],
+                    max(spec.steps_range[0], round(spec.steps_median * math.exp(sigma * z))))
+        history = min(spec.history_max, round(lognormal(spec.history_median, spec.history_sigma)))
+        first = spec.system_tokens + spec.first_tokens
+        outs = [
+            min(spec.output_max, max(4, round(lognormal(spec.output_median, spec.output_sigma))))
+            for _ in range(steps)
+        ]
+        room = history - first - 8 * (steps - 1)
+        if sum(outs) > room // 2:  # outputs take at most half the history
+            f = max(room // 2, 4 * steps) / sum(outs)
+            outs = [max(4, int(o * f)) for o in outs]
+        weights = [math.exp(rng.gauss(0.0, spec.obs_sigma)) for _ in range(steps - 1)]
+        left = max(0, history - first - sum(outs) - 8 * (steps - 1))
+        obs = [8 + int(left * w / sum(weights)) for w in weights] if weights else []
+        tools = []
+        for _ in range(steps - 1):
+            if rng.random() < spec.slow_tool_p:
+                lo, hi = spec.slow_tool_s
+                tools.append(lo * (hi / lo) ** rng.random())
+            else:
+                tools.append(lognormal(spec.tool_median_s, spec.tool_sigma))
+        out.append(TaskPlan(
+            task_id=f"t{n}", agent="agent0", arrival=float(n), new_tokens=(first, *obs),
+            output_tokens=tuple(outs), tool_s=tuple(tools),
+            expected_history=int(1.1 * spec.history_max),
+        ))  # fmt: skip
+    return out
+
+
+def make_swe_agent(spec: SweAgentSpec, tasks: int, seed: int) -> list[ReplayTask]:
+    return with_ids(swe_agent_plans(spec, tasks, seed), [spec.system_tokens], spec.first_tokens,
+                    seed)  # fmt: skip
+
+
+def from_trace(path: str, tasks: int | None, seed: int) -> list[ReplayTask]:
+    """A trace's first ``tasks`` tasks (all: None; more than it holds: its tasks again,
+    in order, under new ids) with token ids (:mod:`sim.traces`)."""
+    from sim.traces import load_trace
+
+    trace = load_trace(path)
+    n = len(trace) if tasks is None else tasks
+    plans = [trace.plans[i % len(trace)] for i in range(n)]
+    if n > len(trace):
+        plans = [dataclasses.replace(p, task_id=f"{p.task_id}~{i // len(trace)}")
+                 if i >= len(trace) else p for i, p in enumerate(plans)]  # fmt: skip
+    return with_ids(plans, trace.shared_prefix, 0, seed)
+
+
 def make_workload(spec: WorkloadSpec, tasks: int, seed: int) -> list[ReplayTask]:
     """``tasks`` seeded plans of the ``default`` scenario (arrival times unused: the
     driver keeps a concurrency)."""
@@ -138,16 +224,20 @@ def make_heavy_tail(spec: HeavyTailSpec, tasks: int, seed: int) -> list[ReplayTa
 
 
 def with_ids(
-    plans: list[TaskPlan], system_tokens: list[int], first_tokens: int, seed: int
-) -> list[ReplayTask]:
-    """Token ids for each plan: agent ``a``'s system prompt has ``system_tokens[a]``."""
+    plans: list[TaskPlan], system_tokens: list[int] | dict[str, int], first_tokens: int,
+    seed: int,
+) -> list[ReplayTask]:  # fmt: skip
+    """Token ids for each plan: agent ``agent<a>``'s system prompt has
+    ``system_tokens[a]`` (a dict: by the agent's name)."""
     rng = random.Random(seed + 1)
     lo, hi = ID_RANGE
 
     def ids(n: int) -> tuple[int, ...]:
         return tuple(rng.randrange(lo, hi) for _ in range(n))
 
-    systems = {f"agent{a}": ids(n) for a, n in enumerate(system_tokens)}
+    named = (system_tokens if isinstance(system_tokens, dict)
+             else {f"agent{a}": n for a, n in enumerate(system_tokens)})  # fmt: skip
+    systems = {agent: ids(n) for agent, n in named.items()}
     out = []
     for plan in plans:
         system = systems[plan.agent]
