@@ -6,6 +6,7 @@ wait between its requests; a request the core keeps waiting past the bound gets 
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -144,5 +145,29 @@ def test_bad_requests_are_400_before_the_core_sees_them(tokenizer: Any) -> None:
             assert err.value.status == status and err.value.param == param, body
         view = d.core.replica("r0")
         assert view is not None and view.kv_reserved_tokens == 0 and len(gw.sessions) == 0
+
+    asyncio.run(run())
+
+
+def test_the_replica_gets_the_sampling_knobs_and_the_grammar(tokenizer: Any) -> None:
+    async def run() -> None:
+        gw, replica, _ = make(tokenizer, tool_call_parser="qwen25")
+        schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+        body = {"model": "tiny", "messages": ASK, "max_completion_tokens": 9, "temperature": 0.5,
+                "top_p": 0.9, "stop": "END", "seed": 11,
+                "response_format": {"type": "json_schema",
+                                    "json_schema": {"name": "x", "schema": schema}}}  # fmt: skip
+        await gw.chat(body, {})
+        sent = replica.requests[-1].sampling
+        assert (sent.max_new_tokens, sent.temperature, sent.top_p) == (9, 0.5, 0.9)
+        assert sent.stop == ["END"] and sent.sampling_seed == 11
+        assert sent.json_schema is not None and json.loads(sent.json_schema) == schema
+        tools = [{"type": "function", "function": {"name": "f", "parameters": schema}}]
+        reply = await gw.chat({"model": "tiny", "messages": ASK, "tools": tools,
+                               "tool_choice": "required"}, {})  # fmt: skip
+        sent = replica.requests[-1].sampling
+        assert sent.structural_tag is not None and sent.json_schema is None
+        assert reply.headers["X-Tool-Call-Parser"] == "qwen25"
+        assert sent.max_new_tokens == gw.config.default_max_tokens  # none asked: the default
 
     asyncio.run(run())

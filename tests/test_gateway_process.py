@@ -13,7 +13,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import jsonschema
@@ -230,3 +230,82 @@ def test_delete_ends_a_session(server: Server, client: openai.OpenAI) -> None:
     assert sid not in sessions(server)
     gone = httpx.delete(url, headers=AUTH, timeout=30)
     assert gone.status_code == 404 and gone.json()["error"]["code"] == "session_not_found"
+
+
+def test_openai_agents_runs_a_tool_through_the_gateway(server: Server) -> None:
+    """openai-agents, unchanged but for the base URL: ``Runner.run`` with two function
+    tools reaches a tool (the grammar makes the tiny model's call valid) and ends with
+    its output; the gateway's session list shows one session. (Enum arguments: the
+    tiny model's free strings would run past any token limit.)"""
+    from agents import (
+        Agent,
+        ModelSettings,
+        OpenAIChatCompletionsModel,
+        Runner,
+        function_tool,
+        set_tracing_disabled,
+    )
+
+    set_tracing_disabled(True)
+    ran: list[tuple[str, dict[str, Any]]] = []
+
+    @function_tool
+    def get_weather(city: Literal["Paris", "Oslo"]) -> str:
+        """The weather in a city."""
+        ran.append(("get_weather", {"city": city}))
+        return f"sunny in {city}"
+
+    @function_tool
+    def get_time(zone: Literal["UTC", "CET"]) -> str:
+        """The time in a zone."""
+        ran.append(("get_time", {"zone": zone}))
+        return f"noon in {zone}"
+
+    sid = f"agents-{uuid.uuid4().hex[:8]}"
+
+    async def run() -> Any:
+        client = openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key=TOKEN, max_retries=0)
+        agent = Agent(
+            name="weather", instructions="Use the tools.", tools=[get_weather, get_time],
+            model=OpenAIChatCompletionsModel(model="tiny", openai_client=client),
+            model_settings=ModelSettings(tool_choice="required", max_tokens=160,
+                                         extra_headers={"X-Session-ID": sid}),
+            tool_use_behavior="stop_on_first_tool",
+        )  # fmt: skip
+        async with client:
+            return await Runner.run(agent, "Weather in Paris?", max_turns=3)
+
+    result = asyncio.run(run())
+    assert ran, "no tool ran"
+    name, args = ran[0]
+    assert name in ("get_weather", "get_time") and all(isinstance(v, str) for v in args.values())
+    assert result.final_output == (f"sunny in {args['city']}" if name == "get_weather"
+                                   else f"noon in {args['zone']}")  # fmt: skip
+    assert sessions(server)[sid]["calls"] == 1
+
+
+def test_langchain_bind_tools_loop_reuses_the_prefix(server: Server) -> None:
+    """langchain-openai's ``ChatOpenAI(...).bind_tools`` in a two-step loop with the
+    session in ``default_headers``: the tool call comes back as a tool message and the
+    second call is served from the first one's ids (cached tokens cover its prompt)."""
+    from langchain_core.messages import HumanMessage, ToolMessage
+    from langchain_openai import ChatOpenAI
+
+    sid = f"lc-{uuid.uuid4().hex[:8]}"
+    chat = ChatOpenAI(
+        model="tiny", base_url=f"{server.url}/v1", api_key=TOKEN,  # type: ignore[arg-type]
+        default_headers={"X-Session-ID": sid}, max_retries=0, max_completion_tokens=160,
+    )  # fmt: skip
+    bound = chat.bind_tools(TOOLS, tool_choice="required")
+    history: list[Any] = [HumanMessage("What is the weather in Paris?")]
+    first = bound.invoke(history)
+    assert first.tool_calls, first
+    call = first.tool_calls[0]
+    jsonschema.validate(call["args"], SCHEMAS[call["name"]])
+    history += [first, ToolMessage("12 C", tool_call_id=call["id"])]
+    second = bound.invoke(history)
+    assert second.tool_calls
+    seen = sessions(server)[sid]
+    assert seen["calls"] == 2
+    prompt_1 = first.usage_metadata["input_tokens"] if first.usage_metadata else 0
+    assert prompt_1 > 0 and seen["cached_tokens"][-1] >= prompt_1

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import time
 import uuid
@@ -87,6 +88,21 @@ def _problem(exc: ValidationError) -> GatewayError:
     err = exc.errors(include_url=False)[0]
     loc = ".".join(str(p) for p in err["loc"])
     return bad_request(f"{loc}: {err['msg']}" if loc else str(err["msg"]), loc or None)
+
+
+def _response_format(req: ChatCompletionRequest) -> tuple[str, str] | None:
+    """``response_format`` as the engine's constraint (json_schema / json_object)."""
+    fmt = req.response_format
+    kind = getattr(fmt, "type", None)
+    if fmt is None or kind == "text":
+        return None
+    if kind == "json_object":
+        return "json_schema", json.dumps({"type": "object"})
+    schema = getattr(getattr(fmt, "json_schema", None), "schema_", None)
+    if kind == "json_schema" and isinstance(schema, dict):
+        return "json_schema", json.dumps(schema)
+    raise bad_request(f"response_format {kind!r} needs a JSON schema or is not supported",
+                      "response_format")  # fmt: skip
 
 
 class Gateway:
@@ -225,6 +241,8 @@ class Gateway:
         ids, reused = build_prompt(self.renderer, messages, tools, session.last)
         sampling = self.sampling(req, body, len(ids))
         constraint = self.tools.constraint(req.tools, req.tool_choice, req.parallel_tool_calls)
+        if constraint is None:
+            constraint = _response_format(req)
         if constraint is not None:
             sampling = sampling.model_copy(update={constraint[0]: constraint[1]})
         grant = await self._admit(session, len(ids), sampling.max_new_tokens)

@@ -6,9 +6,10 @@ their JSON schema: every tool is treated as ``strict``):
 
 - ``"none"`` or no tools: nothing (the reply is free).
 - ``"required"`` / a named function: only calls (of that function), in the family's
-  native form (Qwen: ``<tool_call>\\n{"name": ..., "arguments": ...}\\n</tool_call>``,
-  SGLang's structural tag for the family); for a family without a known format,
-  SGLang's generic JSON constraint (``[{"name": ..., "parameters": {...}}]``).
+  native form (Qwen: ``<tool_call>\n{"name": ..., "arguments": ...}\n</tool_call>``),
+  one or, with ``parallel_tool_calls``, several; the reply ends after the last call.
+  A family without a known format: SGLang's generic JSON constraint
+  (``[{"name": ..., "parameters": {...}}]``).
 - ``"auto"``, family known: either calls in the native form, or a bare JSON call
   ``{"name": <a tool>, "arguments": {...}}`` (small models write that; it is returned
   as a tool call, not as text), or text that does not start with ``{``, ``<`` or a
@@ -16,10 +17,11 @@ their JSON schema: every tool is treated as ``strict``):
   a known format: no grammar; the reply is parsed for a bare JSON call or Qwen-style
   tags, and the response says so (``X-Tool-Call-Parser: fallback``).
 
-Parsing reuses SGLang's ``FunctionCallParser`` (its detector per family) and its
-structural-tag / JSON-schema builders; grammars are built once per distinct tool
-set (``ToolCalls.constraint`` caches them by hash, the engine caches their compiled
-form by the same text).
+The structural tags (xgrammar's format) are built from SGLang's per-family
+``structure_info`` (begin / end / trigger of a call), with at most one whitespace
+between JSON tokens. Parsing reuses SGLang's ``FunctionCallParser`` (its detector
+per family). Grammars are built once per distinct tool set (``ToolCalls.constraint``
+caches them by hash; the engine caches their compiled form by the same text).
 """
 
 from __future__ import annotations
