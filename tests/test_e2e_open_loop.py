@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import statistics
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -229,3 +230,33 @@ def test_closed_report_gives_each_run_a_share_of_the_ceiling() -> None:
     assert 0 < top <= r["ceiling"]["engine_bound_per_hour"]
     for s in r["contestants"].values():
         assert s["tasks_ceiling_share"] == pytest.approx(s["tasks_per_hour"] / top, abs=1e-3)
+
+
+def test_the_open_loop_command_writes_knees_and_their_plot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--open-loop --json F``: the report with ``knees`` and ``ceiling_per_hour``, the
+    knees table printed, the sweep's PNG (the runs faked: no engines)."""
+
+    async def fake_run_all(args: Any, console: Console) -> dict[str, Any]:
+        b = e2e_run.Bench(args, console)
+        b.rates, b.slo_s = dict(RATES_), 20.0
+        for name, rate in b.todo:
+            b.record(name, rate, _fake_run(name, b, 8.0 + rate / 200))
+        return e2e_run.report(b)
+
+    monkeypatch.setattr(e2e_run, "run_all", fake_run_all)
+    out = tmp_path / "open.json"
+    assert e2e_cli.main([*SMALL, "--open-loop", "--rates", "300,600", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert set(r["knees"]) == set(OPEN_LOOP) and r["ceiling_per_hour"] > 0
+    assert {(p["contestant"], p["rate_per_hour"]) for p in r["points"]} == {
+        (n, rate) for n in OPEN_LOOP for rate in (300, 600)}  # fmt: skip
+    assert "| ours |" in capsys.readouterr().out
+    assert (tmp_path / "open_knees.png").stat().st_size > 1000
+    partial = Path(f"{out}.partial.jsonl")  # each run saved as it ended: --finish reads it
+    again = tmp_path / "again.json"
+    args = [*SMALL, "--open-loop", "--rates", "300,600", "--finish", str(partial)]
+    assert e2e_cli.main([*args, "--json", str(again)]) == 2  # no SLO known: a clear error
+    assert e2e_cli.main([*args, "--slo-s", "20", "--json", str(again)]) == 0
+    assert json.loads(again.read_text())["knees"]["ours"]["rate_per_hour"] == 600

@@ -181,7 +181,7 @@ def brief(report: dict[str, Any]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     console = Console(stderr=True)
-    from benchmarks.e2e.plots import plot_cdf, plot_kv, plot_timeline
+    from benchmarks.e2e.plots import plot_cdf, plot_knees, plot_kv, plot_timeline
     from benchmarks.e2e.run import finish, recalibrate, run_all
     from executor.errors import ExecutorError
     from tools.sandbox.base import SandboxUnavailable
@@ -227,5 +227,8 @@ def main(argv: list[str] | None = None) -> int:
             plot_cdf(runs, Path(f"{stem}_cdf.png"))
             plot_timeline(runs, Path(f"{stem}_timeline.png"))
             plot_kv(runs, Path(f"{stem}_kv.png"))
-        console.print(f"wrote {args.json}" + (" and its PNGs" if runs else ""))
+        if "knees" in report:
+            plot_knees(report["points"], report["open_loop"]["slo_s"], report["ceiling_per_hour"],
+                       Path(f"{stem}_knees.png"))  # fmt: skip
+        console.print(f"wrote {args.json} and its PNGs")
     return 0

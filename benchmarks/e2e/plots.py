@@ -4,6 +4,7 @@ timeline of tasks on replicas (thinking, tool waits, queueing)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from benchmarks.e2e.replay import RunTrace
 from sim.plot import pyplot
@@ -80,4 +81,36 @@ def plot_kv(runs: list[RunTrace], path: Path) -> None:
     axes[-1, 0].set_xlabel("time (s)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_knees(
+    points: list[dict[str, Any]], slo_s: float, ceiling_per_hour: float | None, path: Path
+) -> None:
+    """The open loop's sweep: task p95 against the offered rate (the SLO line: each
+    contestant's knee is its last point under it) and goodput against the rate (the
+    ceiling line)."""
+    plt = pyplot()
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(6.4, 6.4), sharex=True)
+    names = sorted({p["contestant"] for p in points})
+    for name in names:
+        mine = sorted((p for p in points if p["contestant"] == name),
+                      key=lambda p: p["rate_per_hour"])  # fmt: skip
+        rates = [p["rate_per_hour"] for p in mine]
+        top.plot(rates, [p["p95_s"] for p in mine], "o-", label=name, color=COLORS.get(name))
+        bottom.plot(rates, [p["goodput_per_hour"] for p in mine], "o-", label=name,
+                    color=COLORS.get(name))  # fmt: skip
+    top.axhline(slo_s, color="grey", ls=":", lw=1.0, label=f"SLO {slo_s:g} s")
+    if ceiling_per_hour:
+        bottom.axhline(ceiling_per_hour, color="grey", ls="--", lw=1.0,
+                       label=f"ceiling {ceiling_per_hour:,.0f}/h")  # fmt: skip
+    top.set_ylabel("task p95 (s)")
+    bottom.set_ylabel("goodput (tasks/h within the SLO)")
+    bottom.set_xlabel("offered rate (tasks/hour, Poisson)")
+    for ax in (top, bottom):
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    top.set_title("Open loop: p95 and goodput against the arrival rate")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -31,7 +31,8 @@ def workload_ceiling(b: Any, loads: list[int] | None) -> dict[str, Any]:
 def report_open(b: Any) -> dict[str, Any]:
     """The open loop's report: per (contestant, rate) its figures, each contestant's
     knee, the ceiling."""
-    assert b.slo_s is not None
+    if b.slo_s is None:
+        raise ValueError("the open loop's SLO is not known (no probes): give --slo-s")
     ceil = workload_ceiling(b, None)
     top = ceil.get("ceiling_per_hour")
     summaries = {}

@@ -101,6 +101,9 @@ class Bench:
             with path.open("a") as f:
                 f.write(json.dumps(line) + "\n")
 
+    def label(self, load: int) -> str:
+        return f"{load} tasks/hour (open loop)" if self.open_rates else f"{load} tasks at once"
+
     def open_args(self, rate: int) -> dict[str, Any]:
         """Open loop at ``rate``: the arrival times and the cut (empty: closed loop)."""
         if not self.open_rates:
@@ -183,7 +186,7 @@ async def pool_phase(b: Bench, cfg: Any, names: tuple[str, ...], probe: bool) ->
         order = sorted(todo, key=lambda x: (x[1], x[0] not in PRODUCT))
         for name, load in order:
             await asyncio.gather(*(h.aflush_cache() for h in handles.values()))
-            b.console.print(f"[bold]{name}[/] at {load} tasks at once")
+            b.console.print(f"[bold]{name}[/] at {b.label(load)}")
             if name in PRODUCT:
                 run, journal = await run_product(
                     name, b.workload, pool, b.sandboxes, load, PRODUCT[name],
@@ -243,7 +246,7 @@ async def router_phase(b: Bench, cfg: Any) -> None:
                 with sglang_router(workers, logs, policy, extra) as url:
                     for load in loads:
                         await flush_workers(client, workers)
-                        b.console.print(f"[bold]{name}[/] at {load} tasks at once")
+                        b.console.print(f"[bold]{name}[/] at {b.label(load)}")
                         router = SGLangRouter(
                             url, workers, name=name, sticky=name == "sticky_router"
                         )
