@@ -117,7 +117,8 @@ def calibrate(
     calls that ran alone on their replica: a contestant with too few takes the
     others'). ``probes_only``: the probes' terms alone."""
     spec = workload_spec(args)
-    byname = {n: r for (n, _), r in runs.items() if "p50_s" in measured.get(n, {})}
+    byname = {n: r for (n, _), r in runs.items()
+              if "p50_s" in measured.get(n, {}) and n in calib.SIM_POLICY}  # fmt: skip
     loads = {n: load for (n, load) in runs}
     alone = {n: calib.alone_calls(run, workload, rates) for n, run in byname.items()}
     pooled = [x for xs in alone.values() for x in xs]

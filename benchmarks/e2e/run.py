@@ -8,7 +8,7 @@ import asyncio
 import dataclasses
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,12 @@ PRODUCT = {"ours": SchedulerConfig(), "ours_v1": v1(SchedulerConfig()),
            "ours_release": SchedulerConfig()}  # fmt: skip
 ROUTERS = {"sticky_router": ("manual", ["--assignment-mode", "min_load"]),
            "sglang_router": ("cache_aware", [])}  # fmt: skip
+#: a contestant that brings its own servers (the gateway): its name -> its phase, run
+#: after the others when the schedule has it: ``phase(b, cfg)`` starts what it needs on
+#: replicas of ``cfg`` and runs each of its ``b.todo`` entries through ``b.drive`` (the
+#: closed or open loop alike) and ``b.record``. With its name in CONTESTANTS (and in
+#: EVERY_LOAD / OPEN_LOOP), that is all a new contestant needs.
+PHASES: dict[str, Callable[[Bench, Any], Awaitable[None]]] = {}
 
 
 class Bench:
@@ -297,6 +303,9 @@ async def run_all(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         release = cfg.model_copy(update={"release_in_engine": True})
         await pool_phase(b, release, ("ours_release",), probe=False)
         await router_phase(b, cfg)
+        for name, phase in PHASES.items():  # contestants with servers of their own
+            if any(n == name for n, _ in b.todo):
+                await phase(b, cfg)
     finally:
         await b.sandboxes.close()
         b.close()
