@@ -215,6 +215,13 @@ def test_open_report_has_the_knees_and_the_ceiling() -> None:
     assert r["knees"]["round_robin"]["rate_per_hour"] == 300
     assert ours["ceiling_share"] == pytest.approx(600 / r["ceiling_per_hour"], abs=1e-3)
     assert r["open_loop"]["slo_s"] == 20.0 and "| ours |" in r["knees_table"]
+    # the simulator on the same plans and arrivals: a p95 at every point, a knee each
+    sim = r["simulated"]
+    assert set(sim["knees"]) == set(OPEN_LOOP) and len(sim["points"]) == len(b.todo)
+    for p in sim["points"]:
+        assert p["p95_s"] > 0 and p["p95_error"] is not None
+        assert p["meets_slo"] == (p["p95_s"] <= 20.0)  # nothing cut at these rates
+    assert all(r["knees"][n]["simulated_rate_per_hour"] == sim["knees"][n] for n in OPEN_LOOP)
     json.dumps(r)
 
 
@@ -260,3 +267,22 @@ def test_the_open_loop_command_writes_knees_and_their_plot(
     assert e2e_cli.main([*args, "--json", str(again)]) == 2  # no SLO known: a clear error
     assert e2e_cli.main([*args, "--slo-s", "20", "--json", str(again)]) == 0
     assert json.loads(again.read_text())["knees"]["ours"]["rate_per_hour"] == 600
+
+
+def test_the_simulator_predicts_an_open_loop_run_with_its_cut() -> None:
+    """The same plans and arrivals in the simulator: each latency at least the task's
+    floor; a cut before the tasks can end leaves them unfinished (None)."""
+    from benchmarks.e2e.results import simulate_open
+    from sim.workload import WorkloadSpec
+
+    tasks = _tasks(3, calls=3)
+    terms = {**RATES_, "host_contention": 0.0}
+    spec = WorkloadSpec(calls=3, history_tokens=100, system_prompt_tokens=0,
+                        first_message_tokens=4, output_tokens=2)  # fmt: skip
+    times = [1.0, 2.0, 3.0]
+    lat = simulate_open("ours", tasks, times, 60.0, spec, terms, 1, 10_000, {})
+    floor = 3 * (4 / 1000 + 2 / 10)  # three calls of 4 new tokens and 2 out, no tools
+    assert all(x is not None and x >= floor - 1e-6 for x in lat)
+    slow: dict[str, tuple[float, ...]] = {t.task_id: (5.0, 5.0) for t in tasks}  # 10 s a task
+    cut = simulate_open("round_robin", tasks, times, 8.0, spec, terms, 1, 10_000, slow)
+    assert cut == [None, None, None]

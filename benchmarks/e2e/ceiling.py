@@ -74,20 +74,33 @@ def ceiling(
     return out
 
 
-def measured_engine(
-    rates: dict[str, float], runs: list[RunTrace], workload: list[ReplayTask], kv_tokens: int
-) -> tuple[EngineSpec, dict[str, Any]]:
-    """The engines at the speed they ran in these runs: the probes' terms scaled by the
-    prefill and decode slowdowns fitted to every run's calls alone on their replica
-    (:mod:`benchmarks.e2e.calibration`), host contention out (a floor runs alone)."""
+def measured_terms(
+    rates: dict[str, float], runs: list[RunTrace], workload: list[ReplayTask]
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """The engine terms at the speed the engines ran in these runs: the probes' terms
+    scaled by the prefill and decode slowdowns fitted to every run's calls alone on
+    their replica (:mod:`benchmarks.e2e.calibration`), with the host contention
+    fitted to them; and the basis of the fit."""
     calls = [c for run in runs for c in calib.alone_calls(run, workload, rates)]
     contention = calib.fit_contention(calls)
     phases = calib.fit_phases(calls, contention)
     speed = calib.engine_slowdown(calls, contention, phases)
-    terms = calib.scaled({**rates, "host_contention": 0.0}, speed * phases[0], speed * phases[1])
-    basis = {"calls_alone": len(calls), "prefill_slowdown": round(speed * phases[0], 3),
-             "decode_slowdown": round(speed * phases[1], 3)}  # fmt: skip
-    return calib.engine_spec(terms, kv_tokens), basis
+    terms = calib.scaled({**rates, "host_contention": contention}, speed * phases[0],
+                         speed * phases[1])  # fmt: skip
+    basis = {
+        "calls_alone": len(calls), "host_contention": contention,
+        "prefill_slowdown": round(speed * phases[0], 3),
+        "decode_slowdown": round(speed * phases[1], 3),
+    }  # fmt: skip
+    return terms, basis
+
+
+def measured_engine(
+    rates: dict[str, float], runs: list[RunTrace], workload: list[ReplayTask], kv_tokens: int
+) -> tuple[EngineSpec, dict[str, Any]]:
+    """:func:`measured_terms` as the engine of a floor: alone, host contention out."""
+    terms, basis = measured_terms(rates, runs, workload)
+    return calib.engine_spec({**terms, "host_contention": 0.0}, kv_tokens), basis
 
 
 def shares(summary: dict[str, Any], ceiling_per_hour: float) -> dict[str, float]:

@@ -6,6 +6,7 @@ loop's (per contestant and rate, the knees, the ceiling). ``b`` is a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,8 @@ from benchmarks.e2e.replay import RunTrace
 from benchmarks.e2e.report import TURN_METRIC, summarize, sweep_rows, targets
 from benchmarks.e2e.workload import ReplayTask, plans_from_json, plans_to_json, shape
 from scheduler import SchedulerConfig
+from sim.metrics import percentile
+from sim.simulator import SimConfig, Simulation
 
 
 def workload_ceiling(b: Any, loads: list[int] | None) -> dict[str, Any]:
@@ -40,7 +43,11 @@ def report_open(b: Any) -> dict[str, Any]:
         s = {**summarize(run), **openloop.open_summary(run, len(b.workload), rate, b.slo_s)}
         summaries[(name, rate)] = {**s, **ceiling.shares(s, top or 0.0)}
     knees = openloop.knees(summaries, top)
+    simulated = predict_open(b, summaries) if b.rates else {}
+    for name, rate_ in simulated.get("knees", {}).items():
+        knees[name]["simulated_rate_per_hour"] = rate_
     return {
+        "simulated": simulated,
         "settings": settings(b.args),
         "open_loop": {"rates_per_hour": b.open_rates, "slo_s": b.slo_s,
                       "slo_basis": b.slo_basis, "grid": "fixed (--rates, or the default)",
@@ -59,6 +66,70 @@ def report_open(b: Any) -> dict[str, Any]:
         "plans": plans_to_json(b.replayed),
         "traces": {f"{n}@{r}/h": run.to_json() for (n, r), run in b.runs.items()},
         "_runs": [],
+    }  # fmt: skip
+
+
+def simulate_open(
+    name: str, workload: list[ReplayTask], times: list[float], cut_at: float, spec: Any,
+    terms: dict[str, float], replicas: int, kv_tokens: int,
+    tools: dict[str, tuple[float, ...]],
+) -> list[float | None]:  # fmt: skip
+    """The simulator on an open-loop run's tasks (the same plans, arrivals and cut;
+    each tool as long as its real run took, the plan's where it did not finish):
+    each task's latency, None where it was unfinished (or shed) at the cut."""
+    policy, cache = calib.SIM_POLICY[name]
+    plans = [dataclasses.replace(w.plan, arrival=t, tool_s=tools.get(w.task_id, w.plan.tool_s))
+             for w, t in zip(workload, times, strict=True)]  # fmt: skip
+    last = max(times)
+    cfg = SimConfig(
+        replicas=replicas, rate=1.0, duration_s=last + 1e-3, warmup_s=0.0,
+        drain_s=max(0.0, cut_at - last), engine=calib.engine_spec(terms, kv_tokens, cache),
+        workload=spec, scheduler=SchedulerConfig(),
+    )  # fmt: skip
+    sim = Simulation(cfg, policy, workload=plans)
+    sim.run()
+    out: list[float | None] = []
+    for p in plans:
+        st = sim.tasks.get(p.task_id)
+        if st is not None and st.finished is not None and st.finished <= cut_at:
+            out.append(st.finished - p.arrival)
+        else:
+            out.append(None)
+    return out
+
+
+def predict_open(b: Any, summaries: dict[tuple[str, int], dict[str, Any]]) -> dict[str, Any]:
+    """The simulator's p95 at each open-loop point (engine terms at the runs'
+    measured speed and host contention) against the measured one, and the knee it
+    predicts per contestant from the same plans and arrivals."""
+    terms, basis = ceiling.measured_terms(b.rates, list(b.runs.values()), b.replayed)
+    spec = workload_spec(b.args)
+    points: dict[tuple[str, int], dict[str, Any]] = {}
+    for (name, rate), run in b.runs.items():
+        if name not in calib.SIM_POLICY:
+            continue
+        times = openloop.arrivals(len(b.replayed), rate, b.args.seed)
+        tools = {t.task_id: tuple(e - s for s, e in t.tools) for t in run.tasks}
+        lat = simulate_open(name, b.replayed, times, openloop.deadline(times, b.slo_s), spec,
+                            terms, b.args.replicas, b.args.max_total_tokens,
+                            {k: v for k, v in tools.items() if v})  # fmt: skip
+        cut = openloop.deadline(times, b.slo_s)
+        censored = [x if x is not None else cut - t for x, t in zip(lat, times, strict=True)]
+        p95 = percentile(censored, 95)
+        real = summaries[(name, rate)]["p95_s"]
+        points[(name, rate)] = {
+            "rate_per_hour": rate, "p95_s": round(p95, 2), "shed": 0,
+            "meets_slo": None not in lat and p95 <= b.slo_s, "goodput_per_hour": round(
+                rate * sum(x is not None and x <= b.slo_s for x in lat) / len(lat), 1),
+            "p95_error": round(p95 / real - 1.0, 3) if real else None,
+        }  # fmt: skip
+    errors = [abs(p["p95_error"]) for p in points.values() if p["p95_error"] is not None]
+    return {
+        "engine": basis,
+        "points": [{"contestant": n, **p} for (n, _), p in sorted(points.items())],
+        "knees": {n: k["rate_per_hour"] for n, k in openloop.knees(points, None).items()},
+        "p95_within_25pct": round(sum(e <= 0.25 for e in errors) / len(errors), 3)
+        if errors else None,
     }  # fmt: skip
 
 
