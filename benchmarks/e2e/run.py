@@ -8,6 +8,7 @@ import asyncio
 import dataclasses
 import shutil
 import tempfile
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -107,6 +108,18 @@ class Bench:
             with path.open("a") as f:
                 f.write(json.dumps(line) + "\n")
 
+    async def flushed(self, flush: Callable[[], Awaitable[bool]], timeout_s: float = 120) -> None:
+        """The engines' caches dropped before a run: SGLang refuses while requests run,
+        which an open-loop run's cut can leave behind (a cancelled call's request
+        goes on in the engine): ask again until they are idle."""
+        deadline = time.monotonic() + timeout_s
+        while not await flush():
+            if time.monotonic() > deadline:
+                self.console.print("[yellow]warning:[/] the engines did not go idle in "
+                                   f"{timeout_s:g} s: the run starts with their cache")  # fmt: skip
+                return
+            await asyncio.sleep(0.5)
+
     def label(self, load: int) -> str:
         return f"{load} tasks/hour (open loop)" if self.open_rates else f"{load} tasks at once"
 
@@ -191,7 +204,10 @@ async def pool_phase(b: Bench, cfg: Any, names: tuple[str, ...], probe: bool) ->
         # the executor's runs first at each load: the first one's journal is the plan
         order = sorted(todo, key=lambda x: (x[1], x[0] not in PRODUCT))
         for name, load in order:
-            await asyncio.gather(*(h.aflush_cache() for h in handles.values()))
+            async def flush() -> bool:
+                return all(await asyncio.gather(*(h.aflush_cache() for h in handles.values())))
+
+            await b.flushed(flush)
             b.console.print(f"[bold]{name}[/] at {b.label(load)}")
             if name in PRODUCT:
                 run, journal = await run_product(
@@ -225,7 +241,6 @@ async def pool_phase(b: Bench, cfg: Any, names: tuple[str, ...], probe: bool) ->
 async def router_phase(b: Bench, cfg: Any) -> None:
     from benchmarks.sglang_http import (
         LOG_REQUESTS,
-        flush_workers,
         served_by,
         sglang_router,
         sglang_servers,
@@ -251,7 +266,7 @@ async def router_phase(b: Bench, cfg: Any) -> None:
                 policy, extra = ROUTERS[name]
                 with sglang_router(workers, logs, policy, extra) as url:
                     for load in loads:
-                        await flush_workers(client, workers)
+                        await b.flushed(lambda: flush_servers(client, workers))
                         b.console.print(f"[bold]{name}[/] at {b.label(load)}")
                         router = SGLangRouter(
                             url, workers, name=name, sticky=name == "sticky_router"
@@ -265,6 +280,16 @@ async def router_phase(b: Bench, cfg: Any) -> None:
                         b.record(name, load, run)
     finally:
         await client.aclose()
+
+
+async def flush_servers(client: httpx.AsyncClient, workers: dict[str, str]) -> bool:
+    """Drop the SGLang HTTP servers' caches: True when every one did."""
+    try:
+        codes = [(await client.post(f"{url}/flush_cache", timeout=30)).status_code
+                 for url in workers.values()]  # fmt: skip
+    except httpx.HTTPError:
+        return False
+    return all(c == 200 for c in codes)
 
 
 def attribute(run: RunTrace, rids: dict[tuple[str, int], str], server: dict[str, str]) -> None:
