@@ -54,6 +54,7 @@ def server(pool: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serv
     srv = Server(pool, tmp_path_factory.mktemp("gateway-process"))
     srv.env["EXECUTOR_GATEWAY_TOOL_CALL_PARSER"] = "qwen25"
     srv.env["EXECUTOR_GATEWAY_DEFAULT_MAX_TOKENS"] = "32"
+    srv.env["EXECUTOR_GATEWAY_MAX_BODY_BYTES"] = "1000000"
     srv.start()
     try:
         yield srv
@@ -211,6 +212,10 @@ def test_openai_shaped_errors(server: Server, client: openai.OpenAI) -> None:
     bad = openai.OpenAI(base_url=f"{server.url}/v1", api_key="wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         bad.models.list()
+    with pytest.raises(openai.APIStatusError) as huge:  # over the gateway's body limit
+        client.chat.completions.create(model="tiny", messages=[
+            {"role": "user", "content": "x" * 1_100_000}])  # fmt: skip
+    assert huge.value.status_code == 413 and huge.value.body is not None
     for body in (b"{not json", b'{"model": "tiny"}', b'{"model": "tiny", "messages": 3}'):
         r = httpx.post(f"{server.url}/v1/chat/completions", content=body, timeout=30,
                        headers={**AUTH, "Content-Type": "application/json"})  # fmt: skip
@@ -309,3 +314,37 @@ def test_langchain_bind_tools_loop_reuses_the_prefix(server: Server) -> None:
     assert seen["calls"] == 2
     prompt_1 = first.usage_metadata["input_tokens"] if first.usage_metadata else 0
     assert prompt_1 > 0 and seen["cached_tokens"][-1] >= prompt_1
+
+
+def test_exact_reuse_against_re_rendering(client: openai.OpenAI) -> None:
+    """The same three-call tool loop twice: with exact reuse (the default) each call's
+    cached tokens cover the last prompt and reply as generated; re-rendered
+    (``X-Exact-Reuse: off``) the tiny template drops the tool calls, so the cache
+    misses from the reply on. Prints the per-call figures (run with ``-s``)."""
+    figures: dict[str, list[tuple[int, int, int]]] = {}
+    for mode in ("on", "off"):
+        sid = f"reuse-{mode}-{uuid.uuid4().hex[:6]}"
+        history: list[Any] = [{"role": "system", "content": f"Session {sid}."}, ASK[1]]
+        figures[mode] = []
+        for step in range(3):
+            reply = client.chat.completions.create(
+                model="tiny", messages=history, tools=TOOLS, tool_choice="required",
+                max_tokens=160, extra_headers={"X-Session-ID": sid, "X-Exact-Reuse": mode},
+            )  # fmt: skip
+            usage = reply.usage
+            assert usage is not None and usage.prompt_tokens_details is not None
+            cached = usage.prompt_tokens_details.cached_tokens
+            figures[mode].append((usage.prompt_tokens, cached, usage.completion_tokens))
+            message = reply.choices[0].message
+            check_calls(message.tool_calls, set(SCHEMAS))
+            history += [message.model_dump(exclude_none=True),
+                        {"role": "tool", "tool_call_id": message.tool_calls[0].id,  # type: ignore[index]
+                         "content": f"result {step}"}]  # fmt: skip
+    print("\n(prompt, cached, completion) per call:", figures)
+    on, off = figures["on"], figures["off"]
+    for k in (1, 2):
+        # exact: the last prompt and its reply from the cache (the reply's last token,
+        # not yet in the cache when the call ended, may be prefilled)
+        assert on[k][1] >= on[k - 1][0] + on[k - 1][2] - 1
+        # re-rendered: the last prompt at most, the reply is no longer the generated ids
+        assert off[k][1] <= off[k - 1][0] + 1

@@ -90,6 +90,13 @@ def _problem(exc: ValidationError) -> GatewayError:
     return bad_request(f"{loc}: {err['msg']}" if loc else str(err["msg"]), loc or None)
 
 
+def exact_reuse(headers: Mapping[str, str]) -> bool:
+    """Exact prefix reuse is on unless the request says ``X-Exact-Reuse: off`` (to
+    measure the cache hit without it)."""
+    low = {k.lower(): v for k, v in headers.items()}
+    return low.get("x-exact-reuse", "").strip().lower() not in ("0", "false", "off", "no")
+
+
 def _response_format(req: ChatCompletionRequest) -> tuple[str, str] | None:
     """``response_format`` as the engine's constraint (json_schema / json_object)."""
     fmt = req.response_format
@@ -224,9 +231,10 @@ class Gateway:
         found = session_key(headers, body)
         session = self.sessions.acquire(found.key if found else None)
         final = is_final(headers)
+        exact = exact_reuse(headers)
         try:
             async with session.lock:
-                return await self._call(session, req, body, messages, tools)
+                return await self._call(session, req, body, messages, tools, exact)
         except BaseException:
             final = final or session.last is None  # (a failed first request: no session)
             raise
@@ -235,10 +243,11 @@ class Gateway:
 
     async def _call(
         self, session: Session, req: ChatCompletionRequest, body: dict[str, Any],
-        messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
+        messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, exact: bool = True,
     ) -> Reply:  # fmt: skip
         s = self.services
-        ids, reused = build_prompt(self.renderer, messages, tools, session.last)
+        last = session.last if exact else None
+        ids, reused = build_prompt(self.renderer, messages, tools, last)
         sampling = self.sampling(req, body, len(ids))
         constraint = self.tools.constraint(req.tools, req.tool_choice, req.parallel_tool_calls)
         if constraint is None:

@@ -115,9 +115,13 @@ def install(app: FastAPI, gateway: Gateway, token: str | None) -> None:
 
     @router.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
+        limit = gateway.config.max_body_bytes
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > limit:  # before reading it
+            raise GatewayError(413, f"the body is over {limit} bytes")
         raw = await request.body()
-        if len(raw) > gateway.config.max_body_bytes:
-            raise GatewayError(413, f"the body is over {gateway.config.max_body_bytes} bytes")
+        if len(raw) > limit:  # (a chunked body has no content-length)
+            raise GatewayError(413, f"the body is over {limit} bytes")
         try:
             body = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
