@@ -146,3 +146,16 @@ def test_swe_agent_keeps_the_published_step_and_tool_distributions() -> None:
     assert statistics.median(o for w in a for o in w.plan.output_tokens) >= 15
     args = e2e_cli.parse_args(["--scenario", "swe_agent", "--tasks", "4"])
     assert args.max_total_tokens == 32768 and len(e2e_cli.build_workload(args)) == 4
+
+
+def test_a_scenario_is_saved_as_a_trace_for_the_simulator(tmp_path: Path) -> None:
+    """``--save-trace``: the workload's tasks, as planned, in the trace format (no
+    engines); the same tasks come back from ``--trace``."""
+    path = tmp_path / "default.jsonl"
+    assert e2e_cli.main(["--tasks", "5", "--seed", "2", "--save-trace", str(path)]) == 0
+    planned = e2e_cli.build_workload(e2e_cli.parse_args(["--tasks", "5", "--seed", "2"]))
+    back = e2e_cli.build_workload(e2e_cli.parse_args(["--trace", str(path)]))
+    assert [w.plan.new_tokens for w in back] == [w.plan.new_tokens for w in planned]
+    assert [w.plan.output_tokens for w in back] == [w.plan.output_tokens for w in planned]
+    assert [len(w.system_ids) for w in back] == [len(w.system_ids) for w in planned]
+    assert {w.plan.agent for w in back} == {w.plan.agent for w in planned}

@@ -4,6 +4,7 @@ python -m benchmarks.e2e --json out/e2e.json                 # the sweep, every 
 python -m benchmarks.e2e --quick --json out/e2e_quick.json   # CI: one load, four contestants
 python -m benchmarks.e2e --open-loop --json out/e2e_open.json  # open loop: the knees
 python -m benchmarks.e2e --quick --open-loop --json out/e2e_open_quick.json
+python -m benchmarks.e2e --scenario swe_agent --save-trace swe.jsonl  # then python -m sim --trace
 python -m benchmarks.e2e --calibrate out/e2e.json            # the calibration again, no engines
 python -m benchmarks.e2e --finish out/e2e.json.partial.jsonl --json out/e2e.json
                                # the report of a sweep that wrote none (same settings)
@@ -124,6 +125,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--probe-repeats", type=int, default=3,
                    help="each engine probe is the median of this many (default: 3)")  # fmt: skip
     p.add_argument("--json", type=Path, default=None, help="write the report here (and PNGs)")
+    p.add_argument("--save-trace", type=Path, default=None, metavar="FILE",
+                   help="write the workload's tasks as a trace and stop (no engines): "
+                   "`python -m sim --trace FILE` simulates the same tasks")  # fmt: skip
     p.add_argument(
         "--calibrate", type=Path, default=None, metavar="REPORT",
         help="only redo the calibration from a saved report's traces (no engines); "
@@ -186,6 +190,14 @@ def main(argv: list[str] | None = None) -> int:
     from executor.errors import ExecutorError
     from tools.sandbox.base import SandboxUnavailable
 
+    if args.save_trace is not None:
+        from sim.traces import save_trace
+
+        workload = build_workload(args)
+        prefix = {w.plan.agent: len(w.system_ids) for w in workload}
+        save_trace(args.save_trace, [w.plan for w in workload], prefix)
+        console.print(f"wrote {len(workload)} tasks to {args.save_trace}")
+        return 0
     if args.calibrate is not None:
         try:
             report = json.loads(args.calibrate.read_text())
