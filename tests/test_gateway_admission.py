@@ -171,3 +171,32 @@ def test_the_replica_gets_the_sampling_knobs_and_the_grammar(tokenizer: Any) -> 
         assert sent.max_new_tokens == gw.config.default_max_tokens  # none asked: the default
 
     asyncio.run(run())
+
+
+def test_a_replica_that_dies_mid_request_costs_only_latency(tokenizer: Any) -> None:
+    async def run() -> None:
+        from executor.errors import ReplicaUnavailableError
+
+        gw, r0, d = make(tokenizer)
+        r1 = Replica("r1", tokenizer)
+        gw.services.replicas.add(r1)  # type: ignore[arg-type]
+        d.send(ReplicaJoined(d.now(), "r1", 4096, max_running_calls=1))
+        body = {"model": "tiny", "messages": ASK, "max_tokens": 8}
+        first = await gw.chat(body, {"X-Session-ID": "s"})
+        dying = next(r for r in (r0, r1) if r.replica_id == first.result.replica_id)
+        survivor = r1 if dying is r0 else r0
+
+        async def die(request: dict[str, Any]) -> GenerateResult:
+            raise ReplicaUnavailableError(dying.replica_id, "killed")
+
+        dying.agenerate = die  # type: ignore[method-assign]
+        again = {**body, "messages": [*ASK, {"role": "assistant", "content": "fine"},
+                                      {"role": "user", "content": "more"}]}  # fmt: skip
+        second = await gw.chat(again, {"X-Session-ID": "s"})
+        assert second.result.replica_id == survivor.replica_id
+        assert second.headers["X-Prefix-Reuse"] == "exact"  # the whole history, replayed
+        first_prompt = dying.requests[0].input_ids or []
+        assert (survivor.requests[-1].input_ids or [])[: len(first_prompt)] == first_prompt
+        assert gw.sessions.get("s") is not None and gw.sessions.get("s").calls == 2  # type: ignore[union-attr]
+
+    asyncio.run(run())
