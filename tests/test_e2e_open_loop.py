@@ -59,8 +59,12 @@ def _point(rate: int, meets: bool, goodput: float = 0.0) -> dict[str, Any]:
 
 
 def test_the_knee_is_the_highest_rate_met_with_every_lower_one() -> None:
-    grid = [_point(120, True, 120), _point(240, True, 230), _point(360, False, 200),
-            _point(480, True, 470)]  # fmt: skip  (a lucky point after a miss: not the knee)
+    grid = [
+        _point(120, True, 120),
+        _point(240, True, 230),
+        _point(360, False, 200),
+        _point(480, True, 470),
+    ]  # fmt: skip  (a lucky point after a miss: not the knee)
     k = knee(list(reversed(grid)))
     assert k["rate_per_hour"] == 240 and k["goodput_per_hour"] == 230
     assert k["bound"] == "bracketed"
@@ -131,8 +135,11 @@ class _Contestant:
 
 def _tasks(n: int, calls: int = 2) -> list[ReplayTask]:
     return [
-        ReplayTask(TaskPlan(f"t{i}", "a", 0.0, (4,) * calls, (2,) * calls, (0.0,) * (calls - 1),
-                            100), (), ((5, 6, 7, 8),) * calls)  # fmt: skip
+        ReplayTask(
+            TaskPlan(f"t{i}", "a", 0.0, (4,) * calls, (2,) * calls, (0.0,) * (calls - 1), 100),
+            (),
+            ((5, 6, 7, 8),) * calls,
+        )  # fmt: skip
         for i in range(n)
     ]
 
@@ -171,7 +178,9 @@ def test_the_ceiling_by_hand() -> None:
     assert c["by_load"]["4"]["ceiling_per_hour"] == pytest.approx(2133.3, abs=0.1)
     assert c["ceiling_per_hour"] == c["engine_bound_per_hour"]  # open loop
     assert shares({"tasks_per_hour": 282.35, "goodput_per_hour": 100.0}, 564.7) == {
-        "tasks_ceiling_share": 0.5, "goodput_ceiling_share": 0.177}
+        "tasks_ceiling_share": 0.5,
+        "goodput_ceiling_share": 0.177,
+    }
 
 
 def test_open_loop_arguments() -> None:

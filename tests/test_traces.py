@@ -36,7 +36,12 @@ def test_a_trace_is_read_as_the_plans_it_describes(tmp_path: Path) -> None:
     t = load_trace(_write(tmp_path / "t.jsonl", [json.dumps(x) for x in GOOD] + [""]))
     a, b, c = t.plans
     assert (a.task_id, a.agent, a.new_tokens, a.output_tokens, a.tool_s) == (
-        "a", "swe", (300, 50), (20, 10), (0.5,))
+        "a",
+        "swe",
+        (300, 50),
+        (20, 10),
+        (0.5,),
+    )
     assert b.task_id == "t2" and b.calls == 1 and b.tool_s == ()  # its line number
     assert c.agent == "agent0" and c.tool_s == (1.25,) and c.expected_history > 59
     assert t.shared_prefix == {"swe": 100, "agent0": 0}

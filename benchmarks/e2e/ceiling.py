@@ -54,9 +54,11 @@ def ceiling(
     engine_s = [sum(call_floors(w, engine)) for w in workload]
     engine_bound = replicas * 3600.0 / statistics.mean(engine_s)
     out: dict[str, Any] = {
-        "task_floor_s": {"p50": round(statistics.median(floors), 2),
-                         "mean": round(statistics.mean(floors), 2),
-                         "max": round(max(floors), 2)},  # fmt: skip
+        "task_floor_s": {
+            "p50": round(statistics.median(floors), 2),
+            "mean": round(statistics.mean(floors), 2),
+            "max": round(max(floors), 2),
+        },  # fmt: skip
         "engine_s_per_task_mean": round(statistics.mean(engine_s), 3),
         "replicas": replicas,
         "engine_bound_per_hour": round(engine_bound, 1),

@@ -75,8 +75,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="workload shape (default: default)")  # fmt: skip
     # 12 tasks at 4/8/12 at once: the sweep of 14 runs fits 45 minutes on 2 cores
     # (16 tasks at 6/12/18 took 65 minutes on a loaded host and was not done)
-    p.add_argument("--tasks", type=int, default=None,
-                   help="tasks per run (default: 12; with --trace, the trace's)")
+    p.add_argument(
+        "--tasks",
+        type=int,
+        default=None,
+        help="tasks per run (default: 12; with --trace, the trace's)",
+    )
     p.add_argument("--trace", default=None, metavar="FILE",
                    help="the tasks of an agent trace (JSONL, one task per line: per step "
                    "the new input tokens, output tokens and tool seconds; "
@@ -92,13 +96,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    f"open loop: {', '.join(OPEN_LOOP)})",
     )  # fmt: skip
     o = p.add_argument_group("open loop (seeded Poisson arrivals; the knee per contestant)")
-    o.add_argument("--open-loop", action="store_true",
-                   help="a rate sweep on a fixed grid of rates (--rates; default "
-                   f"{','.join(map(str, RATES))} tasks/hour, --quick "
-                   f"{','.join(map(str, QUICK_RATES))}): per contestant the highest rate "
-                   "with task p95 <= the SLO and no task unfinished (and every lower rate)")
-    o.add_argument("--arrival-rate", type=int, default=None, metavar="R",
-                   help="one open-loop run of each contestant at R tasks/hour")
+    o.add_argument(
+        "--open-loop",
+        action="store_true",
+        help="a rate sweep on a fixed grid of rates (--rates; default "
+        f"{','.join(map(str, RATES))} tasks/hour, --quick "
+        f"{','.join(map(str, QUICK_RATES))}): per contestant the highest rate "
+        "with task p95 <= the SLO and no task unfinished (and every lower rate)",
+    )
+    o.add_argument(
+        "--arrival-rate",
+        type=int,
+        default=None,
+        metavar="R",
+        help="one open-loop run of each contestant at R tasks/hour",
+    )
     o.add_argument("--rates", type=_rates, default=None, help="the open loop's grid, tasks/hour")
     o.add_argument("--slo-s", type=float, default=None,
                    help=f"task p95 SLO (default: {SLO_FLOOR_MULTIPLE:g} x the workload's "
@@ -147,8 +159,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.arrival_rate is not None or args.open_loop or args.rates:
         if args.arrival_rate is not None and args.arrival_rate < 1:
             p.error("--arrival-rate must be >= 1 task/hour")
-        args.open_rates = ([args.arrival_rate] if args.arrival_rate is not None
-                           else args.rates or list(QUICK_RATES if args.quick else RATES))
+        args.open_rates = (
+            [args.arrival_rate]
+            if args.arrival_rate is not None
+            else args.rates or list(QUICK_RATES if args.quick else RATES)
+        )
         if args.contestants is None or args.quick and args.contestants == QUICK["contestants"]:
             args.contestants = list(OPEN_LOOP)
     if args.contestants is None:

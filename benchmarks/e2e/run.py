@@ -204,6 +204,7 @@ async def pool_phase(b: Bench, cfg: Any, names: tuple[str, ...], probe: bool) ->
         # the executor's runs first at each load: the first one's journal is the plan
         order = sorted(todo, key=lambda x: (x[1], x[0] not in PRODUCT))
         for name, load in order:
+
             async def flush() -> bool:
                 return all(await asyncio.gather(*(h.aflush_cache() for h in handles.values())))
 

@@ -160,8 +160,10 @@ def swe_agent_plans(spec: SweAgentSpec, tasks: int, seed: int) -> list[TaskPlan]
     for n in range(1, tasks + 1):
         z = rng.gauss(0.0, 1.0)
         sigma = spec.steps_sigma[0] if z < 0 else spec.steps_sigma[1]
-        steps = min(spec.steps_range[1],
-                    max(spec.steps_range[0], round(spec.steps_median * math.exp(sigma * z))))
+        steps = min(
+            spec.steps_range[1],
+            max(spec.steps_range[0], round(spec.steps_median * math.exp(sigma * z))),
+        )
         history = min(spec.history_max, round(lognormal(spec.history_median, spec.history_sigma)))
         first = spec.system_tokens + spec.first_tokens
         outs = [
