@@ -224,6 +224,10 @@ def test_open_report_has_the_knees_and_the_ceiling() -> None:
     assert r["knees"]["round_robin"]["rate_per_hour"] == 300
     assert ours["ceiling_share"] == pytest.approx(600 / r["ceiling_per_hour"], abs=1e-3)
     assert r["open_loop"]["slo_s"] == 20.0 and "| ours |" in r["knees_table"]
+    t = r["targets"]  # ours 600 against round robin's 300; the same p95 as sticky's
+    assert t["ours_vs_round_robin_knee"] == 2.0 and t["ours_vs_sticky_router_knee"] == 1.0
+    assert t["ours_p95_over_sticky_up_to_its_knee"] == 0.0
+    assert t["ours_goodput_ceiling_share"] == ours["ceiling_share"]
     # the simulator on the same plans and arrivals: a p95 at every point, a knee each
     sim = r["simulated"]
     assert set(sim["knees"]) == set(OPEN_LOOP) and len(sim["points"]) == len(b.todo)

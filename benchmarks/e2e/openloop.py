@@ -127,3 +127,29 @@ def table(knees_: dict[str, dict[str, Any]], ceiling_per_hour: float | None) -> 
     if ceiling_per_hour:
         lines.append(f"\nceiling: {ceiling_per_hour:g} tasks/hour")
     return "\n".join(lines)
+
+
+def open_targets(
+    knees_: dict[str, dict[str, Any]], points: dict[tuple[str, int], dict[str, Any]]
+) -> dict[str, Any]:
+    """The issue's open-loop figures: ours' knee over the sticky router's and round
+    robin's, ours' goodput at its knee as a share of the ceiling, and the most ours'
+    p95 is above the sticky router's at a rate up to the sticky router's knee."""
+    ours = knees_.get("ours")
+    if ours is None:
+        return {}
+    out: dict[str, Any] = {"ours_goodput_ceiling_share": ours.get("ceiling_share")}
+    for peer in ("sticky_router", "round_robin"):
+        theirs = knees_.get(peer, {}).get("rate_per_hour")
+        if theirs:
+            out[f"ours_vs_{peer}_knee"] = round(ours["rate_per_hour"] / theirs, 2)
+    sticky = knees_.get("sticky_router", {}).get("rate_per_hour")
+    if sticky:
+        over = [
+            points[("ours", r)]["p95_s"] / s["p95_s"] - 1.0
+            for (n, r), s in points.items()
+            if n == "sticky_router" and r <= sticky and ("ours", r) in points and s["p95_s"]
+        ]
+        if over:
+            out["ours_p95_over_sticky_up_to_its_knee"] = round(max(over), 3)
+    return out

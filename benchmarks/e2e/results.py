@@ -59,6 +59,7 @@ def report_open(b: Any) -> dict[str, Any]:
         "ceiling": ceil,
         "ceiling_per_hour": top,
         "knees": knees,
+        "targets": openloop.open_targets(knees, summaries),
         "knees_table": openloop.table(knees, top),
         "points": [{"contestant": n, **{k: v for k, v in s.items() if k != "kv_occupancy"}}
                    for (n, _), s in sorted(summaries.items(), key=lambda x: (x[0][1], x[0][0]))],
