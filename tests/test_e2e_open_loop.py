@@ -299,3 +299,21 @@ def test_the_simulator_predicts_an_open_loop_run_with_its_cut() -> None:
     slow: dict[str, tuple[float, ...]] = {t.task_id: (5.0, 5.0) for t in tasks}  # 10 s a task
     cut = simulate_open("round_robin", tasks, times, 8.0, spec, terms, 1, 10_000, slow)
     assert cut == [None, None, None]
+
+
+def test_a_run_starts_once_the_engines_accept_the_flush() -> None:
+    """A cut leaves cancelled calls running in the engines, which refuse to drop their
+    cache meanwhile: the bench asks again until they accept (or warns and goes on)."""
+    b = e2e_run.Bench(e2e_cli.parse_args(SMALL), Console(quiet=True))
+    answers = [False, False, True]
+
+    async def flush() -> bool:
+        return answers.pop(0)
+
+    asyncio.run(b.flushed(flush))
+    assert answers == []
+
+    async def never() -> bool:
+        return False
+
+    asyncio.run(b.flushed(never, timeout_s=0.6))  # gives up after the timeout
