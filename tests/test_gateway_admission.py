@@ -136,6 +136,8 @@ def test_bad_requests_are_400_before_the_core_sees_them(tokenizer: Any) -> None:
             ({"model": "tiny", "messages": []}, 400, "messages"),
             ({"model": "tiny", "messages": ASK, "max_tokens": 5000}, 400, "max_tokens"),
             ({"model": "tiny", "messages": ASK, "top_p": 0}, 400, "top_p"),
+            ({"model": "tiny", "messages": ASK, "seed": 2**64}, 400, "seed"),
+            ({"model": "tiny", "messages": ASK, "response_format": True}, 400, None),
             ({"model": "tiny", "messages": [{"role": "user", "content": "x " * 5000}]}, 400,
              "messages"),
         ]  # fmt: skip

@@ -186,6 +186,12 @@ class Gateway:
             req = ChatCompletionRequest.model_validate(body)
         except ValidationError as exc:
             raise _problem(exc) from None
+        except (AttributeError, TypeError, ValueError, KeyError) as exc:
+            # SGLang's "before" validators assume the shapes they read (found by fuzzing:
+            # ``"response_format": true`` raised AttributeError): still the client's error
+            raise bad_request(
+                f"the request does not have the chat completions shape ({exc})"
+            ) from None
         if req.model != self.model:
             raise GatewayError(404, f"the model {req.model!r} does not exist; this server "
                                f"serves {self.model!r}", param="model",
@@ -212,6 +218,8 @@ class Gateway:
                 f"the prompt ({prompt} tokens) and max_tokens ({asked}) exceed the "
                 f"{context} tokens a replica holds", "max_tokens", "context_length_exceeded",
             )  # fmt: skip
+        if req.seed is not None and not -(2**63) <= req.seed < 2**63:
+            raise bad_request("seed must fit in 64 bits", "seed")
         stop = [req.stop] if isinstance(req.stop, str) else req.stop
         try:
             return SamplingParams(
