@@ -175,7 +175,30 @@ class Book:
         not pause again at once)."""
         if r.reserved > r.budget:
             target = int(r.budget * self.config.pause_low_water)
-            self._pause_while(r, lambda: r.reserved > target, ReleaseCause.OVER_BUDGET, out)
+            if self.config.pause_order == "cheapest":
+                self._pause_cheapest(r, target, out)
+            else:
+                self._pause_while(r, lambda: r.reserved > target, ReleaseCause.OVER_BUDGET, out)
+
+    def _pause_cheapest(self, r: Replica, target: int, out: list[Decision]) -> None:
+        """Pause tool-waiting tasks on ``r`` (within their pause limit), the smallest
+        history first, until its reservations are under ``target``: the overflow is
+        one call's growth, and a re-prefill's price grows with the history while the KV
+        it frees for the rest of the wait does too. Tasks expected back before their
+        re-prefill could be done go last. O(tasks on the replica)."""
+        now, prefill = self._now, self._prefill
+        far: list[Task] = []
+        near: list[Task] = []
+        for t in r.pinned.values():
+            if t.state is TaskState.TOOL and self._pausable(t):
+                back_in = t.expected_return - now
+                (far if back_in >= prefill.seconds(t.history) else near).append(t)
+        far.sort(key=lambda t: (t.reserved, t.id))
+        near.sort(key=lambda t: (t.reserved, t.id))
+        for victim in far + near:
+            if r.reserved <= target:
+                return
+            self._release(victim, ReleaseCause.OVER_BUDGET, out)
 
     def _pause_while(
         self, r: Replica, over: Callable[[], bool], cause: ReleaseCause, out: list[Decision]

@@ -17,14 +17,23 @@ class SchedulerConfig:
     """What a resident task holds against its replica: ``usage`` (v2: its history,
     or its first prompt, plus the growth expected to its next call) or ``peak``
     (v1: its expected peak history for its whole life)."""
-    growth_quantile: float = 0.9
-    """Usage reservation: the quantile of an agent's per-step growth it expects."""
+    growth_quantile: float = 0.1
+    """Usage reservation: the quantile of an agent's per-step growth it expects. Low:
+    growth beyond it pauses the cheapest tool-waiting task (``pause_order``), while a
+    high one holds every resident task's allowance idle; in the 16-replica KV-bound
+    simulation (with cheapest pauses) the knee went from 2.53 tasks/s at 0.9 to 2.65
+    at 0.1 (2.59 at 0.5, 2.67 at 0.01)."""
     growth_prior_tokens: int = 1024
     """Usage reservation: the growth expected before an agent has 8 steps observed."""
     # pausing under pressure
     max_pauses: int | None = 3
     """KV releases under pressure one task may take; then it keeps its KV (None: no
     limit). Anti-thrash, with the low water below."""
+    pause_order: str = "cheapest"
+    """Which tool-waiting tasks a call's growth over the budget pauses: ``cheapest``
+    (the smallest histories first, those expected back before their re-prefill could
+    be done last) or ``latest`` (the one expected back last first, as before).
+    Cheapest: the 16-replica KV-bound simulation's knee 2.44 -> 2.53 tasks/s."""
     pause_low_water: float = 1.0
     """When growth pushes a replica over its budget, tool-waiting tasks are paused
     until its reservations are back under this fraction of the budget."""
@@ -94,6 +103,8 @@ class SchedulerConfig:
             raise ValueError("reservation must be 'usage' or 'peak'")
         if not 0.0 < self.growth_quantile <= 1.0 or self.growth_prior_tokens < 0:
             raise ValueError("need 0 < growth_quantile <= 1 and growth_prior_tokens >= 0")
+        if self.pause_order not in ("cheapest", "latest"):
+            raise ValueError("pause_order must be 'cheapest' or 'latest'")
         if not 0.0 < self.pause_low_water <= 1.0:
             raise ValueError("pause_low_water must be in (0, 1]")
         if self.max_pauses is not None and self.max_pauses < 0:

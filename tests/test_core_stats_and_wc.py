@@ -3,6 +3,8 @@ estimates (prefill speed, drain rate), work-conserving admission and opt-in shed
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from scheduler import (
@@ -22,12 +24,14 @@ from scheduler import (
 )
 from scheduler.estimates import DrainRate, PrefillSpeed
 
-# exact reservations: no headroom, no growth allowance
-EXACT = dict(kv_headroom=0.0, growth_prior_tokens=0)
+
+def exact(**kw: Any) -> SchedulerConfig:
+    """Exact reservations: no headroom, no growth allowance."""
+    return SchedulerConfig(kv_headroom=0.0, growth_prior_tokens=0, **kw)
 
 
 def test_waits_idle_while_waiting_and_reserved_kv_known_answers() -> None:
-    core = SchedulerCore(SchedulerConfig(max_running_calls=1, work_conserving=False, **EXACT))
+    core = SchedulerCore(exact(max_running_calls=1, work_conserving=False))
     h = core.handle
     h(ReplicaJoined(0.0, "r0", 1_000))
     assert h(TaskArrived(1.0, "a", prompt_tokens=600)) == [RunCall("a", "r0", True)]
@@ -58,7 +62,7 @@ def test_waits_idle_while_waiting_and_reserved_kv_known_answers() -> None:
 
 
 def test_slot_wait_counts_and_a_busy_replica_is_not_idle() -> None:
-    core = SchedulerCore(SchedulerConfig(max_running_calls=1, **EXACT))
+    core = SchedulerCore(exact(max_running_calls=1))
     core.handle(ReplicaJoined(0.0, "r0", 10_000))
     core.handle(TaskArrived(1.0, "a", prompt_tokens=100))
     assert core.handle(TaskArrived(2.0, "b", prompt_tokens=100)) == [Queue("b", "replica", "r0")]
@@ -116,7 +120,7 @@ def _busy_queue(core: SchedulerCore, slow_hint: float) -> None:
 
 @pytest.mark.parametrize("wc", [True, False])
 def test_work_conserving_admission_releases_a_late_tool_waiter(wc: bool) -> None:
-    cfg = SchedulerConfig(work_conserving=wc, retention_ratio=1e9, **EXACT)
+    cfg = exact(work_conserving=wc, retention_ratio=1e9)
     core = SchedulerCore(cfg)
     _busy_queue(core, slow_hint=60.0)
     assert core.stats().drain_per_s is not None
@@ -133,14 +137,14 @@ def test_work_conserving_admission_releases_a_late_tool_waiter(wc: bool) -> None
 def test_work_conserving_admission_keeps_a_waiter_expected_back_soon() -> None:
     """t0's tool ends before the head would have been admitted anyway: releasing it
     would only move the wait onto t0, so the head waits."""
-    core = SchedulerCore(SchedulerConfig(retention_ratio=1e9, **EXACT))
+    core = SchedulerCore(exact(retention_ratio=1e9))
     _busy_queue(core, slow_hint=0.01)  # (its tool is long overdue: expected back now)
     out = core.handle(TaskArrived(5.6, "head", prompt_tokens=400))
     assert out == [Queue("head", "admission")]
 
 
 def test_shedding_rejects_when_the_predicted_wait_exceeds_the_slo() -> None:
-    cfg = SchedulerConfig(max_running_calls=1, shed_slo_s=2.5, drain_window_s=1e9, **EXACT)
+    cfg = exact(max_running_calls=1, shed_slo_s=2.5, drain_window_s=1e9)
     core = SchedulerCore(cfg)
     h = core.handle
     h(ReplicaJoined(0.0, "r0", 1_000))
@@ -159,5 +163,23 @@ def test_shedding_rejects_when_the_predicted_wait_exceeds_the_slo() -> None:
     assert "predicted queue wait 3.0 s exceeds the SLO" in out[0].reason
     assert out[0].retry_after_s == pytest.approx(1.0)
     assert core.task("w3") is None and core.stats().counters["shed"] == 1
-    off = SchedulerCore(SchedulerConfig(max_running_calls=1, **EXACT))
+    off = SchedulerCore(exact(max_running_calls=1))
     assert off.predicted_wait_s() == 0.0  # nothing waits
+
+
+@pytest.mark.parametrize(("order", "paused"), [("cheapest", "b"), ("latest", "a")])
+def test_growth_over_budget_pauses_the_cheapest_tool_waiter(order: str, paused: str) -> None:
+    core = SchedulerCore(exact(pause_order=order))
+    h = core.handle
+    h(ReplicaJoined(0.0, "r0", 1_000, 4))
+    h(TaskArrived(0.0, "a", prompt_tokens=290))
+    h(CallFinished(1.0, "a", "r0", 290, 0, 10, 0.5))
+    h(ToolStarted(1.0, "a", "slow", 100.0))  # 300 tokens, back at 101
+    h(TaskArrived(1.0, "b", prompt_tokens=190))
+    h(CallFinished(2.0, "b", "r0", 190, 0, 10, 0.5))
+    h(ToolStarted(2.0, "b", "mid", 50.0))  # 200 tokens, back at 52
+    h(TaskArrived(2.0, "c", prompt_tokens=400))
+    out = h(CallFinished(3.0, "c", "r0", 400, 0, 200, 0.5))  # 300 + 200 + 600 > 1,000
+    releases = [d for d in out if isinstance(d, ReleaseKV)]
+    assert [(d.task_id, d.cause) for d in releases] == [(paused, ReleaseCause.OVER_BUDGET)]
+    core.check_invariants()

@@ -279,7 +279,7 @@ def test_determinism(cfg: SchedulerConfig, acts: list[tuple[int, int, int]]) -> 
     assert run(cfg, acts).log == run(cfg, acts).log
 
 
-def _snapshot(core: SchedulerCore, tids: list[str]) -> tuple:
+def _snapshot(core: SchedulerCore, tids: list[str]) -> tuple[object, ...]:
     return (
         core.now,
         core.queued,
