@@ -44,3 +44,15 @@ def counter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path.touch()
     monkeypatch.setenv(COUNTER_ENV, str(path))
     return path
+
+
+#: fixtures that start SGLang engines (directly or through the ones they use)
+ENGINE_FIXTURES = frozenset({"pool"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that uses an engine fixture is an engine test whether or not it says so,
+    so ``-m "not engine and not docker"`` (the fast command) starts no engine."""
+    for item in items:
+        if ENGINE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.engine)

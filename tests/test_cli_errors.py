@@ -11,8 +11,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -84,9 +82,3 @@ def test_a_missing_python_package_is_one_line() -> None:
     )
     proc = run_cli(code=code)
     assert_one_line(proc, "'rich' is missing", "infra/install.sh")
-
-
-@pytest.mark.parametrize("goal", ["", "   "])
-def test_an_empty_goal_is_refused_before_anything_starts(goal: str) -> None:
-    proc = run_cli("run", goal, "--model", "tiny", "--sandbox", "local")
-    assert_one_line(proc, "the goal is empty")

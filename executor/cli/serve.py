@@ -11,10 +11,6 @@ from rich.console import Console
 from executor.agent import DEFAULT_MODEL
 from executor.cli.tasks import add_executor_options, executor_config
 from executor.errors import ExecutorError
-from executor.fleet.pool import ReplicaPool
-from executor.service import ServiceOptions, build_service, serve
-from executor.service.agents import load_agents
-from executor.service.auth import check_bind, load_token
 from tools.sandbox import check_backend
 
 
@@ -58,6 +54,13 @@ def add_serve_command(sub: Any) -> None:
 
 
 def cmd_serve(args: argparse.Namespace, console: Console) -> int:
+    # the service's app (with the gateway's SGLang protocol types: seconds to import) is
+    # loaded only by this command, so `run`, `tasks` and --help start at once
+    from executor.fleet.pool import ReplicaPool
+    from executor.service import ServiceOptions, build_service, serve
+    from executor.service.agents import load_agents
+    from executor.service.auth import check_bind, load_token
+
     token = load_token(args.token_file)
     check_bind(args.host, token)  # before any replica starts
     check_backend(args.sandbox)
