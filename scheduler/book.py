@@ -92,7 +92,8 @@ class Book:
         self._freed = False
         self._replacing: set[ReplicaId] = set()  # dead replicas a new one is starting for
         self._prefill = PrefillSpeed(c.prefill_tokens_per_s)
-        self._drain = DrainRate(c.drain_window_s)
+        self._drain = DrainRate(c.drain_window_s)  # new arrivals leaving the queue
+        self._drain_all = DrainRate(c.drain_window_s)  # any task leaving it
         self._waits = WaitBook(c.stats_ended_tasks)
         self._ready_calls = 0  # READY tasks over all replicas (calls waiting for a slot)
 
@@ -314,6 +315,7 @@ class Book:
     def _drained(self, task: Task) -> None:
         """A task leaves the admission queue for a replica: a new arrival counts toward
         the queue's drain rate (returning tasks go first; their waits are short)."""
+        self._drain_all.drained()
         if task.calls_done == 0 and task.migrations == 0:
             self._drain.drained()
 
@@ -322,14 +324,15 @@ class Book:
         ``_admit`` placed it). If a replica has a free compute slot, release KV of
         tool-waiting tasks there (expected back last first, within their pause limit)
         to place the head now, when (1) re-prefilling them costs less, at the learned
-        prefill speed, than the head's expected wait at the learned drain rate, and
+        prefill speed, than the head's expected wait (one over the learned rate at
+        which tasks leave the queue), and
         (2) each is expected back no sooner than that wait: the room they hold would
         sit unused until then. So a paused task's return is never expected before the
         head would have been admitted anyway (its own wait is bounded by its tool's
         remaining time plus its re-prefill). Unknown drain rate: no release."""
         q = self._queue
         while (head := q.head()) is not None:
-            wait = self._drain.expected_wait(1)
+            wait = self._drain_all.expected_wait(1)
             if wait is None:
                 return
             need = self.admission.reservation(head)

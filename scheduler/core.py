@@ -87,6 +87,7 @@ class SchedulerCore(Book):
         # the stats' clocks: the state after the last event held until now
         self._waits.advance(t)
         self._drain.advance(t, self._queue.queued_new > 0)
+        self._drain_all.advance(t, len(self._queue) > 0)
         self._ledger.now = t
         try:
             self._dispatch_event(event, out)
