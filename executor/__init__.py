@@ -26,12 +26,12 @@ if TYPE_CHECKING:
         ReplicaUnreachableError,
     )
     from executor.fleet.config import ReplicaConfig
-    from executor.fleet.generation import SamplingParams
     from executor.fleet.health import HealthConfig
     from executor.fleet.pool import ReplicaPool
     from executor.remote import RemoteExecutor
     from executor.result import CallStep, FailoverStep, Step, TaskResult, TaskStatus, ToolStep
     from executor.runtime import Executor, TaskHandle
+    from executor.sampling import SamplingParams
     from executor.sdk import arun_task, resume_task, run_task, shutdown
     from executor.telemetry import Telemetry, TelemetryExporter
     from scheduler import SchedulerConfig
@@ -46,7 +46,7 @@ _EXPORTS = {
     "ReplicaUnavailableError": "executor.errors",
     "ReplicaUnreachableError": "executor.errors",
     "ReplicaConfig": "executor.fleet.config",
-    "SamplingParams": "executor.fleet.generation",
+    "SamplingParams": "executor.sampling",
     "HealthConfig": "executor.fleet.health",
     "ReplicaPool": "executor.fleet.pool",
     "RemoteExecutor": "executor.remote",

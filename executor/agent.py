@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from executor.errors import ExecutorError, validation_problems
-from executor.fleet.generation import SamplingParams
+from executor.sampling import SamplingParams
 from tools.declare import NAME_RE, Tool
 
 FINAL_ANSWER = "final_answer"

@@ -29,9 +29,9 @@ from executor.dispatch import Dispatcher
 from executor.errors import ExecutorError
 from executor.fleet.generation import GenerateResult
 from executor.fleet.handle import ReplicaHandle
-from executor.fleet_lifetime import Fleet
 from executor.fleet.pool import ReplicaPool
 from executor.fleet.registry import ReplicaRegistry
+from executor.fleet_lifetime import Fleet
 from executor.loop.chat_format import ChatFormat
 from executor.loop.driver import Services, TaskDriver, run_driver
 from executor.loop.journal import Journal

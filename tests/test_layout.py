@@ -25,7 +25,7 @@ LAYERS = [
     {"tools"},
     {
         "executor.errors", "executor.paths", "executor.result", "executor.telemetry",
-        "executor.models",
+        "executor.models", "executor.sampling",
     },
     {"executor.fleet"},  # replica plumbing only: actor, handle, pool, health, registry
     {"executor.dispatch"},
@@ -180,6 +180,8 @@ def test_the_fleet_package_is_plumbing_and_tooling_stays_out_of_the_runtime() ->
         targets = {t for t, _ in imports(name, mods[name], set(mods))}
         assert not {t for t in targets if t.startswith("executor.dispatch")}, name
     assert not [n for n in mods if n.endswith("local_cluster") and n.startswith("executor")]
+    agent = {t for t, _ in imports("executor.agent", mods["executor.agent"], set(mods))}
+    assert not {t for t in agent if t.startswith("executor.fleet")}, "Agent imports a wire type"
 
 
 def test_the_checker_sees_a_circle(tmp_path: Path) -> None:

@@ -39,12 +39,12 @@ from benchmarks.e2e.replay import (
 )
 from benchmarks.e2e.workload import ReplayTask
 from executor import Agent, Executor
-from executor.fleet.generation import SamplingParams
 from executor.fleet.pool import ReplicaPool
 from executor.loop.journal import Journal
 from executor.loop.reply import reply_schema
 from executor.loop.steps import CallPayload, ObservationPayload
 from executor.result import CallStep, ToolStep
+from executor.sampling import SamplingParams
 from scheduler import SchedulerConfig
 from tools import Tool, ToolContext, tool
 from tools.result import ToolError

@@ -29,7 +29,7 @@ from sglang.srt.entrypoints.openai.protocol import ChatCompletionRequest
 
 from executor.dispatch import Grant, TaskRefused
 from executor.errors import InvalidRequestError, ReplicaUnavailableError, ReplicaUnreachableError
-from executor.fleet.generation import GenerateResult, SamplingParams
+from executor.fleet.generation import GenerateResult
 from executor.gateway.errors import GatewayError, bad_request
 from executor.gateway.identity import is_final, session_key
 from executor.gateway.render import Renderer, template_messages
@@ -37,6 +37,7 @@ from executor.gateway.sessions import Session, SessionStore
 from executor.gateway.toolcalls import Parsed, ToolCalls, check_choice, family_parser
 from executor.gateway.transcript import Turn, build_prompt, reply_form
 from executor.loop.driver import Services
+from executor.sampling import SamplingParams
 
 AGENT = "gateway"  # the core's agent name for gateway sessions (estimates per agent)
 
