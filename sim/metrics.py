@@ -9,6 +9,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
+from scheduler.stats import CoreStats
 from sim.engine import EngineStats
 from sim.workload import TaskPlan
 
@@ -57,6 +58,15 @@ class SimResult:
     events: int
     wall_s: float
     reject_reasons: dict[str, int]
+    # from the scheduler core's own counters (scheduler/stats.py); None for baselines
+    queued_share: float | None = None
+    """Measured tasks' time waiting for grants (admission + a compute slot) over
+    their time from arrival to end."""
+    idle_while_waiting_s: float | None = None
+    """Time some replica had no call in flight while some task waited for a grant."""
+    idle_while_waiting_share: float | None = None  # ... over the core's observed time
+    ledger_reserved_share: float | None = None
+    """Replicas' reserved KV (the ledger's), time-averaged, over their budgets."""
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -98,6 +108,7 @@ class RunData:
     sim_time_s: float
     events: int
     rejects: Mapping[str, int]  # reject reason -> count
+    core_stats: CoreStats | None = None  # the core's counters, when the policy is ours
 
 
 def summarize(run: RunData, wall_s: float) -> SimResult:
@@ -167,4 +178,29 @@ def summarize(run: RunData, wall_s: float) -> SimResult:
         events=run.events,
         wall_s=wall_s,
         reject_reasons=dict(run.rejects),
+        **_core_figures(run),
     )
+
+
+def _core_figures(run: RunData) -> dict[str, Any]:
+    s = run.core_stats
+    if s is None:
+        return {}
+    lo, hi = run.warmup_s, run.duration_s
+    queued = life = 0.0
+    for st in run.tasks:
+        w = s.tasks.get(st.plan.task_id)
+        if w is None or st.finished is None or not lo <= st.plan.arrival < hi:
+            continue
+        queued += w.total_s
+        life += st.finished - st.plan.arrival
+    budget = sum(kv.budget_tokens for kv in s.replicas.values())
+    reserved = sum(kv.mean_reserved_tokens for kv in s.replicas.values())
+    return {
+        "queued_share": queued / life if life > 0 else None,
+        "idle_while_waiting_s": s.idle_while_waiting_s,
+        "idle_while_waiting_share": (
+            s.idle_while_waiting_s / s.observed_s if s.observed_s > 0 else None
+        ),
+        "ledger_reserved_share": reserved / budget if budget else None,
+    }

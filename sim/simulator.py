@@ -364,6 +364,7 @@ class Simulation:
             warmup_s=cfg.warmup_s, duration_s=cfg.duration_s, tasks=self.tasks.values(),
             engines=[e.stats for e in self.engines.values()], snapshots=self.snapshots,
             sim_time_s=self._now, events=self.events, rejects=self.rejects,
+            core_stats=self.sched.stats() if isinstance(self.sched, SchedulerCore) else None,
         )
 
     def _snapshot(self, t: float) -> dict[str, float]:

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -188,7 +189,7 @@ def test_workload_is_seeded_and_tool_latency_has_the_median_and_p99() -> None:
     assert xs[19_800] == pytest.approx(6.0, rel=0.1)
 
 
-def small(policy: str, **kw: object) -> dict:
+def small(policy: str, **kw: object) -> dict[str, Any]:
     cfg = SimConfig(replicas=4, rate=0.6, duration_s=300, warmup_s=60, drain_s=600, seed=3, **kw)  # type: ignore[arg-type]
     r = Simulation(cfg, policy).run().to_json()
     r.pop("wall_s")
@@ -205,6 +206,17 @@ def test_policies_compare_as_expected_at_moderate_load() -> None:
     assert ours["reprefilled_tokens"] == 0  # sticky, nothing released without pressure
     assert rr["reprefilled_tokens"] > 0
     assert float(ours["task_p95_s"]) < float(rr["task_p95_s"])  # "inf" when unfinished
+
+
+def test_the_core_counters_reach_the_report_and_baselines_have_none() -> None:
+    ours, rr = small("ours"), small("round_robin")
+    assert 0.0 <= ours["queued_share"] < 0.05  # moderate load: grants come at once
+    assert 0.0 < ours["ledger_reserved_share"] < 1.0
+    assert 0.0 <= ours["idle_while_waiting_share"] <= 1.0
+    assert rr["queued_share"] is None and rr["ledger_reserved_share"] is None
+    # four replicas, KV for about one task each: tasks queue for KV room
+    tight = small("ours", engine=EngineSpec(kv_room_bytes=12e9))
+    assert tight["queued_share"] > ours["queued_share"] and tight["queued_share"] > 0.05
 
 
 def test_failover_in_the_simulator_finishes_every_task() -> None:
