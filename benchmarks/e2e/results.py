@@ -43,7 +43,10 @@ def report_open(b: Any) -> dict[str, Any]:
         s = {**summarize(run), **openloop.open_summary(run, len(b.workload), rate, b.slo_s)}
         summaries[(name, rate)] = {**s, **ceiling.shares(s, top or 0.0)}
     knees = openloop.knees(summaries, top)
-    simulated = predict_open(b, summaries) if b.rates else {}
+    try:  # a prediction that fails must not cost the sweep's report
+        simulated = predict_open(b, summaries) if b.rates else {}
+    except (ValueError, KeyError, ZeroDivisionError) as exc:
+        simulated = {"error": f"{type(exc).__name__}: {exc}"}
     for name, rate_ in simulated.get("knees", {}).items():
         knees[name]["simulated_rate_per_hour"] = rate_
     return {
@@ -110,7 +113,9 @@ def predict_open(b: Any, summaries: dict[tuple[str, int], dict[str, Any]]) -> di
         if name not in calib.SIM_POLICY:
             continue
         times = openloop.arrivals(len(b.replayed), rate, b.args.seed)
-        tools = {t.task_id: tuple(e - s for s, e in t.tools) for t in run.tasks}
+        calls = {w.task_id: w.calls for w in b.replayed}
+        tools = {t.task_id: tuple(e - s for s, e in t.tools) for t in run.tasks
+                 if len(t.tools) == calls.get(t.task_id, 0) - 1}  # fmt: skip
         lat = simulate_open(name, b.replayed, times, openloop.deadline(times, b.slo_s), spec,
                             terms, b.args.replicas, b.args.max_total_tokens,
                             {k: v for k, v in tools.items() if v})  # fmt: skip
