@@ -27,7 +27,7 @@ import pytest
 from executor.agent import FINAL_ANSWER, Agent
 from executor.dispatch import Dispatcher
 from executor.errors import ExecutorError
-from executor.fleet.generation import GenerateResult
+from executor.fleet.generation import GenerateRequest, GenerateResult
 from executor.fleet.handle import ReplicaHandle
 from executor.fleet.pool import ReplicaPool
 from executor.fleet.registry import ReplicaRegistry
@@ -83,14 +83,14 @@ class ScriptedActor:
         self.replies = list(replies)
         self.generate = SimpleNamespace(remote=self._generate)
 
-    async def _generate(self, request: dict[str, Any]) -> GenerateResult:
+    async def _generate(self, request: GenerateRequest) -> GenerateResult:
         if not self.replies:
             await asyncio.Event().wait()
         text = self.replies.pop(0)
         ids = self.chat.encode(text)
-        prompt = request["input_ids"]
+        prompt = request.input_ids or []
         return GenerateResult(
-            replica_id="r0", text=text, prompt_ids=prompt, output_ids=ids,
+            replica_id="r0", text=text, output_ids=ids,
             prompt_tokens=len(prompt), cached_tokens=0, completion_tokens=len(ids),
             finish_reason="stop", latency_s=0.01,
         )  # fmt: skip

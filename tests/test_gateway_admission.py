@@ -44,7 +44,7 @@ class Replica:
         out = list(self.tokenizer.encode("fine", add_special_tokens=False))
         ids = req.input_ids or []
         return GenerateResult(
-            replica_id=self.replica_id, text="fine", prompt_ids=ids, output_ids=out,
+            replica_id=self.replica_id, text="fine", output_ids=out,
             prompt_tokens=len(ids), cached_tokens=0, completion_tokens=len(out),
             finish_reason="stop", latency_s=0.01,
         )  # fmt: skip

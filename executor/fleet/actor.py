@@ -163,7 +163,6 @@ class ReplicaActor:
         return GenerateResult(
             replica_id=self.replica_id,
             text=out["text"],
-            prompt_ids=ids,
             output_ids=list(out["output_ids"]),
             prompt_tokens=int(meta["prompt_tokens"]),
             cached_tokens=int(meta.get("cached_tokens", 0)),

@@ -55,8 +55,7 @@ class GenerateResult(BaseModel):
 
     replica_id: str
     text: str
-    prompt_ids: list[int]
-    output_ids: list[int]
+    output_ids: list[int]  # (not the prompt's: the caller has them; 8K+ ids a call)
     prompt_tokens: int
     cached_tokens: int  # prompt tokens served from the radix cache (not prefilled)
     completion_tokens: int

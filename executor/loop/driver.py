@@ -38,7 +38,7 @@ from executor.errors import (
     ReplicaUnavailableError,
     ReplicaUnreachableError,
 )
-from executor.fleet.generation import GenerateResult
+from executor.fleet.generation import GenerateRequest, GenerateResult
 from executor.fleet.registry import ReplicaRegistry
 from executor.loop.chat_format import ChatFormat
 from executor.loop.journal import Journal, TaskRecord
@@ -52,6 +52,7 @@ from executor.loop.steps import (
     ToolStartPayload,
 )
 from executor.result import CallStep, FailoverStep, Step, TaskResult
+from executor.sampling import SamplingParams
 from executor.telemetry import Telemetry
 from tools.context import ToolContext
 from tools.sandbox import Sandbox, SandboxBackend
@@ -130,6 +131,7 @@ class TaskDriver:
         self.goal = goal
         self.task_id = task_id
         self.toolbox = Toolbox(agent.tools)
+        self._samplings: dict[str, SamplingParams] = {}
         self.resumed = record is not None
         if record is None:
             context = min((h.context_tokens for h in services.replicas), default=None)
@@ -221,17 +223,17 @@ class TaskDriver:
         there, replaying the history (a cold prefill), up to the migration limit; a
         transient failure is retried where it was, up to the retry limit."""
         s = self.services
-        schema = json.dumps(reply_schema(self.agent, action.tool_choice))
-        sampling = {**self.agent.sampling.model_dump(exclude_none=True), "json_schema": schema}
+        sampling = self._sampling(action.tool_choice)
         grant = await s.dispatcher.ready(
             self.task_id, self.agent.name, self.agent.max_steps, self._expected_history(),
             prompt_tokens=self._first_prompt_tokens(action.input_ids),
         )
         waited = grant.waited_s
         while True:
-            request = {"input_ids": action.input_ids, "sampling": sampling,
-                       "rid": _request_id(self.task_id, action.step),
-                       "session_id": self.task_id}  # fmt: skip
+            request = GenerateRequest(
+                input_ids=action.input_ids, sampling=sampling,
+                rid=_request_id(self.task_id, action.step), session_id=self.task_id,
+            )  # fmt: skip
             chat = s.telemetry.chat_span(model=s.model, task_id=self.task_id, step=action.step)
             with chat as span:
                 if grant.moved_from is not None:
@@ -267,6 +269,18 @@ class TaskDriver:
         )  # fmt: skip
         self._record(CallPayload(ids=result.output_ids, info=info))
 
+    def _sampling(self, tool_choice: str) -> SamplingParams:
+        """The agent's sampling under its reply grammar for ``tool_choice`` (built once
+        per choice: a task's calls mostly share one)."""
+        sampling = self._samplings.get(tool_choice)
+        if sampling is None:
+            schema = json.dumps(reply_schema(self.agent, tool_choice))
+            sampling = SamplingParams.model_validate(
+                {**self.agent.sampling.model_dump(exclude_none=True), "json_schema": schema}
+            )
+            self._samplings[tool_choice] = sampling
+        return sampling
+
     def _first_prompt_tokens(self, ids: list[int]) -> int:
         """What usage admission reserves the first call with (0: the expected history:
         an explicit ``kv_reserve_tokens`` is what a task starts with)."""
@@ -284,7 +298,7 @@ class TaskDriver:
         s.telemetry.event(span, "failover", replica=dead, reason=failover.reason)
         self._record(FailoverPayload(info=failover))
 
-    async def _generate(self, replica_id: str, request: dict[str, Any]) -> GenerateResult:
+    async def _generate(self, replica_id: str, request: GenerateRequest) -> GenerateResult:
         """The call on the replica, abandoned as soon as the replica is declared dead
         (by a health check, or by another task's call): a hung engine holds no task."""
         handle = self.services.replicas.get(replica_id)
