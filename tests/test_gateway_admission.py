@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -202,3 +203,84 @@ def test_a_replica_that_dies_mid_request_costs_only_latency(tokenizer: Any) -> N
         assert gw.sessions.get("s") is not None and gw.sessions.get("s").calls == 2  # type: ignore[union-attr]
 
     asyncio.run(run())
+
+
+class Timed(Replica):
+    """A replica with room for an 8K-token session, answering after ``delay_s``; it
+    logs when each session's calls start (by the core task in the request id)."""
+
+    def __init__(self, replica_id: str, tokenizer: Any, delay_s: float) -> None:
+        super().__init__(replica_id, tokenizer)
+        self.delay_s = delay_s
+        self.started: list[tuple[str, float]] = []
+
+    @property
+    def context_tokens(self) -> int:
+        return 16_384
+
+    async def agenerate(self, request: dict[str, Any]) -> GenerateResult:
+        self.started.append((str(request["session_id"]), time.monotonic()))
+        await asyncio.sleep(self.delay_s)
+        return await super().agenerate(request)
+
+
+def test_a_big_session_is_not_starved_by_small_ones(tokenizer: Any) -> None:
+    """ThunderAgent's issue #46 shape: one 8K-token session among many 1K-token ones
+    under a tight KV budget (12K tokens: the big one needs most of it). The core's
+    admission queue is FIFO by arrival (age is the order; a smaller task never
+    passes an older one), so no small session that arrived after the big one starts
+    before it, and its wait is bounded by the small sessions already admitted
+    finishing (a few of their calls), not by the stream of later arrivals."""
+
+    async def run() -> tuple[float, list[tuple[str, float]], dict[str, str]]:
+        dispatcher = Dispatcher(SchedulerCore())
+        registry = ReplicaRegistry()
+        replica = Timed("r0", tokenizer, delay_s=0.01)
+        registry.add(replica)  # type: ignore[arg-type]
+        dispatcher.send(ReplicaJoined(dispatcher.now(), "r0", 12_000, max_running_calls=4))
+        services = Services("tiny", dispatcher, registry, Chat(tokenizer), Telemetry("none"))
+        gw = Gateway(lambda: services, GatewayConfig(queue_wait_s=20, default_max_tokens=8))
+
+        def words(n: int) -> str:
+            return " ".join(f"w{i % 97}" for i in range(n))
+
+        small_text, big_text = words(390), words(3100)  # ~1K and ~8K tokens
+        assert len(gw.renderer.prompt([{"role": "user", "content": big_text}], None)) > 7_500
+        tasks: dict[str, str] = {}
+
+        async def session(name: str, text: str, calls: int) -> None:
+            history: list[dict[str, Any]] = [{"role": "user", "content": text}]
+            for k in range(calls):
+                final = {"X-Session-Final": "true"} if k == calls - 1 else {}
+                reply = await gw.chat({"model": "tiny", "messages": history},
+                                      {"X-Session-ID": name, **final})  # fmt: skip
+                if k == 0:
+                    got = gw.sessions.get(name)
+                    tasks[name] = got.task_id if got else reply.result.replica_id
+                history += [{"role": "assistant", "content": "fine"},
+                            {"role": "user", "content": f"step {k}"}]  # fmt: skip
+                await asyncio.sleep(0.02)  # the client's tool
+
+        runs = [asyncio.ensure_future(session(f"small-{i}", small_text, 4)) for i in range(8)]
+        await asyncio.sleep(0.03)  # the first small ones hold the KV
+        big_arrived = time.monotonic()
+        runs.append(asyncio.ensure_future(session("big", big_text, 2)))
+        for i in range(8, 40):  # a stream of small sessions, each newer than the big one
+            await asyncio.sleep(0.01)
+            runs.append(asyncio.ensure_future(session(f"small-{i}", small_text, 4)))
+        await asyncio.gather(*runs)
+        return big_arrived, replica.started, tasks
+
+    big_arrived, started, tasks = asyncio.run(run())
+    first: dict[str, float] = {}
+    for task_id, at in started:
+        first.setdefault(task_id, at)
+    big_start = first[tasks["big"]]
+    later = [first[tasks[f"small-{i}"]] for i in range(8, 40)]
+    print(
+        f"\nthe 8K session waited {big_start - big_arrived:.3f} s; "
+        f"small ones after it started {min(later) - big_start:+.3f} s after it at the earliest"
+    )
+    assert all(t >= big_start for t in later)  # no later (smaller) session passed it
+    assert big_start - big_arrived > 0.02  # the budget was tight: it did wait for room
+    assert big_start - big_arrived < 2.0  # bounded: the 8 earlier sessions' few calls

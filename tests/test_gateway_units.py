@@ -16,6 +16,7 @@ from xgrammar.testing import _is_grammar_accept_string as accepts
 from executor.gateway.errors import GatewayError
 from executor.gateway.gateway import GatewayConfig
 from executor.gateway.identity import is_final, session_key
+from executor.gateway.matcher import PrefixIndex
 from executor.gateway.render import Renderer, template_messages
 from executor.gateway.sessions import Session, SessionStore
 from executor.gateway.toolcalls import ToolCalls, check_choice, family_parser
@@ -98,7 +99,7 @@ def test_ttl_final_delete_and_keyless() -> None:
     assert ended[-1] == ("fin", "final")
     anon = s.acquire(None)
     s.release(anon)
-    assert ended[-1] == (anon.key, "no session key") and s.get(anon.key) is None
+    assert s.get(anon.key) is anon  # keyless: lives on, to be matched by its prefix
     assert s.end("busy", "deleted") and s.get("busy") is busy  # ends when its request does
     s.release(busy)
     assert ended[-1] == ("busy", "deleted") and not s.end("busy", "deleted")
@@ -243,3 +244,66 @@ def test_session_new_task_changes_the_core_task() -> None:
     s = Session("k", True, "gw-1", 0.0)
     s.new_task()
     assert s.task_id != "gw-1" and s.task_id.startswith("gw-")
+
+
+def _turn(renderer: Renderer, messages: list[dict[str, Any]], reply: str) -> Turn:
+    ids = renderer.prompt(messages, None)
+    out = renderer.encode(reply + "<|im_end|>")
+    return Turn.make(messages, None, ids, out, reply_form(reply, []))
+
+
+def test_keyless_sessions_are_told_apart_by_their_prefix(renderer: Renderer) -> None:
+    """Two keyless sessions with the same system prompt and the same first question
+    are told apart by their replies; an unrelated prompt starts a new session; a
+    reply edited by the client still finds its session by the token prefix."""
+    s, ended = store(max_sessions=8)
+    first = template_messages([{"role": "system", "content": "You are an agent."},
+                               {"role": "user", "content": "Fix the bug."}])  # fmt: skip
+
+    def keyless(messages: list[dict[str, Any]]) -> Session:
+        return s.acquire_keyless(
+            messages, None, lambda: renderer.prompt(messages, None),
+            lambda: len(renderer.prompt(messages[:2], None)),
+        )  # fmt: skip
+
+    a, b = keyless(first), keyless(first)
+    assert a is not b  # no transcript yet: nothing to tell them apart by
+    for session, reply in ((a, "I read main.py"), (b, "I ran the tests")):
+        session.last = _turn(renderer, first, reply)
+        s.release(session)
+
+    def then(reply: str, user: str) -> list[dict[str, Any]]:
+        return [*first, {"role": "assistant", "content": reply},
+                {"role": "user", "content": user}]  # fmt: skip
+
+    again_b = keyless(template_messages(then("I ran the tests", "and?")))
+    assert again_b is b and s.matched == 1
+    s.release(again_b)
+    again_a = keyless(template_messages(then("I read main.py", "go on")))
+    assert again_a is a
+    s.release(again_a)
+    # the client stripped a word from the reply: the token prefix still runs past the
+    # shared first turn further into a's transcript than into b's
+    edited = keyless(template_messages(then("I read main", "go on")))
+    assert edited is a and s.matched == 3
+    s.release(edited)
+    other = keyless(template_messages([{"role": "system", "content": "You are an agent."},
+                                       {"role": "user", "content": "Write docs."}]))  # fmt: skip
+    assert other not in (a, b) and len(s) == 3
+    s.release(other)
+    # a reply that is neither's, with the shared first turn only: a new session
+    stranger = keyless(template_messages(then("Hello there", "x")))
+    assert stranger not in (a, b, other)
+    s.release(stranger)
+    s.end(a.key, "deleted")
+    assert a.key not in s.index.candidates(s.index._anchor_of[b.key])
+
+
+def test_the_prefix_index_is_bounded() -> None:
+    index = PrefixIndex(bucket=3)
+    for i in range(10):
+        index.add(f"s{i}", "h")
+    assert index.candidates("h") == ["s9", "s8", "s7"] and len(index) == 3
+    for key in ("s9", "s8", "s7"):
+        index.remove(key)
+    assert len(index) == 0 and index.candidates("h") == []

@@ -2,6 +2,7 @@
 
     body, headers -> ChatCompletionRequest (SGLang's model)     400 on bad input
     session_key(headers, body) -> SessionStore.acquire          one core task per session
+      (no key: SessionStore.acquire_keyless, the longest live prefix; matcher.py)
     build_prompt(messages, tools, session.last)                 exact reuse of the last ids
     ToolCalls.constraint(tools, tool_choice)                    grammar (cached per tool set)
     Dispatcher.ready(task, ...)  (bounded wait, else 429)       -> Grant(replica)
@@ -32,6 +33,7 @@ from executor.errors import InvalidRequestError, ReplicaUnavailableError, Replic
 from executor.fleet.generation import GenerateResult
 from executor.gateway.errors import GatewayError, bad_request
 from executor.gateway.identity import is_final, session_key
+from executor.gateway.matcher import anchor_end
 from executor.gateway.render import Renderer, template_messages
 from executor.gateway.sessions import Session, SessionStore
 from executor.gateway.toolcalls import Parsed, ToolCalls, check_choice, family_parser
@@ -238,7 +240,13 @@ class Gateway:
         messages = template_messages(body["messages"])
         tools = [t.model_dump(mode="json", exclude_none=True) for t in req.tools or []] or None
         found = session_key(headers, body)
-        session = self.sessions.acquire(found.key if found else None)
+        if found is not None:
+            session = self.sessions.acquire(found.key)
+        else:
+            session = self.sessions.acquire_keyless(
+                messages, tools, lambda: self.renderer.prompt(messages, tools),
+                lambda: len(self.renderer.prompt(messages[: anchor_end(messages)], tools)),
+            )  # fmt: skip
         final = is_final(headers)
         exact = exact_reuse(headers)
         try:

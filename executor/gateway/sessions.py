@@ -1,5 +1,9 @@
 """The gateway's live sessions: bounded in number, ended by the client or by idleness.
 
+A request that names no session is matched to a live keyless session by its
+conversation's prefix (``matcher``), else it starts one; keyless sessions live
+like keyed ones (idle TTL, eviction), under a generated key (``anon-...``).
+
 A session is one task of the scheduler core (``Session.task_id``): it arrives with
 its first request, each request is one call, and the time between a response and
 the session's next request is its tool wait. When a session ends (``X-Session-Final``,
@@ -20,15 +24,17 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from executor.gateway.errors import GatewayError
+from executor.gateway.matcher import PrefixIndex, anchor
 from executor.gateway.transcript import Turn
 
 
 @dataclass
 class Session:
     key: str
-    keyed: bool  # False: the request named no session (it ends with its response)
+    keyed: bool  # False: found by its prefix (``matcher``), not named by the client
     task_id: str
     last_used: float
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -64,6 +70,8 @@ class SessionStore:
         self.clock = clock
         self._live: OrderedDict[str, Session] = OrderedDict()  # least recently used first
         self.ended = 0
+        self.index = PrefixIndex()
+        self.matched = 0  # keyless requests matched to a live session
 
     def __len__(self) -> int:
         return len(self._live)
@@ -74,9 +82,10 @@ class SessionStore:
     def sessions(self) -> list[Session]:
         return list(self._live.values())
 
-    def acquire(self, key: str | None) -> Session:
+    def acquire(self, key: str | None, anchor_hash: str | None = None) -> Session:
         """The live session for ``key`` (a new one if none is), marked busy: the caller
-        must ``release`` it. ``key`` None: a new session of its own."""
+        must ``release`` it. ``key`` None: a new keyless session, indexed under
+        ``anchor_hash`` for the requests that continue it."""
         now = self.clock()
         session = self._live.get(key) if key is not None else None
         if session is None:
@@ -84,16 +93,31 @@ class SessionStore:
             name = key if key is not None else f"anon-{uuid.uuid4().hex[:16]}"
             session = Session(name, key is not None, _task_id(), now)
             self._live[name] = session
+            if key is None and anchor_hash is not None:
+                self.index.add(name, anchor_hash)
         self._live.move_to_end(session.key)
         session.last_used = now
         session.busy += 1
         return session
 
+    def acquire_keyless(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
+        prompt_ids: Callable[[], list[int]] | None = None,
+        anchor_tokens: Callable[[], int] | None = None,
+    ) -> Session:  # fmt: skip
+        """The live keyless session this request continues (``PrefixIndex.match``),
+        else a new one; marked busy like ``acquire``'s."""
+        found = self.index.match(messages, tools, self._live.get, prompt_ids, anchor_tokens)
+        if isinstance(found, Session) and found.ending is None:
+            self.matched += 1
+            return self.acquire(found.key)
+        return self.acquire(None, anchor(messages, tools))
+
     def release(self, session: Session, *, final: bool = False) -> None:
         session.busy -= 1
         session.last_used = self.clock()
-        if final or not session.keyed:
-            session.ending = session.ending or ("final" if session.keyed else "no session key")
+        if final:
+            session.ending = session.ending or "final"
         if session.ending is not None and session.busy == 0:
             self._end(session, session.ending)
 
@@ -111,6 +135,7 @@ class SessionStore:
     def _end(self, session: Session, reason: str) -> None:
         if self._live.get(session.key) is session:
             del self._live[session.key]
+            self.index.remove(session.key)
             self.ended += 1
             self.on_end(session, reason)
 
