@@ -284,3 +284,48 @@ def test_a_big_session_is_not_starved_by_small_ones(tokenizer: Any) -> None:
     assert all(t >= big_start for t in later)  # no later (smaller) session passed it
     assert big_start - big_arrived > 0.02  # the budget was tight: it did wait for room
     assert big_start - big_arrived < 2.0  # bounded: the 8 earlier sessions' few calls
+
+
+def test_sessions_on_metrics_the_dashboard_and_spans(tokenizer: Any) -> None:
+    """A keyed and a keyless session, two calls each: ``/metrics`` (the collector the
+    gateway registers), the dashboard's snapshot rows and the chat spans show them
+    (session id, calls, cached / prompt tokens per call, queue wait, replica)."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from executor.gateway.metrics import SessionCollector
+    from executor.service.dashboard import Dashboard
+
+    async def run() -> tuple[Gateway, Telemetry]:
+        gw, _, _ = make(tokenizer)
+        telemetry = Telemetry("memory")
+        gw.services.telemetry = telemetry  # type: ignore[misc]
+        again = [*ASK, {"role": "assistant", "content": "fine"}, {"role": "user", "content": "m"}]
+        for messages in (ASK, again):
+            await gw.chat({"model": "tiny", "messages": messages}, {"X-Session-ID": "named"})
+            await gw.chat({"model": "tiny", "messages": messages}, {})  # keyless
+        return gw, telemetry
+
+    gw, telemetry = asyncio.run(run())
+    assert gw.sessions.matched == 1 and len(gw.sessions) == 2
+    keyless = next(s for s in gw.sessions.sessions() if not s.keyed)
+    collector = SessionCollector()
+    collector.follow(gw)
+    registry = CollectorRegistry()
+    registry.register(collector)
+    text = generate_latest(registry).decode()
+    for sid in ("named", keyless.key):
+        assert f'executor_gateway_session_calls{{replica_id="r0",session_id="{sid}"}} 2.0' in text
+        assert (
+            f'executor_gateway_session_queue_wait_seconds{{replica_id="r0",session_id="{sid}"}}'
+            in text
+        )
+    assert 'executor_gateway_sessions{kind="keyless"} 1.0' in text
+    assert "executor_gateway_keyless_matched_total 1.0" in text
+    assert 'executor_gateway_prompts_total{prefix="exact"} 2.0' in text
+    rows = Dashboard(None, gw)._sessions()  # type: ignore[arg-type]
+    assert [r["id"] for r in rows] == [keyless.key, "named"]  # the latest first
+    assert all(r["calls"] == 2 and r["replica_id"] == "r0" for r in rows)
+    assert all(len(r["cached_tokens"]) == len(r["prompt_tokens"]) == 2 for r in rows)
+    conversations = [str(s.attributes.get("gen_ai.conversation.id"))  # type: ignore[union-attr]
+                     for s in telemetry.finished_spans() if s.name.startswith("chat")]  # fmt: skip
+    assert sorted(conversations) == sorted(["named", "named", keyless.key, keyless.key])

@@ -34,6 +34,7 @@ from executor.fleet.generation import GenerateResult
 from executor.gateway.errors import GatewayError, bad_request
 from executor.gateway.identity import is_final, session_key
 from executor.gateway.matcher import anchor_end
+from executor.gateway.metrics import export
 from executor.gateway.render import Renderer, template_messages
 from executor.gateway.sessions import Session, SessionStore
 from executor.gateway.toolcalls import Parsed, ToolCalls, check_choice, family_parser
@@ -138,6 +139,7 @@ class Gateway:
         return s
 
     def start(self) -> None:
+        export(self)  # its sessions on /metrics
         if self._sweeper is None:
             self._sweeper = asyncio.get_running_loop().create_task(self.sessions.sweep_forever())
 
@@ -275,8 +277,10 @@ class Gateway:
         request = {"input_ids": ids, "sampling": sampling.model_dump(exclude_none=True),
                    "rid": f"{session.task_id}-{session.calls}-{uuid.uuid4().hex[:8]}",
                    "session_id": session.task_id}  # fmt: skip
-        with s.telemetry.chat_span(model=s.model, task_id=session.task_id,
+        # gen_ai.conversation.id: the session id (the client's, or the keyless one)
+        with s.telemetry.chat_span(model=s.model, task_id=session.key,
                                    step=session.calls) as span:  # fmt: skip
+            span.set_attribute("executor.task.id", session.task_id)
             result, waited = await self._generate(session, request, grant)
             s.telemetry.record_call(
                 span, replica_id=result.replica_id, input_tokens=result.prompt_tokens,
@@ -290,7 +294,7 @@ class Gateway:
             latency_s=result.latency_s,
         )  # fmt: skip
         s.dispatcher.tool_started(session.task_id, "client")  # the client's turn: a tool wait
-        session.note_call(result.replica_id, result.cached_tokens)
+        session.note_call(result.replica_id, result.cached_tokens, result.prompt_tokens, waited)
         if reused:
             self.exact_reuses += 1
         else:

@@ -138,11 +138,8 @@ def install(app: FastAPI, gateway: Gateway, token: str | None) -> None:
 
     @router.get("/v1/sessions")
     async def sessions() -> dict[str, Any]:
-        return {"data": [
-            {"id": s.key, "task_id": s.task_id, "calls": s.calls, "replica_id": s.replica_id,
-             "cached_tokens": s.cached, "busy": bool(s.busy)}
-            for s in gateway.sessions.sessions()
-        ], "ended": gateway.sessions.ended}  # fmt: skip
+        return {"data": [s.row() for s in gateway.sessions.sessions()],
+                "ended": gateway.sessions.ended, "matched": gateway.sessions.matched}  # fmt: skip
 
     @router.delete("/v1/sessions/{session_id}")
     async def end(session_id: str) -> dict[str, Any]:

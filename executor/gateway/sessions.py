@@ -44,15 +44,30 @@ class Session:
     ending: str | None = None  # set while busy: end when the request is done
     replica_id: str | None = None
     cached: list[int] = field(default_factory=list)  # cached tokens of the latest calls
+    prompts: list[int] = field(default_factory=list)  # prompt tokens of the latest calls
+    queue_wait_s: float = 0.0  # all its calls together
 
     def new_task(self) -> None:
         """A fresh core task for this session (its last one was ended or refused)."""
         self.task_id = _task_id()
 
-    def note_call(self, replica_id: str, cached_tokens: int) -> None:
+    def note_call(
+        self, replica_id: str, cached_tokens: int, prompt_tokens: int = 0, waited_s: float = 0.0
+    ) -> None:
         self.calls += 1
         self.replica_id = replica_id
         self.cached = [*self.cached[-7:], cached_tokens]
+        self.prompts = [*self.prompts[-7:], prompt_tokens]
+        self.queue_wait_s += waited_s
+
+    def row(self) -> dict[str, Any]:
+        """What ``/v1/sessions``, the dashboard and ``/metrics`` show of it."""
+        return {
+            "id": self.key, "task_id": self.task_id, "keyed": self.keyed, "calls": self.calls,
+            "replica_id": self.replica_id, "cached_tokens": self.cached,
+            "prompt_tokens": self.prompts, "queue_wait_s": round(self.queue_wait_s, 3),
+            "busy": bool(self.busy),
+        }  # fmt: skip
 
 
 def _task_id() -> str:

@@ -49,8 +49,8 @@ COOKIE = "executor_token"  # the dashboard's: set from its link, good for GET on
 
 def create_app(service: TaskService, *, token: str | None = None,
                max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:  # fmt: skip
-    dashboard = Dashboard(service)
     gateway = Gateway(lambda: service.executor.services, GatewayConfig.from_env())
+    dashboard = Dashboard(service, gateway)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -1,7 +1,8 @@
 """The live dashboard's data: a snapshot of the replicas (state, KV occupancy over the
 last minutes, calls in flight) and of the recent tasks (state, replica, steps as a
-timeline with their queue waits), sent to the page (``static/dashboard.html``) as
-server-sent events.
+timeline with their queue waits) and of the gateway's live sessions beside them
+(session id, calls, cached / prompt tokens per call, queue wait, replica), sent to
+the page (``static/dashboard.html``) as server-sent events.
 
 The KV history is sampled here, not in the page, so a page opened now shows the last
 minutes too; it is bounded (``HISTORY_S / SAMPLE_S`` points per replica).
@@ -16,10 +17,13 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from executor.result import CallStep, ToolStep
 from executor.service.tasks import TaskService
+
+if TYPE_CHECKING:
+    from executor.gateway import Gateway
 
 SAMPLE_S = 2.0
 HISTORY_S = 300.0
@@ -33,8 +37,9 @@ def page() -> str:
 
 
 class Dashboard:
-    def __init__(self, service: TaskService) -> None:
+    def __init__(self, service: TaskService, gateway: Gateway | None = None) -> None:
         self.service = service
+        self.gateway = gateway
         self.kv: dict[str, deque[tuple[float, int]]] = {}
         self._points = int(HISTORY_S / SAMPLE_S)
         self._sampler: asyncio.Task[None] | None = None
@@ -81,7 +86,14 @@ class Dashboard:
             "queue_depth": s.executor.dispatcher.queue_depth,
             "replicas": replicas,
             "tasks": [self._task(tid) for tid in ids],
+            "sessions": self._sessions(),
         }
+
+    def _sessions(self) -> list[dict[str, Any]]:
+        """The gateway's most recently used live sessions, the latest first."""
+        if self.gateway is None:
+            return []
+        return [s.row() for s in reversed(self.gateway.sessions.sessions()[-RECENT_TASKS:])]
 
     def _task(self, task_id: str) -> dict[str, Any]:
         view = self.service.view(task_id)
