@@ -187,14 +187,17 @@ def test_auto_tool_choice_is_text_or_valid_calls(client: openai.OpenAI) -> None:
 
 
 def test_keyless_clients_stay_one_session_each_with_cache_hits(server: Server) -> None:
-    """Two clients that send no identity at all, with the same system prompt and the
-    same first question, interleaved over four turns: each stays one session on one
-    replica, and each call's cached tokens cover the client's previous prompt."""
+    """Two clients that send no identity at all, with the same system prompt,
+    interleaved over four turns: each stays one session on one replica, and each
+    call's cached tokens cover the client's previous prompt. (Their first questions
+    differ: the tiny model may give both the same first reply, and two identical
+    conversations are one to the matcher; the unit test tells apart sessions with the
+    same first question by their replies.)"""
     plain = openai.OpenAI(base_url=f"{server.url}/v1", api_key=TOKEN, max_retries=0,
                           timeout=300)  # fmt: skip
     system = {"role": "system", "content": f"You are agent {uuid.uuid4().hex[:6]}."}
-    histories: list[list[Any]] = [[system, {"role": "user", "content": "Begin."}]
-                                  for _ in range(2)]  # fmt: skip
+    histories: list[list[Any]] = [[system, {"role": "user", "content": f"Begin task {c}."}]
+                                  for c in range(2)]  # fmt: skip
     seen: list[list[tuple[str, str, int, int | None]]] = [[], []]
     for turn in range(4):
         for c in (0, 1):
@@ -218,6 +221,10 @@ def test_keyless_clients_stay_one_session_each_with_cache_hits(server: Server) -
             assert (calls[k][3] or 0) >= calls[k - 1][2]
     live = sessions(server)
     assert all(live[calls[0][0]]["calls"] == 4 for calls in seen)
+    metrics = httpx.get(f"{server.url}/metrics", headers=AUTH, timeout=30).text
+    for calls in seen:  # the sessions on /metrics, beside the Agent tasks' metrics
+        assert f'executor_gateway_session_calls{{replica_id="{calls[0][1]}",' \
+               f'session_id="{calls[0][0]}"}} 4.0' in metrics  # fmt: skip
 
 
 def test_openai_shaped_errors(server: Server, client: openai.OpenAI) -> None:
