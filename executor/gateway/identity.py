@@ -15,7 +15,8 @@ First found wins, in this order (CLIENTS.md has who sends what):
 ``user`` body                OpenAI's older cache-affinity field
 ===========================  =========================================
 
-A request with none of them gets no key: it is a session of its own.
+A request with none of them gets no key: ``matcher`` finds the live session its
+conversation continues, else it starts one.
 """
 
 from __future__ import annotations
