@@ -39,7 +39,7 @@ from executor.gateway.render import Renderer, template_messages
 from executor.gateway.sessions import Session, SessionStore
 from executor.gateway.toolcalls import Parsed, ToolCalls, check_choice, family_parser
 from executor.gateway.transcript import Turn, build_prompt, reply_form
-from executor.loop.driver import Services
+from executor.loop.driver import Services, generate_unless_lost
 from executor.sampling import SamplingParams
 
 AGENT = "gateway"  # the core's agent name for gateway sessions (estimates per agent)
@@ -370,20 +370,4 @@ class Gateway:
     async def _on(self, replica_id: str, request: dict[str, Any]) -> GenerateResult:
         """One attempt, abandoned as soon as the replica is declared dead."""
         s = self.services
-        handle = s.replicas.get(replica_id)
-        lost = s.dispatcher.lost(replica_id)
-        if handle is None:
-            raise ReplicaUnavailableError(replica_id, "not in the pool")
-        if lost.done():
-            raise ReplicaUnavailableError(replica_id, lost.result())
-        call = asyncio.ensure_future(handle.agenerate(request))
-        racing: set[asyncio.Future[Any]] = {call, lost}
-        try:
-            await asyncio.wait(racing, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if not call.done():
-                call.cancel()
-        if call.done() and not call.cancelled() and not lost.done():
-            return call.result()
-        call.add_done_callback(lambda c: c.cancelled() or c.exception())
-        raise ReplicaUnavailableError(replica_id, lost.result() if lost.done() else "lost")
+        return await generate_unless_lost(s.replicas, s.dispatcher, replica_id, request)

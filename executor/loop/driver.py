@@ -120,6 +120,32 @@ def check_task(
     return ids
 
 
+async def generate_unless_lost(
+    replicas: ReplicaRegistry, dispatcher: Dispatcher, replica_id: str,
+    request: GenerateRequest | dict[str, Any],
+) -> GenerateResult:  # fmt: skip
+    """One call on a replica, abandoned as soon as the replica is declared dead (by a
+    health check, or by another call): a hung engine holds no task. The driver's calls
+    and the gateway's go through it."""
+    handle = replicas.get(replica_id)
+    lost = dispatcher.lost(replica_id)
+    if handle is None:
+        raise ReplicaUnavailableError(replica_id, "not in the pool")
+    if not lost.done():
+        call = asyncio.ensure_future(handle.agenerate(request))
+        racing: set[asyncio.Future[Any]] = {call, lost}
+        try:
+            await asyncio.wait(racing, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not call.done():
+                call.cancel()
+        if not lost.done():
+            return call.result()
+        # the replica's death is what counts: the call's own error is not reported
+        call.add_done_callback(lambda c: c.cancelled() or c.exception())
+    raise ReplicaUnavailableError(replica_id, lost.result())
+
+
 class TaskDriver:
     def __init__(
         self, services: Services, agent: Agent, goal: str, task_id: str,
@@ -299,25 +325,8 @@ class TaskDriver:
         self._record(FailoverPayload(info=failover))
 
     async def _generate(self, replica_id: str, request: GenerateRequest) -> GenerateResult:
-        """The call on the replica, abandoned as soon as the replica is declared dead
-        (by a health check, or by another task's call): a hung engine holds no task."""
-        handle = self.services.replicas.get(replica_id)
-        lost = self.services.dispatcher.lost(replica_id)
-        if handle is None:
-            raise ReplicaUnavailableError(replica_id, "not in the pool")
-        if not lost.done():
-            call = asyncio.ensure_future(handle.agenerate(request))
-            racing: set[asyncio.Future[Any]] = {call, lost}
-            try:
-                await asyncio.wait(racing, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                if not call.done():
-                    call.cancel()
-            if not lost.done():
-                return call.result()
-            # the replica's death is what counts: the call's own error is not reported
-            call.add_done_callback(lambda c: c.cancelled() or c.exception())
-        raise ReplicaUnavailableError(replica_id, lost.result())
+        s = self.services
+        return await generate_unless_lost(s.replicas, s.dispatcher, replica_id, request)
 
     # -- a tool -----------------------------------------------------------------------
 
