@@ -74,13 +74,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--model", default="tiny", help="registered model name (default: tiny)")
     p.add_argument(
-        "--tasks", type=_counts, default=[1, 4, 8], dest="task_counts", metavar="K[,K...]",
+        "--tasks",
+        type=_counts,
+        default=[1, 4, 8],
+        dest="task_counts",
+        metavar="K[,K...]",
         help="tasks on the killed replica; a list runs one scenario per K (default: 1,4,8)",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--history-tokens", type=int, default=3000,
+        "--history-tokens",
+        type=int,
+        default=3000,
         help="approximate history of each task when its replica dies (default: 3000)",
-    )  # fmt: skip
+    )
     p.add_argument("--sandbox", default="bwrap", help="sandbox backend (default: bwrap)")
     p.add_argument("--cpus", type=float, default=1.0, help="CPUs per replica (default: 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the tasks' filler context")
@@ -100,8 +106,24 @@ def _counts(text: str) -> list[int]:
 
 
 def goal_with_context(i: int, words: int, rng: random.Random) -> str:
-    vocab = ["disk", "queue", "latency", "replica", "shard", "timeout", "retry", "node",
-             "cache", "index", "batch", "commit", "lease", "quota", "trace", "span"]  # fmt: skip
+    vocab = [
+        "disk",
+        "queue",
+        "latency",
+        "replica",
+        "shard",
+        "timeout",
+        "retry",
+        "node",
+        "cache",
+        "index",
+        "batch",
+        "commit",
+        "lease",
+        "quota",
+        "trace",
+        "span",
+    ]
     lines = [
         f"event {n}: " + " ".join(rng.choice(vocab) for _ in range(9)) for n in range(words // 11)
     ]
@@ -113,9 +135,12 @@ def replica_config(args: argparse.Namespace, tasks: int) -> Any:
 
     per_task = args.history_tokens + 4 * (48 + 256) + 512
     return ReplicaConfig(
-        model=args.model, max_total_tokens=max(16384, 2 * tasks * per_task),
-        context_length=per_task + 1024, num_cpus=args.cpus, cpu_threads=1,
-    )  # fmt: skip
+        model=args.model,
+        max_total_tokens=max(16384, 2 * tasks * per_task),
+        context_length=per_task + 1024,
+        num_cpus=args.cpus,
+        cpu_threads=1,
+    )
 
 
 async def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
@@ -168,23 +193,36 @@ async def scenario(
             finished_at.setdefault(task_id, []).append((time.monotonic(), step))
 
     agent = Agent(
-        name="failover-bench", model=args.model, tools=[fetch], tool_choice="required",
-        reset_tool_choice=False, answer_on_repeat=False, max_steps=4, max_answer_chars=12,
+        name="failover-bench",
+        model=args.model,
+        tools=[fetch],
+        tool_choice="required",
+        reset_tool_choice=False,
+        answer_on_repeat=False,
+        max_steps=4,
+        max_answer_chars=12,
         sampling={"max_new_tokens": 48},
-    )  # fmt: skip
+    )
     rng = random.Random(args.seed)
     pids = list(pool[victim].info["engine_pids"])
     ex = Executor(
-        args.model, pool=pool, replica_ids=[victim], journal=workdir / "journal.db",
-        sandbox=args.sandbox, on_step=on_step, heal=False,
+        args.model,
+        pool=pool,
+        replica_ids=[victim],
+        journal=workdir / "journal.db",
+        sandbox=args.sandbox,
+        on_step=on_step,
+        heal=False,
         health=HealthConfig(timeout_s=600),  # the pause must not count as a hang
-    )  # fmt: skip
+    )
     try:
         await ex.start()
         ids = [f"t{i}" for i in range(tasks)]
         words = int(args.history_tokens / TOKENS_PER_WORD)
-        futures = [ex.submit(agent, goal_with_context(i, words, rng), task_id=t) for i, t in
-                   zip(range(tasks), ids, strict=True)]  # fmt: skip
+        futures = [
+            ex.submit(agent, goal_with_context(i, words, rng), task_id=t)
+            for i, t in zip(range(tasks), ids, strict=True)
+        ]
         console.print(f"{tasks} tasks: first calls on {victim} ...")
         while len(_entered) < tasks:
             await asyncio.sleep(0.05)
@@ -256,14 +294,18 @@ async def measure(
         await survivor.aflush_cache()
         cold = await survivor.agenerate({"input_ids": prompt, "sampling": {"max_new_tokens": 1}})
         assert cold.cached_tokens == 0, "the cache flush did not take"
-        rows.append({
-            "task_id": result.task_id, "status": result.status,
-            "history_tokens": replay.prompt_tokens,
-            "replay_cached_tokens": replay.cached_tokens,
-            "recovery_s": round(t - killed, 3), "reprefill_s": round(cold.latency_s, 3),
-            "replay_call_s": round(replay.latency_s, 3),
-            "replay_completion_tokens": replay.completion_tokens,
-        })  # fmt: skip
+        rows.append(
+            {
+                "task_id": result.task_id,
+                "status": result.status,
+                "history_tokens": replay.prompt_tokens,
+                "replay_cached_tokens": replay.cached_tokens,
+                "recovery_s": round(t - killed, 3),
+                "reprefill_s": round(cold.latency_s, 3),
+                "replay_call_s": round(replay.latency_s, 3),
+                "replay_completion_tokens": replay.completion_tokens,
+            }
+        )
     await survivor.aflush_cache()
     started = time.monotonic()
     one = {"max_new_tokens": 1}

@@ -24,20 +24,40 @@ from pathlib import Path
 from typing import Any
 
 TOOLS = [
-    {"type": "function", "function": {
-        "name": "get_weather", "description": "The weather in a city.",
-        "parameters": {"type": "object", "properties": {
-            "city": {"type": "string", "enum": ["Paris", "Oslo", "Lima"]},
-            "unit": {"type": "string", "enum": ["c", "f"]}},
-            "required": ["city", "unit"], "additionalProperties": False}}},
-    {"type": "function", "function": {
-        "name": "get_time", "description": "The time in a zone.",
-        "parameters": {"type": "object", "properties": {
-            "zone": {"type": "string", "enum": ["UTC", "CET"]}},
-            "required": ["zone"], "additionalProperties": False}}},
-]  # fmt: skip
-ASK = [{"role": "system", "content": "Use the tools."},
-       {"role": "user", "content": "What is the weather in Paris?"}]  # fmt: skip
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "The weather in a city.",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "city": {"type": "string", "enum": ["Paris", "Oslo", "Lima"]},
+                    "unit": {"type": "string", "enum": ["c", "f"]},
+                },
+                "required": ["city", "unit"],
+                "additionalProperties": False,
+            },
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "get_time",
+            "description": "The time in a zone.",
+            "parameters": {
+                "type": "object",
+                "properties": {"zone": {"type": "string", "enum": ["UTC", "CET"]}},
+                "required": ["zone"],
+                "additionalProperties": False,
+            },
+        },
+    },
+]
+ASK = [
+    {"role": "system", "content": "Use the tools."},
+    {"role": "user", "content": "What is the weather in Paris?"},
+]
 
 
 async def measure(model: str, repeats: int, max_tokens: int) -> dict[str, Any]:
@@ -50,15 +70,27 @@ async def measure(model: str, repeats: int, max_tokens: int) -> dict[str, Any]:
         for mode in ("none", "required", "auto"):
             runs = []
             for i in range(repeats + 1):
-                body = {"model": model, "messages": ASK, "tools": TOOLS, "tool_choice": mode,
-                        "max_tokens": max_tokens, "temperature": 0}  # fmt: skip
+                body = {
+                    "model": model,
+                    "messages": ASK,
+                    "tools": TOOLS,
+                    "tool_choice": mode,
+                    "max_tokens": max_tokens,
+                    "temperature": 0,
+                }
                 t0 = time.perf_counter()
                 reply = await gw.chat(body, {})
                 wall = time.perf_counter() - t0
                 r = reply.result
-                runs.append({"first": i == 0, "latency_s": r.latency_s, "wall_s": wall,
-                             "completion_tokens": r.completion_tokens,
-                             "tool_calls": len(reply.parsed.calls)})  # fmt: skip
+                runs.append(
+                    {
+                        "first": i == 0,
+                        "latency_s": r.latency_s,
+                        "wall_s": wall,
+                        "completion_tokens": r.completion_tokens,
+                        "tool_calls": len(reply.parsed.calls),
+                    }
+                )
             later = runs[1:]
             out[mode] = {
                 "first_latency_s": runs[0]["latency_s"],
@@ -66,9 +98,10 @@ async def measure(model: str, repeats: int, max_tokens: int) -> dict[str, Any]:
                 "median_wall_s": statistics.median(r["wall_s"] for r in later),
                 "median_latency_s": statistics.median(r["latency_s"] for r in later),
                 "median_ms_per_token": statistics.median(
-                    1000 * r["latency_s"] / max(1, r["completion_tokens"]) for r in later),
+                    1000 * r["latency_s"] / max(1, r["completion_tokens"]) for r in later
+                ),
                 "calls": runs,
-            }  # fmt: skip
+            }
     return out
 
 
@@ -88,8 +121,10 @@ def main(argv: list[str] | None = None) -> int:
         m = out[mode]
         first, median = m["first_wall_s"], m["median_wall_s"]
         per_token = m["median_ms_per_token"]
-        print(f"{mode:9s} first {first:.2f} s  median {median:.2f} s (gateway wall)  "
-              f"engine {per_token:.1f} ms/token")  # fmt: skip
+        print(
+            f"{mode:9s} first {first:.2f} s  median {median:.2f} s (gateway wall)  "
+            f"engine {per_token:.1f} ms/token"
+        )
     return 0
 
 

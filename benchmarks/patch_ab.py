@@ -81,8 +81,9 @@ def start_engine(
     from executor.models.resolve import resolve
 
     model_path = str(resolve(model))
-    cfg = ReplicaConfig(model=model, max_total_tokens=max_total_tokens,
-                        context_length=context_length, device="cpu")  # fmt: skip
+    cfg = ReplicaConfig(
+        model=model, max_total_tokens=max_total_tokens, context_length=context_length, device="cpu"
+    )
     kw = cfg.engine_kwargs(model_path, "cpu", free_port())
     kw.pop("model_path")
     if threads:
@@ -126,8 +127,13 @@ def _serve(conn: Any, overlay: str, model_path: str, kwargs: dict[str, Any]) -> 
             out = engine.generate(
                 input_ids=ids, sampling_params={"max_new_tokens": gen, "temperature": 0.0}
             )
-            conn.send((time.perf_counter() - t0, int(out["meta_info"]["cached_tokens"]),
-                       list(out["output_ids"])))  # fmt: skip
+            conn.send(
+                (
+                    time.perf_counter() - t0,
+                    int(out["meta_info"]["cached_tokens"]),
+                    list(out["output_ids"]),
+                )
+            )
     finally:
         engine.shutdown()
 
@@ -163,8 +169,9 @@ def main(argv: list[str] | None = None) -> int:
             variant, _, threads = spec.partition(":")
             file = work / f"{name}_{files[variant].name}"
             file.write_text(files[variant].read_text())
-            conn, proc = start_engine(file, args.model, 3 * longest + 1024,
-                                      max(longest + 512, 4096), threads)  # fmt: skip
+            conn, proc = start_engine(
+                file, args.model, 3 * longest + 1024, max(longest + 512, 4096), threads
+            )
             procs.append((conn, proc))
             conns[name] = conn
         vocab = 4000
@@ -191,10 +198,15 @@ def main(argv: list[str] | None = None) -> int:
                     outs[name] = o
                 same = same and outs["A"] == outs["B"]
             a, b = statistics.median(lat["A"]), statistics.median(lat["B"])
-            row = {"history_tokens": h, "new_tokens": args.new_tokens,
-                   "a_ms": round(1000 * a, 2), "b_ms": round(1000 * b, 2),
-                   "speedup": round(a / b, 2), "greedy_identical": same,
-                   "cached_min": min(cached["A"] + cached["B"])}  # fmt: skip
+            row = {
+                "history_tokens": h,
+                "new_tokens": args.new_tokens,
+                "a_ms": round(1000 * a, 2),
+                "b_ms": round(1000 * b, 2),
+                "speedup": round(a / b, 2),
+                "greedy_identical": same,
+                "cached_min": min(cached["A"] + cached["B"]),
+            }
             rows.append(row)
             print(json.dumps(row), file=sys.stderr)
     finally:

@@ -115,9 +115,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", type=Path, help="write the results here as JSON")
     parser.add_argument(
-        "--backends", nargs="+", default=list(ISOLATING_BACKENDS), choices=ISOLATING_BACKENDS,
+        "--backends",
+        nargs="+",
+        default=list(ISOLATING_BACKENDS),
+        choices=ISOLATING_BACKENDS,
         help="backends to measure (default: all isolating backends)",
-    )  # fmt: skip
+    )
     parser.add_argument("--repeats", type=int, default=50, help="execs per measurement")
     parser.add_argument("--ready-repeats", type=int, default=10, help="sandboxes opened per case")
     args = parser.parse_args(argv)

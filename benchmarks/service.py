@@ -54,10 +54,16 @@ async def wait_briefly(label: Literal["a", "b"]) -> str:
 
 # The same work for every task: 3 calls, 2 tool runs, then its step limit.
 load = Agent(
-    name="load", model="tiny", tools=[wait_briefly], tool_choice="required",
-    reset_tool_choice=False, answer_on_repeat=False, max_steps=3, max_answer_chars=12,
+    name="load",
+    model="tiny",
+    tools=[wait_briefly],
+    tool_choice="required",
+    reset_tool_choice=False,
+    answer_on_repeat=False,
+    max_steps=3,
+    max_answer_chars=12,
     sampling={"max_new_tokens": 32},
-)  # fmt: skip
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -97,17 +103,30 @@ class ServerProcess:
         self.log = workdir / "server.log"
         root = Path(__file__).resolve().parents[1]
         cmd = [
-            sys.executable, "-m", "executor", "serve", "--model", "tiny", "--port",
-            str(self.port), "--journal", str(self.journal), "--agents", "benchmarks.service",
-            "--max-active", str(max_active),
-            "--ray-address", ray.get_runtime_context().gcs_address,
+            sys.executable,
+            "-m",
+            "executor",
+            "serve",
+            "--model",
+            "tiny",
+            "--port",
+            str(self.port),
+            "--journal",
+            str(self.journal),
+            "--agents",
+            "benchmarks.service",
+            "--max-active",
+            str(max_active),
+            "--ray-address",
+            ray.get_runtime_context().gcs_address,
             *[a for rid in pool.ids for a in ("--replica-actor", pool.actor_name(rid))],
-        ]  # fmt: skip
+        ]
         path = os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])
         env = dict(os.environ, EXECUTOR_TOKEN=TOKEN, PYTHONPATH=path)
         with self.log.open("w") as out:
-            self.proc = subprocess.Popen(cmd, env=env, cwd=root, stdout=out,
-                                         stderr=subprocess.STDOUT)  # fmt: skip
+            self.proc = subprocess.Popen(
+                cmd, env=env, cwd=root, stdout=out, stderr=subprocess.STDOUT
+            )
 
     def wait_ready(self, timeout_s: float = 180) -> None:
         import httpx
@@ -117,8 +136,9 @@ class ServerProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"the server exited:\n{self.log.read_text()[-2000:]}")
             try:
-                r = httpx.get(f"{self.url}/readyz", timeout=5,
-                              headers={"Authorization": f"Bearer {TOKEN}"})  # fmt: skip
+                r = httpx.get(
+                    f"{self.url}/readyz", timeout=5, headers={"Authorization": f"Bearer {TOKEN}"}
+                )
                 if r.status_code == 200:
                     return
             except httpx.TransportError:
@@ -183,8 +203,9 @@ def wait_all(url: str, ids: set[str], timeout_s: float) -> None:
     import httpx
 
     deadline = time.monotonic() + timeout_s
-    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"},
-                      timeout=60) as http:  # fmt: skip
+    with httpx.Client(
+        base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60
+    ) as http:
         while time.monotonic() < deadline:
             page = http.get("/v1/tasks", params={"limit": 500}).json()["tasks"]
             ended = {t["task_id"] for t in page if t["status"] in ENDED}
@@ -194,8 +215,9 @@ def wait_all(url: str, ids: set[str], timeout_s: float) -> None:
     raise RuntimeError(f"{len(ids)} tasks did not all end in {timeout_s:.0f} s")
 
 
-def service_path(pool: Any, args: argparse.Namespace, workdir: Path,
-                 console: Console) -> dict[str, Any]:  # fmt: skip
+def service_path(
+    pool: Any, args: argparse.Namespace, workdir: Path, console: Console
+) -> dict[str, Any]:
     from executor.loop.journal import Journal
 
     server = ServerProcess(pool, workdir, args.max_active)
@@ -205,12 +227,16 @@ def service_path(pool: Any, args: argparse.Namespace, workdir: Path,
         memory.start()
         out: dict[str, Any] = {"submit_s": [], "accepted": [], "rejected": 0, "errors": []}
         lock = threading.Lock()
-        shares = [args.tasks // args.clients + (i < args.tasks % args.clients)
-                  for i in range(args.clients)]  # fmt: skip
+        shares = [
+            args.tasks // args.clients + (i < args.tasks % args.clients)
+            for i in range(args.clients)
+        ]
         console.print(f"service: {args.tasks} tasks from {args.clients} clients at once ...")
         started = time.time()
-        threads = [threading.Thread(target=client, args=(server.url, i, n, out, lock))
-                   for i, n in enumerate(shares)]  # fmt: skip
+        threads = [
+            threading.Thread(target=client, args=(server.url, i, n, out, lock))
+            for i, n in enumerate(shares)
+        ]
         for t in threads:
             t.start()
         for t in threads:
@@ -227,20 +253,23 @@ def service_path(pool: Any, args: argparse.Namespace, workdir: Path,
     latencies = [by_id[t]["updated_at"] - by_id[t]["created_at"] for t in out["accepted"]]
     makespan = max(by_id[t]["updated_at"] for t in out["accepted"]) - started
     return {
-        "accepted": len(out["accepted"]), "rejected_429": out["rejected"],
+        "accepted": len(out["accepted"]),
+        "rejected_429": out["rejected"],
         "errors": out["errors"],
         "submit_p50_s": quantile(out["submit_s"], 0.5),
         "submit_p99_s": quantile(out["submit_s"], 0.99),
         "all_submitted_s": round(submitted, 3),
-        "task_p50_s": quantile(latencies, 0.5), "task_p95_s": quantile(latencies, 0.95),
+        "task_p50_s": quantile(latencies, 0.5),
+        "task_p95_s": quantile(latencies, 0.95),
         "makespan_s": round(makespan, 3),
         "journal_once": len(rows) == len(by_id) == len(out["accepted"])
         and set(by_id) == set(out["accepted"]),
         "journal_all_ended": all(r["status"] in ENDED for r in rows),
         "statuses": dict(Counter(r["status"] for r in rows)),
-        "rss_ready_mb": round(memory.start_mb, 1), "rss_peak_mb": round(memory.peak_mb, 1),
+        "rss_ready_mb": round(memory.start_mb, 1),
+        "rss_peak_mb": round(memory.peak_mb, 1),
         "rss_end_mb": round(end_mb, 1),
-    }  # fmt: skip
+    }
 
 
 # -- the in-process path -----------------------------------------------------------
@@ -255,19 +284,23 @@ async def in_process(pool: Any, tasks: int, workdir: Path, console: Console) -> 
     await ex.start()
     try:
         started = time.monotonic()
-        results = await asyncio.gather(*(
-            ex.run(load, f"Task inproc-{i}: wait for the systems, then answer.")
-            for i in range(tasks)
-        ))  # fmt: skip
+        results = await asyncio.gather(
+            *(
+                ex.run(load, f"Task inproc-{i}: wait for the systems, then answer.")
+                for i in range(tasks)
+            )
+        )
         makespan = time.monotonic() - started
     finally:
         await ex.close()
     latencies = [r.latency_s for r in results]
     return {
-        "tasks": tasks, "task_p50_s": quantile(latencies, 0.5),
-        "task_p95_s": quantile(latencies, 0.95), "makespan_s": round(makespan, 3),
+        "tasks": tasks,
+        "task_p50_s": quantile(latencies, 0.5),
+        "task_p95_s": quantile(latencies, 0.95),
+        "makespan_s": round(makespan, 3),
         "statuses": dict(Counter(r.status for r in results)),
-    }  # fmt: skip
+    }
 
 
 def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
@@ -290,17 +323,20 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     }
     n = max(service["accepted"], 1)
     return {
-        "tasks": args.tasks, "clients": args.clients, "service": service, "in_process": inproc,
+        "tasks": args.tasks,
+        "clients": args.clients,
+        "service": service,
+        "in_process": inproc,
         "overhead": {
             "task_p50_s": round(service["task_p50_s"] - inproc["task_p50_s"], 4),
             "task_p50_ratio": round(service["task_p50_s"] / max(inproc["task_p50_s"], 1e-9), 3),
-            "makespan_per_task_s": round(
-                (service["makespan_s"] - inproc["makespan_s"]) / n, 4
-            ),
+            "makespan_per_task_s": round((service["makespan_s"] - inproc["makespan_s"]) / n, 4),
         },
-        "ok": service["journal_once"] and service["journal_all_ended"]
-        and not service["errors"] and service["accepted"] + service["rejected_429"] == args.tasks,
-    }  # fmt: skip
+        "ok": service["journal_once"]
+        and service["journal_all_ended"]
+        and not service["errors"]
+        and service["accepted"] + service["rejected_429"] == args.tasks,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

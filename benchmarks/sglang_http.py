@@ -82,10 +82,15 @@ def sglang_servers(
         for i in range(servers):
             port = free_port()
             log = open(log_dir / f"server{i}.log", "wb")  # noqa: SIM115 (the process keeps it)
-            procs.append(subprocess.Popen(
-                server_argv(config, port) + (extra or []), env=env, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True,
-            ))  # fmt: skip
+            procs.append(
+                subprocess.Popen(
+                    server_argv(config, port) + (extra or []),
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
             workers[f"s{i}"] = f"http://127.0.0.1:{port}"
         for (name, url), proc in zip(workers.items(), procs, strict=True):
             _wait_ready(f"{url}/health", proc, f"SGLang server {name}", 600)
@@ -98,24 +103,48 @@ def sglang_servers(
 def router_argv(port: int, workers: dict[str, str], policy: str, extra: list[str]) -> list[str]:
     # its Prometheus exporter gets a free port too: the default (29000) is taken by any
     # other router on the host, and the router then panics at start
-    return [sys.executable, "-m", "sglang_router.launch_router", "--host", "127.0.0.1",
-            "--port", str(port), "--policy", policy, *extra, "--worker-startup-check-interval",
-            "1", "--log-level", "warn", "--prometheus-host", "127.0.0.1",
-            "--prometheus-port", str(free_port()), "--worker-urls", *workers.values()]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "sglang_router.launch_router",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--policy",
+        policy,
+        *extra,
+        "--worker-startup-check-interval",
+        "1",
+        "--log-level",
+        "warn",
+        "--prometheus-host",
+        "127.0.0.1",
+        "--prometheus-port",
+        str(free_port()),
+        "--worker-urls",
+        *workers.values(),
+    ]
 
 
 @contextlib.contextmanager
 def sglang_router(
-    workers: dict[str, str], log_dir: Path, policy: str = "cache_aware",
+    workers: dict[str, str],
+    log_dir: Path,
+    policy: str = "cache_aware",
     extra: list[str] | None = None,
-) -> Iterator[str]:  # fmt: skip
+) -> Iterator[str]:
     """SGLang's router over running ``workers``; yield its URL; stop it at exit.
     ``extra``: more flags (``["--assignment-mode", "min_load"]`` with ``manual``)."""
     port = free_port()
     log_dir.mkdir(parents=True, exist_ok=True)
     log = open(log_dir / f"router-{policy}.log", "wb")  # noqa: SIM115
-    router = subprocess.Popen(router_argv(port, workers, policy, extra or []), stdout=log,
-                              stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    router = subprocess.Popen(
+        router_argv(port, workers, policy, extra or []),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         _wait_workers(url, router, len(workers))
@@ -130,8 +159,10 @@ def router_deployment(
 ) -> Iterator[tuple[str, dict[str, str]]]:
     """``servers`` SGLang HTTP servers and the router; yield the router's URL and the
     workers' URLs by name; stop them all at exit."""
-    with sglang_servers(config, servers, log_dir) as workers, \
-            sglang_router(workers, log_dir, policy) as url:  # fmt: skip
+    with (
+        sglang_servers(config, servers, log_dir) as workers,
+        sglang_router(workers, log_dir, policy) as url,
+    ):
         yield url, workers
 
 

@@ -193,10 +193,13 @@ def main(argv: list[str] | None = None) -> int:
     longest = max(args.history) + args.new_tokens
     extra = {k: json.loads(v) for k, v in (a.split("=", 1) for a in args.engine_arg)}
     config = ReplicaConfig(
-        model=args.model, max_total_tokens=2 * longest + 1024,
-        context_length=max(longest + 512, 4096), num_cpus=float(os.cpu_count() or 1),
-        device="cpu", engine_args=extra,
-    )  # fmt: skip
+        model=args.model,
+        max_total_tokens=2 * longest + 1024,
+        context_length=max(longest + 512, 4096),
+        num_cpus=float(os.cpu_count() or 1),
+        device="cpu",
+        engine_args=extra,
+    )
     torch.set_num_threads(config.threads())
     from executor.fleet.actor import free_port
 
@@ -222,10 +225,22 @@ def main(argv: list[str] | None = None) -> int:
             if not args.no_spy:
                 for label, pid in procs.items():
                     spies[label] = subprocess.Popen(
-                        [spy, "record", "--pid", str(pid), "--rate", str(args.rate),
-                         "--format", "raw", "--output", str(tmp / f"{pid}.txt"), "--nonblocking"],
-                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                    )  # fmt: skip
+                        [
+                            spy,
+                            "record",
+                            "--pid",
+                            str(pid),
+                            "--rate",
+                            str(args.rate),
+                            "--format",
+                            "raw",
+                            "--output",
+                            str(tmp / f"{pid}.txt"),
+                            "--nonblocking",
+                        ],
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )
                 time.sleep(1.5)  # py-spy attaches
             lat, cached = [], []
             for k in range(args.calls):

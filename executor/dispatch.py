@@ -162,22 +162,36 @@ class Dispatcher:
     # -- a task's lifecycle -------------------------------------------------------
 
     async def arrive(
-        self, task_id: str, agent: str, expected_calls: int, expected_history_tokens: int,
+        self,
+        task_id: str,
+        agent: str,
+        expected_calls: int,
+        expected_history_tokens: int,
         prompt_tokens: int = 0,
-    ) -> Grant:  # fmt: skip
+    ) -> Grant:
         """A new task (``prompt_tokens``: its first call's prompt, exactly)."""
         return await self._granted(
             task_id,
-            lambda t: self.send(TaskArrived(
-                t, task_id, agent, expected_calls, expected_history_tokens,
-                prompt_tokens=prompt_tokens,
-            )),
-        )  # fmt: skip
+            lambda t: self.send(
+                TaskArrived(
+                    t,
+                    task_id,
+                    agent,
+                    expected_calls,
+                    expected_history_tokens,
+                    prompt_tokens=prompt_tokens,
+                )
+            ),
+        )
 
     async def ready(
-        self, task_id: str, agent: str, expected_calls: int, expected_history_tokens: int,
+        self,
+        task_id: str,
+        agent: str,
+        expected_calls: int,
+        expected_history_tokens: int,
         prompt_tokens: int = 0,
-    ) -> Grant:  # fmt: skip
+    ) -> Grant:
         """The task's next call is ready: its first (or the first of a resumed task, or
         of one the core has forgotten), or a later one."""
         if self.core.task(task_id) is None:
@@ -230,10 +244,15 @@ class Dispatcher:
     ) -> None:
         self.send(
             CallFinished(
-                self.now(), task_id, replica_id, prompt_tokens, cached_tokens, output_tokens,
+                self.now(),
+                task_id,
+                replica_id,
+                prompt_tokens,
+                cached_tokens,
+                output_tokens,
                 latency_s,
             )
-        )  # fmt: skip
+        )
 
     def tool_started(self, task_id: str, tool: str) -> None:
         """A resumed task is unknown to the core until its next call: nothing to report."""

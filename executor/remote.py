@@ -50,8 +50,19 @@ def agent_spec(agent: Agent | str, registered: bool = False) -> str | dict[str, 
     if registered or any(t.name not in builtins for t in agent.tools):
         return agent.name  # the service must have it (its tools are code)
     d = agent.describe()
-    return {k: d[k] for k in ("name", "instructions", "tools", "max_steps", "sampling",
-                              "tool_choice", "max_answer_chars", "answer_hint")}  # fmt: skip
+    return {
+        k: d[k]
+        for k in (
+            "name",
+            "instructions",
+            "tools",
+            "max_steps",
+            "sampling",
+            "tool_choice",
+            "max_answer_chars",
+            "answer_hint",
+        )
+    }
 
 
 def to_result(view: dict[str, Any]) -> TaskResult:
@@ -62,8 +73,9 @@ def to_result(view: dict[str, Any]) -> TaskResult:
 
 
 class RemoteExecutor:
-    def __init__(self, url: str | None = None, token: str | None = None, *,
-                 timeout_s: float = 30.0) -> None:  # fmt: skip
+    def __init__(
+        self, url: str | None = None, token: str | None = None, *, timeout_s: float = 30.0
+    ) -> None:
         url = url or os.environ.get(URL_ENV)
         if not url:
             raise ExecutorError(f"no service URL: pass one or set ${URL_ENV}")
@@ -90,8 +102,14 @@ class RemoteExecutor:
             raise RemoteError(response.status_code, detail)
         return response.json()
 
-    def submit(self, agent: Agent | str, goal: str, *, max_steps: int | None = None,
-               idempotency_key: str | None = None) -> str:  # fmt: skip
+    def submit(
+        self,
+        agent: Agent | str,
+        goal: str,
+        *,
+        max_steps: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> str:
         body: dict[str, Any] = {"agent": agent_spec(agent), "goal": goal}
         if max_steps is not None:
             body["max_steps"] = max_steps
@@ -119,8 +137,9 @@ class RemoteExecutor:
     def cancel(self, task_id: str) -> str:
         return str(self._json(self._http.post(f"/v1/tasks/{task_id}/cancel"))["status"])
 
-    def stream(self, task_id: str, *, last_event_id: int | None = None,
-               reconnect_s: float = 120.0) -> Iterator[dict[str, Any]]:  # fmt: skip
+    def stream(
+        self, task_id: str, *, last_event_id: int | None = None, reconnect_s: float = 120.0
+    ) -> Iterator[dict[str, Any]]:
         """Every step (``{"event": "step", "id": seq, "data": ...}``), then the result;
         reconnects with ``Last-Event-ID`` when the connection breaks, so no step is missed
         or repeated."""
@@ -128,8 +147,12 @@ class RemoteExecutor:
         while True:
             headers = {"Last-Event-ID": str(last)} if last is not None else {}
             try:
-                with self._http.stream("GET", f"/v1/tasks/{task_id}/events", headers=headers,
-                                       timeout=httpx.Timeout(30.0, read=None)) as r:  # fmt: skip
+                with self._http.stream(
+                    "GET",
+                    f"/v1/tasks/{task_id}/events",
+                    headers=headers,
+                    timeout=httpx.Timeout(30.0, read=None),
+                ) as r:
                     if r.status_code >= 400:
                         r.read()
                         self._json(r)
@@ -165,7 +188,8 @@ def parse_sse(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
     return
 
 
-def run_remote(agent: Agent | str, goal: str, url: str | None = None,
-               token: str | None = None) -> TaskResult:  # fmt: skip
+def run_remote(
+    agent: Agent | str, goal: str, url: str | None = None, token: str | None = None
+) -> TaskResult:
     with RemoteExecutor(url, token) as ex:
         return ex.result(ex.submit(agent, goal))

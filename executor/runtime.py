@@ -65,8 +65,9 @@ class TaskHandle:
     def _cancelled(self) -> TaskResult:
         if self.driver is not None:
             return self.driver.result(Finish("failed", error="cancelled"), 0.0)
-        return TaskResult(task_id=self.task_id, agent="", goal="", status="failed",
-                          error="cancelled")  # fmt: skip
+        return TaskResult(
+            task_id=self.task_id, agent="", goal="", status="failed", error="cancelled"
+        )
 
     def done(self) -> bool:
         return self.future.done()
@@ -126,17 +127,19 @@ class Executor:
                 telemetry = Telemetry(c.telemetry) if c.telemetry else Telemetry.from_env()
                 opened.callback(telemetry.shutdown)
             if self.pool is None:
-                pool = ReplicaPool(c.replicas, c.replica_config(), address=c.address,
-                                   progress=c.progress)  # fmt: skip
+                pool = ReplicaPool(
+                    c.replicas, c.replica_config(), address=c.address, progress=c.progress
+                )
                 await asyncio.to_thread(pool.start)  # (a pool that fails to start stops itself)
                 opened.push_async_callback(self._stop_pool, pool)
                 self.pool = pool
             control = ControlChannel(journal.path)
             opened.callback(control.close)
             dispatcher = Dispatcher(
-                SchedulerCore(c.scheduler), replace_dead=c.heal,
+                SchedulerCore(c.scheduler),
+                replace_dead=c.heal,
                 retry_after_s=c.health.retry_after_s if c.health is not None else 0.0,
-            )  # fmt: skip
+            )
             fleet = Fleet(self.pool, dispatcher, heal=c.heal, health=c.health, control=control)
             opened.push_async_callback(fleet.close)
             for rid in c.replica_ids if c.replica_ids is not None else self.pool.ids:
@@ -144,10 +147,17 @@ class Executor:
             fleet.start()
             opened.pop_all()  # started: from now on, close() releases them
         self._services = Services(
-            model=self.model, dispatcher=dispatcher, replicas=fleet.replicas, chat=chat,
-            journal=journal, telemetry=telemetry, sandboxes=sandboxes, web=c.web,
-            on_step=self._on_step, kv_reserve_tokens=c.kv_reserve_tokens,
-        )  # fmt: skip
+            model=self.model,
+            dispatcher=dispatcher,
+            replicas=fleet.replicas,
+            chat=chat,
+            journal=journal,
+            telemetry=telemetry,
+            sandboxes=sandboxes,
+            web=c.web,
+            on_step=self._on_step,
+            kv_reserve_tokens=c.kv_reserve_tokens,
+        )
         self._fleet = fleet
         return self
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Idempotent: installs Debian's chromium for the planner page's headless test
-# (tests/test_plan_html.py) when /usr/bin/chromium is missing.
+# (tests/unit/planner/test_plan_html.py) when /usr/bin/chromium is missing.
 set -euo pipefail
 if [[ -x /usr/bin/chromium ]]; then
   exit 0

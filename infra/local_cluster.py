@@ -287,21 +287,39 @@ class LocalCluster:
     def _command(self, spec: NodeSpec) -> list[str]:
         ray_bin = str(Path(sys.executable).with_name("ray"))
         common = [
-            "--block", "--disable-usage-stats",
-            "--num-cpus", f"{spec.num_cpus:g}", "--num-gpus", f"{spec.num_gpus:g}",
-            "--object-store-memory", str(OBJECT_STORE_BYTES),
+            "--block",
+            "--disable-usage-stats",
+            "--num-cpus",
+            f"{spec.num_cpus:g}",
+            "--num-gpus",
+            f"{spec.num_gpus:g}",
+            "--object-store-memory",
+            str(OBJECT_STORE_BYTES),
             # Several nodes on one host: no fixed ports to collide on.
-            "--min-worker-port", "0", "--max-worker-port", "0",
-            "--dashboard-agent-listen-port", str(free_port()),
-            "--temp-dir", str(self.root / spec.name[-1]),  # short: "d" for head, "a", ...
-        ]  # fmt: skip
+            "--min-worker-port",
+            "0",
+            "--max-worker-port",
+            "0",
+            "--dashboard-agent-listen-port",
+            str(free_port()),
+            "--temp-dir",
+            str(self.root / spec.name[-1]),  # short: "d" for head, "a", ...
+        ]
         if spec.resources:
             common += ["--resources", json.dumps(spec.resources)]
         if spec.head:
             return [
-                ray_bin, "start", "--head", "--port", str(self.port), "--include-dashboard",
-                "false", "--ray-client-server-port", str(free_port()), *common,
-            ]  # fmt: skip
+                ray_bin,
+                "start",
+                "--head",
+                "--port",
+                str(self.port),
+                "--include-dashboard",
+                "false",
+                "--ray-client-server-port",
+                str(free_port()),
+                *common,
+            ]
         return [ray_bin, "start", "--address", self.address, *common]
 
     def _launch(self, name: str) -> None:
@@ -309,9 +327,13 @@ class LocalCluster:
         log = (self.root / f"{name}.log").open("ab")
         with log:
             proc = subprocess.Popen(
-                self._command(spec), env={**os.environ, **ENV}, stdin=subprocess.DEVNULL,
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
+                self._command(spec),
+                env={**os.environ, **ENV},
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self._procs[name] = proc
         spec.pgid = proc.pid
 

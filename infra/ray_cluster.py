@@ -40,9 +40,10 @@ DIR_ENV = "AEX_RAY_CLUSTER"
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m infra.ray_cluster", description=__doc__,
+        prog="python -m infra.ray_cluster",
+        description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
+    )
     sub = p.add_subparsers(dest="command", required=True)
     start = sub.add_parser("start", help="start a head and N worker nodes; print the export line")
     start.add_argument("--workers", type=int, default=2, help=f"1-{MAX_WORKERS} (default 2)")
@@ -81,9 +82,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "start":
             try:
                 cluster = LocalCluster(
-                    args.workers, head_cpus=args.head_cpus, worker_cpus=args.worker_cpus,
-                    worker_gpus=args.worker_gpus, port=args.port, root=args.dir,
-                )  # fmt: skip
+                    args.workers,
+                    head_cpus=args.head_cpus,
+                    worker_cpus=args.worker_cpus,
+                    worker_gpus=args.worker_gpus,
+                    port=args.port,
+                    root=args.dir,
+                )
             except ValueError as exc:
                 parser.error(str(exc))
             cluster.start(timeout_s=args.timeout)

@@ -246,9 +246,9 @@ def render(p: PlanInputs, result: dict[str, Any], mc: dict[str, Any] | None) -> 
     )
     if mc is not None and mc.get("task_p95_s") is not None:
         mc_note = (
-            f'simulator Monte-Carlo p95 at the inputs this page was written with: '
+            f"simulator Monte-Carlo p95 at the inputs this page was written with: "
             f'<b id="mc_p95_s" data-value="{mc["task_p95_s"]}">{mc["task_p95_s"]:.1f} s</b> '
-            f'({mc["tasks"]} simulated tasks; formula: {result["task_p95_s"]:.1f} s)'
+            f"({mc['tasks']} simulated tasks; formula: {result['task_p95_s']:.1f} s)"
         )
     else:
         mc_note = "simulator Monte-Carlo: not run (--no-mc)"

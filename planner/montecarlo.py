@@ -37,8 +37,10 @@ class MonteCarlo:
             return x if math.isfinite(x) else None
 
         return {
-            "tasks": self.tasks, "task_median_s": f(self.task_median_s),
-            "task_p95_s": f(self.task_p95_s), "task_p99_s": f(self.task_p99_s),
+            "tasks": self.tasks,
+            "task_median_s": f(self.task_median_s),
+            "task_p95_s": f(self.task_p95_s),
+            "task_p99_s": f(self.task_p99_s),
             "rejected": self.rejected,
         }
 
@@ -49,31 +51,48 @@ def simulate_plan(p: PlanInputs, tasks: int = 300, seed: int = 0) -> MonteCarlo:
     system, first = 0, max(1, min(p.new_tokens, p.history_tokens // 2))
     history = max(p.history_tokens, first + p.n_calls * out_median)
     workload = WorkloadSpec(
-        calls=p.n_calls, history_tokens=history, system_prompt_tokens=system,
-        first_message_tokens=first, output_tokens=out_median, output_p99_tokens=out_p99,
-        token_spread=0.0, tool_median_s=p.tool_s, tool_p99_s=p.tool_s, agents=1,
+        calls=p.n_calls,
+        history_tokens=history,
+        system_prompt_tokens=system,
+        first_message_tokens=first,
+        output_tokens=out_median,
+        output_p99_tokens=out_p99,
+        token_spread=0.0,
+        tool_median_s=p.tool_s,
+        tool_p99_s=p.tool_s,
+        agents=1,
         expect_margin=1.05,
     )
     engine = EngineSpec(
-        prefill_tokens_per_s=p.prefill_tok_s, decode_tokens_per_s=DECODE_TOK_S,
-        decode_batch_slowdown=0.0, kv_room_bytes=p.kv_room_gb * 1e9,
-        kv_bytes_per_token=p.kv_bytes_per_token, prefix_cache=p.cache,
+        prefill_tokens_per_s=p.prefill_tok_s,
+        decode_tokens_per_s=DECODE_TOK_S,
+        decode_batch_slowdown=0.0,
+        kv_room_bytes=p.kv_room_gb * 1e9,
+        kv_bytes_per_token=p.kv_bytes_per_token,
+        prefix_cache=p.cache,
     )
     task_s = p.n_calls * (p.call_median_s + p.tool_s) + 1.0
     replicas = 4
     rate = 1.0 / task_s  # about one task at a time in the whole fleet: no queueing
     duration = tasks / rate
     cfg = SimConfig(
-        replicas=replicas, rate=rate, duration_s=duration, warmup_s=0.0, drain_s=20 * task_s,
-        seed=seed, engine=engine, workload=workload,
+        replicas=replicas,
+        rate=rate,
+        duration_s=duration,
+        warmup_s=0.0,
+        drain_s=20 * task_s,
+        seed=seed,
+        engine=engine,
+        workload=workload,
         scheduler=SchedulerConfig(slo_s=p.slo_s, prefill_tokens_per_s=p.prefill_tok_s),
     )
     sim = Simulation(cfg, "ours")
     res = sim.run()
-    lat = [
-        st.finished - st.plan.arrival for st in sim.tasks.values() if st.finished is not None
-    ]
+    lat = [st.finished - st.plan.arrival for st in sim.tasks.values() if st.finished is not None]
     return MonteCarlo(
-        tasks=len(lat), task_median_s=percentile(lat, 50), task_p95_s=res.task_p95_s,
-        task_p99_s=res.task_p99_s, rejected=res.rejected,
+        tasks=len(lat),
+        task_median_s=percentile(lat, 50),
+        task_p95_s=res.task_p95_s,
+        task_p99_s=res.task_p99_s,
+        rejected=res.rejected,
     )

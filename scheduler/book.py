@@ -45,7 +45,9 @@ from scheduler.stats import WaitBook
 from scheduler.task import Task
 
 _PAUSES = (
-    ReleaseCause.TOOL_WAIT, ReleaseCause.WAITING_CAP, ReleaseCause.OVER_BUDGET,
+    ReleaseCause.TOOL_WAIT,
+    ReleaseCause.WAITING_CAP,
+    ReleaseCause.OVER_BUDGET,
     ReleaseCause.MAKE_ROOM,
 )
 _READY = TaskState.READY
@@ -70,10 +72,12 @@ class Book:
         c = config or SchedulerConfig()
         self.config = c
         self.admission = admission or (
-            UsageAdmission(c.kv_headroom, GrowthStats(c.growth_quantile,
-                                                      prior=c.growth_prior_tokens))
-            if c.reservation == "usage" else KVBudgetAdmission(c.kv_headroom)
-        )  # fmt: skip
+            UsageAdmission(
+                c.kv_headroom, GrowthStats(c.growth_quantile, prior=c.growth_prior_tokens)
+            )
+            if c.reservation == "usage"
+            else KVBudgetAdmission(c.kv_headroom)
+        )
         self.placement = placement or SpreadPlacement()
         self.ordering = ordering or EarliestDeadlineFirst()
         self.retention = retention or CostAwareRetention(
@@ -112,7 +116,8 @@ class Book:
             raise InvalidEvent(
                 f"{type(event).__name__} is invalid for task {task_id!r} in state "
                 f"{task.state.value}",
-                event=event, state=task.state,
+                event=event,
+                state=task.state,
             )
         return task
 
@@ -131,7 +136,8 @@ class Book:
         """Replicas existed, all are dead, and none is being started in their place:
         no call can ever be placed again."""
         return (
-            bool(self._replicas) and not self._replacing
+            bool(self._replicas)
+            and not self._replacing
             and all(r.state is _DEAD for r in self._replicas.values())
         )
 
@@ -276,8 +282,10 @@ class Book:
         need = self.admission.reservation(task)
         if self._budgets and need > self._max_budget():
             self._terminate(
-                task, TaskTrigger.FAIL,
-                f"history of {need} tokens exceeds every replica's KV budget", out,
+                task,
+                TaskTrigger.FAIL,
+                f"history of {need} tokens exceeds every replica's KV budget",
+                out,
             )
             return
         r = None if self._queue.queued_returning else self._choose(task, need)
@@ -396,8 +404,10 @@ class Book:
         elif state is TaskState.RUNNING and r is not None:
             r.running -= 1
         if task.kv_held:
-            cause = ReleaseCause.CANCELLED if trigger is TaskTrigger.CANCEL else (
-                ReleaseCause.TASK_FAILED
+            cause = (
+                ReleaseCause.CANCELLED
+                if trigger is TaskTrigger.CANCEL
+                else (ReleaseCause.TASK_FAILED)
             )
             self._release(task, cause, out)
         task.state = next_task_state(state, trigger)
@@ -419,8 +429,10 @@ class Book:
 
     def _no_replica_reason(self, task: Task) -> str:
         dead = task.dead_replica or task.last_replica
-        return f"replica {dead} died and no live replica is left" if dead else (
-            "no live replica is left"
+        return (
+            f"replica {dead} died and no live replica is left"
+            if dead
+            else ("no live replica is left")
         )
 
 

@@ -122,5 +122,6 @@ def v1(config: SchedulerConfig | None = None) -> SchedulerConfig:
     ``config``: the baseline v2 is measured against."""
     from dataclasses import replace
 
-    return replace(config or SchedulerConfig(), reservation="peak", max_pauses=None,
-                   pause_low_water=1.0)  # fmt: skip
+    return replace(
+        config or SchedulerConfig(), reservation="peak", max_pauses=None, pause_low_water=1.0
+    )

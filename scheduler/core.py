@@ -62,7 +62,7 @@ from scheduler.states import (
     next_replica_state,
     next_task_state,
 )
-from scheduler.stats import CoreStats, ReplicaKV, TaskWait
+from scheduler.stats import CoreStats
 from scheduler.task import Task, TaskView, task_view
 
 
@@ -77,9 +77,7 @@ class SchedulerCore(Book):
             raise InvalidEvent(f"not a scheduler event: {event!r}", event=event)
         t = event.time
         if t < self._now:
-            raise InvalidEvent(
-                f"time went backwards: {t} after {self._now}", event=event
-            )
+            raise InvalidEvent(f"time went backwards: {t} after {self._now}", event=event)
         out: list[Decision] = []
         before = self._now
         self._now = t
@@ -101,9 +99,13 @@ class SchedulerCore(Book):
         if self.config.work_conserving and len(self._queue):
             self._work_conserve(out)
         waiting = len(self._queue) > 0 or self._ready_calls > 0
-        self._waits.settle(waiting, waiting and any(
-            r.running == 0 and r.state is ReplicaState.ACTIVE for r in self._replicas.values()
-        ))
+        self._waits.settle(
+            waiting,
+            waiting
+            and any(
+                r.running == 0 and r.state is ReplicaState.ACTIVE for r in self._replicas.values()
+            ),
+        )
         return out
 
     def _dispatch_event(self, event: Event, out: list[Decision]) -> None:
@@ -172,29 +174,8 @@ class SchedulerCore(Book):
 
     def stats(self) -> CoreStats:
         """The counters the benchmarks report (see :mod:`scheduler.stats`)."""
-        w = self._waits
-        now = self._now
-        tasks = dict(w.ended)
-        for t in self._tasks.values():
-            adm, slot = t.admission_wait_s, t.slot_wait_s
-            if t.state is TaskState.QUEUED:
-                adm += now - t.queued_since
-            elif t.state is TaskState.READY:
-                slot += now - t.ready_since
-            tasks[t.id] = TaskWait(adm, slot, False)
-        replicas = {}
-        for r in self._replicas.values():
-            r.account(now)
-            span = now - r.booked_at if r.booked_at is not None else 0.0
-            mean = r.reserved_token_s / span if span > 0 else float(r.reserved)
-            replicas[r.id] = ReplicaKV(r.budget, r.reserved, mean, r.reserved_peak)
-        return CoreStats(
-            now=now, observed_s=w.last - w.first if w.first is not None else 0.0,
-            idle_while_waiting_s=w.idle_while_waiting_s, waiting_s=w.waiting_s,
-            tasks=tasks, replicas=replicas, counters=dict(w.counters),
-            prefill_tokens_per_s=self._prefill.tokens_per_s(),
-            drain_per_s=self._drain.per_s(),
-        )
+        rates = (self._prefill.tokens_per_s(), self._drain.per_s())
+        return self._waits.snapshot(self._now, self._tasks.values(), self._replicas.values(), rates)
 
     def check_invariants(self) -> None:
         """O(tasks + replicas) self-check for tests; raises AssertionError."""
@@ -225,10 +206,15 @@ class SchedulerCore(Book):
         need = self.admission.reservation(task)
         if self._budgets and need > self._max_budget():
             task.state = next_task_state(task.state, TaskTrigger.REJECT)
-            out.append(Reject(task.id, (
-                f"expected history of {need} tokens exceeds every replica's KV budget "
-                f"({self._max_budget()} tokens)"
-            )))
+            out.append(
+                Reject(
+                    task.id,
+                    (
+                        f"expected history of {need} tokens exceeds every replica's KV budget "
+                        f"({self._max_budget()} tokens)"
+                    ),
+                )
+            )
             return
         r = None if len(self._queue) else self.placement.choose(task, need, self._fleet)
         if r is not None:
@@ -240,9 +226,12 @@ class SchedulerCore(Book):
             return
         if self._queue.full():
             task.state = next_task_state(task.state, TaskTrigger.REJECT)
-            out.append(Reject(task.id, (
-                f"admission queue full ({self._queue.limit} tasks waiting for KV room)"
-            )))
+            out.append(
+                Reject(
+                    task.id,
+                    (f"admission queue full ({self._queue.limit} tasks waiting for KV room)"),
+                )
+            )
             return
         self._tasks[task.id] = task
         self._enqueue(task)
@@ -258,10 +247,16 @@ class SchedulerCore(Book):
             return False
         task.state = next_task_state(task.state, TaskTrigger.REJECT)
         self._waits.count("shed")
-        out.append(Reject(task.id, (
-            f"shed: predicted queue wait {wait:.1f} s exceeds the SLO ({slo:g} s; "
-            f"{len(self._queue)} tasks waiting)"
-        ), retry_after_s=max(1.0, wait - slo)))
+        out.append(
+            Reject(
+                task.id,
+                (
+                    f"shed: predicted queue wait {wait:.1f} s exceeds the SLO ({slo:g} s; "
+                    f"{len(self._queue)} tasks waiting)"
+                ),
+                retry_after_s=max(1.0, wait - slo),
+            )
+        )
         return True
 
     def _on_call_finished(self, e: CallFinished, out: list[Decision]) -> None:
@@ -269,10 +264,13 @@ class SchedulerCore(Book):
         if task.replica != e.replica_id:
             raise InvalidEvent(
                 f"task {e.task_id!r} runs on {task.replica!r}, not {e.replica_id!r}",
-                event=e, state=task.state,
+                event=e,
+                state=task.state,
             )
         if (
-            e.prompt_tokens < 0 or e.output_tokens < 0 or e.latency_s < 0
+            e.prompt_tokens < 0
+            or e.output_tokens < 0
+            or e.latency_s < 0
             or not 0 <= e.cached_tokens <= e.prompt_tokens
         ):
             raise InvalidEvent("token counts and latency must be >= 0, cached <= prompt", e)
@@ -301,13 +299,17 @@ class SchedulerCore(Book):
         if task.replica != e.replica_id:
             raise InvalidEvent(
                 f"task {e.task_id!r} runs on {task.replica!r}, not {e.replica_id!r}",
-                event=e, state=task.state,
+                event=e,
+                state=task.state,
             )
         task.retries += 1
         if task.retries > self.config.max_call_retries:
-            self._terminate(task, TaskTrigger.FAIL, (
-                f"call failed {task.retries} times on {e.replica_id}: {e.reason}"
-            ), out)
+            self._terminate(
+                task,
+                TaskTrigger.FAIL,
+                (f"call failed {task.retries} times on {e.replica_id}: {e.reason}"),
+                out,
+            )
             return
         r = self._replicas[e.replica_id]
         r.running -= 1
@@ -324,7 +326,8 @@ class SchedulerCore(Book):
         if self._on_draining(task):
             self._release(task, ReleaseCause.DRAINING, out)  # it moves at its tool wait
         elif (
-            task.kv_held and self._pausable(task)
+            task.kv_held
+            and self._pausable(task)
             and not self.retention.keep(task, expected, pressure)
         ):
             self._release(task, ReleaseCause.TOOL_WAIT, out)
@@ -380,11 +383,15 @@ class SchedulerCore(Book):
         r = self._replicas.get(e.replica_id)
         if r is None:
             rid = e.replica_id
-            r = Replica(rid, self._next_seq(), RunQueue(
-                lambda t, seq: (
-                    t.state is TaskState.READY and t.replica == rid and t.ready_seq == seq
-                )
-            ))
+            r = Replica(
+                rid,
+                self._next_seq(),
+                RunQueue(
+                    lambda t, seq: (
+                        t.state is TaskState.READY and t.replica == rid and t.ready_seq == seq
+                    )
+                ),
+            )
         state = next_replica_state(r.state, ReplicaTrigger.JOIN)
         self._replicas[r.id] = r
         if r.booked_at is None:
@@ -430,10 +437,15 @@ class SchedulerCore(Book):
             task.migrations += 1
         for task in lost:
             if not self.failover.may_migrate(task):
-                self._terminate(task, TaskTrigger.FAIL, (
-                    f"replica {r.id} died and the task reached its migration limit "
-                    f"({task.migrations - 1} migrations)"
-                ), out)
+                self._terminate(
+                    task,
+                    TaskTrigger.FAIL,
+                    (
+                        f"replica {r.id} died and the task reached its migration limit "
+                        f"({task.migrations - 1} migrations)"
+                    ),
+                    out,
+                )
             elif task.state in (TaskState.READY, TaskState.RUNNING):
                 self._place_or_queue(task, out)
             # TOOL / AWAITING: placed again (cold) when its next call is ready
@@ -449,6 +461,16 @@ class SchedulerCore(Book):
 
 
 _EVENT_TYPES = (
-    TaskArrived, CallFinished, CallFailed, ToolStarted, ToolFinished, NextCall, TaskFinished,
-    TaskCancelled, ReplicaJoined, ReplicaDraining, ReplicaDied, ReplacementFailed,
+    TaskArrived,
+    CallFinished,
+    CallFailed,
+    ToolStarted,
+    ToolFinished,
+    NextCall,
+    TaskFinished,
+    TaskCancelled,
+    ReplicaJoined,
+    ReplicaDraining,
+    ReplicaDied,
+    ReplacementFailed,
 )

@@ -36,8 +36,9 @@ class GrowthStats:
 
     __slots__ = ("_recent", "_sorted", "quantile", "window", "prior", "min_samples")
 
-    def __init__(self, quantile: float = 0.9, window: int = 256, prior: int = 1024,
-                 min_samples: int = 8) -> None:  # fmt: skip
+    def __init__(
+        self, quantile: float = 0.9, window: int = 256, prior: int = 1024, min_samples: int = 8
+    ) -> None:
         if not 0.0 < quantile <= 1.0 or window < 1 or prior < 0 or min_samples < 1:
             raise ValueError("need 0 < quantile <= 1, window >= 1, prior >= 0, min_samples >= 1")
         self._recent: dict[str, deque[int]] = {}

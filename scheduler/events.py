@@ -146,8 +146,14 @@ class ReplacementFailed:
 
 
 TaskEvent = (
-    TaskArrived | CallFinished | CallFailed | ToolStarted | ToolFinished | NextCall
-    | TaskFinished | TaskCancelled
+    TaskArrived
+    | CallFinished
+    | CallFailed
+    | ToolStarted
+    | ToolFinished
+    | NextCall
+    | TaskFinished
+    | TaskCancelled
 )
 ReplicaEvent = ReplicaJoined | ReplicaDraining | ReplicaDied | ReplacementFailed
 Event = TaskEvent | ReplicaEvent

@@ -13,16 +13,33 @@ from scheduler.task import Task
 
 def _waits_here(task: Task, replica_id: ReplicaId, tool_started: float) -> bool:
     return (
-        task.state is TaskState.TOOL and task.kv_held and task.replica == replica_id
+        task.state is TaskState.TOOL
+        and task.kv_held
+        and task.replica == replica_id
         and task.tool_started == tool_started
     )
 
 
 class Replica:
     __slots__ = (
-        "id", "state", "seq", "capacity", "budget", "reserved", "max_running", "running",
-        "run_queue", "pinned", "agents", "waiting_tokens", "_waiting_heap", "version",
-        "reserved_token_s", "reserved_at", "reserved_peak", "booked_at",
+        "id",
+        "state",
+        "seq",
+        "capacity",
+        "budget",
+        "reserved",
+        "max_running",
+        "running",
+        "run_queue",
+        "pinned",
+        "agents",
+        "waiting_tokens",
+        "_waiting_heap",
+        "version",
+        "reserved_token_s",
+        "reserved_at",
+        "reserved_peak",
+        "booked_at",
     )
 
     def __init__(self, replica_id: ReplicaId, seq: int, run_queue: RunQueue) -> None:
@@ -110,6 +127,14 @@ class ReplicaView:
 
 def replica_view(r: Replica) -> ReplicaView:
     return ReplicaView(
-        r.id, r.state, r.capacity, r.budget, r.reserved, r.waiting_tokens, r.running,
-        r.run_queue.live, r.max_running, len(r.pinned),
+        r.id,
+        r.state,
+        r.capacity,
+        r.budget,
+        r.reserved,
+        r.waiting_tokens,
+        r.running,
+        r.run_queue.live,
+        r.max_running,
+        len(r.pinned),
     )

@@ -16,9 +16,16 @@ core decided under pressure. Read them with ``SchedulerCore.stats()``.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from scheduler.events import ReplicaId, TaskId
+from scheduler.states import TaskState
+
+if TYPE_CHECKING:
+    from scheduler.replica import Replica
+    from scheduler.task import Task
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,8 +79,17 @@ class WaitBook:
     """Per-task grant waits of tasks that ended (the last ``limit`` of them; the live
     ones are read off the core's tasks), and the fleet-wide idle-while-waiting time."""
 
-    __slots__ = ("ended", "limit", "first", "last", "idle_while_waiting_s", "waiting_s",
-                 "_idle_and_waiting", "_waiting", "counters")  # fmt: skip
+    __slots__ = (
+        "ended",
+        "limit",
+        "first",
+        "last",
+        "idle_while_waiting_s",
+        "waiting_s",
+        "_idle_and_waiting",
+        "_waiting",
+        "counters",
+    )
 
     def __init__(self, limit: int) -> None:
         self.ended: OrderedDict[TaskId, TaskWait] = OrderedDict()
@@ -111,3 +127,38 @@ class WaitBook:
 
     def count(self, key: str, n: int = 1) -> None:
         self.counters[key] = self.counters.get(key, 0) + n
+
+    def snapshot(
+        self,
+        now: float,
+        live: Iterable[Task],
+        replicas: Iterable[Replica],
+        rates: tuple[float, float | None],
+    ) -> CoreStats:
+        """The stats at ``now``: the ended tasks' waits, the live ones' so far, each
+        replica's reservations; ``rates``: the learned prefill speed and drain rate."""
+        tasks = dict(self.ended)
+        for t in live:
+            adm, slot = t.admission_wait_s, t.slot_wait_s
+            if t.state is TaskState.QUEUED:
+                adm += now - t.queued_since
+            elif t.state is TaskState.READY:
+                slot += now - t.ready_since
+            tasks[t.id] = TaskWait(adm, slot, False)
+        kv = {}
+        for r in replicas:
+            r.account(now)
+            span = now - r.booked_at if r.booked_at is not None else 0.0
+            mean = r.reserved_token_s / span if span > 0 else float(r.reserved)
+            kv[r.id] = ReplicaKV(r.budget, r.reserved, mean, r.reserved_peak)
+        return CoreStats(
+            now=now,
+            observed_s=self.last - self.first if self.first is not None else 0.0,
+            idle_while_waiting_s=self.idle_while_waiting_s,
+            waiting_s=self.waiting_s,
+            tasks=tasks,
+            replicas=kv,
+            counters=dict(self.counters),
+            prefill_tokens_per_s=rates[0],
+            drain_per_s=rates[1],
+        )

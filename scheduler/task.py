@@ -11,16 +11,45 @@ from scheduler.states import TaskState
 
 class Task:
     __slots__ = (
-        "id", "agent", "state", "arrival", "deadline", "expected_calls", "expected_peak",
-        "replica", "last_replica", "kv_held", "reserved", "history", "calls_done",
-        "attained_s", "migrations", "retries", "tool", "tool_started", "expected_return",
-        "ready_seq", "ready_since", "cold", "lost_kv", "dead_replica", "prompt", "pauses",
-        "queued_since", "admission_wait_s", "slot_wait_s",
+        "id",
+        "agent",
+        "state",
+        "arrival",
+        "deadline",
+        "expected_calls",
+        "expected_peak",
+        "replica",
+        "last_replica",
+        "kv_held",
+        "reserved",
+        "history",
+        "calls_done",
+        "attained_s",
+        "migrations",
+        "retries",
+        "tool",
+        "tool_started",
+        "expected_return",
+        "ready_seq",
+        "ready_since",
+        "cold",
+        "lost_kv",
+        "dead_replica",
+        "prompt",
+        "pauses",
+        "queued_since",
+        "admission_wait_s",
+        "slot_wait_s",
     )
 
     def __init__(
-        self, task_id: TaskId, agent: str, arrival: float, deadline: float,
-        expected_calls: int, expected_peak: int,
+        self,
+        task_id: TaskId,
+        agent: str,
+        arrival: float,
+        deadline: float,
+        expected_calls: int,
+        expected_peak: int,
     ) -> None:
         self.id = task_id
         self.agent = agent

@@ -82,40 +82,79 @@ def parse_kill(text: str) -> tuple[float, int]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m sim", description=DESCRIPTION,
+        prog="python -m sim",
+        description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     g = p.add_argument_group("run")
     g.add_argument("--replicas", type=positive_int, default=8, help="fleet size (8)")
-    g.add_argument("--rate", type=positive_float, default=None,
-                   help="task arrivals per second (Poisson); default 0.19 x replicas")
-    g.add_argument("--tasks-per-hour", type=positive_float, default=None,
-                   help="the same load in tasks/hour (instead of --rate)")
-    g.add_argument("--duration", type=positive_float, default=900.0,
-                   help="seconds of arrivals (900)")
-    g.add_argument("--warmup", type=nonneg_float, default=200.0,
-                   help="tasks arriving before this are not measured (200)")
-    g.add_argument("--drain", type=nonneg_float, default=900.0,
-                   help="after the arrivals stop, wait at most this long (900)")
+    g.add_argument(
+        "--rate",
+        type=positive_float,
+        default=None,
+        help="task arrivals per second (Poisson); default 0.19 x replicas",
+    )
+    g.add_argument(
+        "--tasks-per-hour",
+        type=positive_float,
+        default=None,
+        help="the same load in tasks/hour (instead of --rate)",
+    )
+    g.add_argument(
+        "--duration", type=positive_float, default=900.0, help="seconds of arrivals (900)"
+    )
+    g.add_argument(
+        "--warmup",
+        type=nonneg_float,
+        default=200.0,
+        help="tasks arriving before this are not measured (200)",
+    )
+    g.add_argument(
+        "--drain",
+        type=nonneg_float,
+        default=900.0,
+        help="after the arrivals stop, wait at most this long (900)",
+    )
     g.add_argument("--seed", type=int, default=0, help="workload seed (0)")
-    g.add_argument("--policies", default="ours,cache_aware,round_robin",
-                   help=f"comma-separated, from: {', '.join(POLICIES)} "
-                        "(ours,cache_aware,round_robin)")
-    g.add_argument("--slo", type=positive_float, default=60.0,
-                   help="task p95 SLO in s: EDF deadlines, plot line, --sweep target (60)")
-    g.add_argument("--kill", type=parse_kill, action="append", default=[],
-                   metavar="TIME:INDEX", help="kill replica INDEX at TIME (repeatable)")
+    g.add_argument(
+        "--policies",
+        default="ours,cache_aware,round_robin",
+        help=f"comma-separated, from: {', '.join(POLICIES)} (ours,cache_aware,round_robin)",
+    )
+    g.add_argument(
+        "--slo",
+        type=positive_float,
+        default=60.0,
+        help="task p95 SLO in s: EDF deadlines, plot line, --sweep target (60)",
+    )
+    g.add_argument(
+        "--kill",
+        type=parse_kill,
+        action="append",
+        default=[],
+        metavar="TIME:INDEX",
+        help="kill replica INDEX at TIME (repeatable)",
+    )
     s = p.add_argument_group("sweep: the load where p95 reaches the SLO, per policy")
     s.add_argument("--sweep", action="store_true", help="bisect the rate instead of one run")
-    s.add_argument("--rate-min", type=positive_float, default=None,
-                   help="lowest rate tried (default 0.05 x replicas)")
-    s.add_argument("--rate-max", type=positive_float, default=None,
-                   help="highest rate tried (default 0.5 x replicas)")
+    s.add_argument(
+        "--rate-min",
+        type=positive_float,
+        default=None,
+        help="lowest rate tried (default 0.05 x replicas)",
+    )
+    s.add_argument(
+        "--rate-max",
+        type=positive_float,
+        default=None,
+        help="highest rate tried (default 0.5 x replicas)",
+    )
     s.add_argument("--sweep-iters", type=positive_int, default=7, help="bisection steps (7)")
     o = p.add_argument_group("output")
     o.add_argument("--json", type=Path, default=None, metavar="PATH", help="write results here")
-    o.add_argument("--plot", type=Path, default=None, metavar="PATH",
-                   help="write a PNG comparing the policies")
+    o.add_argument(
+        "--plot", type=Path, default=None, metavar="PATH", help="write a PNG comparing the policies"
+    )
     o.add_argument("--quiet", action="store_true", help="no progress on stderr")
     add_engine_args(p)
     add_workload_args(p)
@@ -126,8 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(a: argparse.Namespace, p: argparse.ArgumentParser) -> SimConfig:
     if a.rate is not None and a.tasks_per_hour is not None:
         p.error("give --rate or --tasks-per-hour, not both")
-    rate = a.rate if a.rate is not None else (
-        a.tasks_per_hour / 3600.0 if a.tasks_per_hour is not None else 0.19 * a.replicas
+    rate = (
+        a.rate
+        if a.rate is not None
+        else (a.tasks_per_hour / 3600.0 if a.tasks_per_hour is not None else 0.19 * a.replicas)
     )
     if a.warmup >= a.duration:
         p.error(f"--warmup ({a.warmup:g}) must be shorter than --duration ({a.duration:g})")
@@ -139,8 +180,14 @@ def config_from_args(a: argparse.Namespace, p: argparse.ArgumentParser) -> SimCo
     engine = engine_spec(a, p)
     try:
         return SimConfig(
-            replicas=a.replicas, rate=rate, duration_s=a.duration, warmup_s=a.warmup,
-            drain_s=a.drain, seed=a.seed, engine=engine, workload=workload_spec(a, p),
+            replicas=a.replicas,
+            rate=rate,
+            duration_s=a.duration,
+            warmup_s=a.warmup,
+            drain_s=a.drain,
+            seed=a.seed,
+            engine=engine,
+            workload=workload_spec(a, p),
             scheduler=scheduler_config(a, p, a.slo, engine.prefill_tokens_per_s),
             kills=tuple(a.kill),
         )
@@ -154,12 +201,16 @@ def _fmt(x: float) -> str:
 
 def print_table(results: list[SimResult]) -> None:
     cols: list[tuple[str, Callable[[SimResult], str]]] = [
-        ("policy", lambda r: r.policy), ("p50 s", lambda r: _fmt(r.task_p50_s)),
-        ("p95 s", lambda r: _fmt(r.task_p95_s)), ("p99 s", lambda r: _fmt(r.task_p99_s)),
+        ("policy", lambda r: r.policy),
+        ("p50 s", lambda r: _fmt(r.task_p50_s)),
+        ("p95 s", lambda r: _fmt(r.task_p95_s)),
+        ("p99 s", lambda r: _fmt(r.task_p99_s)),
         ("tasks/h", lambda r: f"{r.tasks_per_hour:,.0f}"),
-        ("util", lambda r: f"{r.utilization:.2f}"), ("KV occ", lambda r: f"{r.kv_occupancy:.2f}"),
+        ("util", lambda r: f"{r.utilization:.2f}"),
+        ("KV occ", lambda r: f"{r.kv_occupancy:.2f}"),
         ("re-prefill tok/task", lambda r: f"{r.reprefilled_tokens_per_task:,.0f}"),
-        ("rejects", lambda r: str(r.rejected)), ("unfinished", lambda r: str(r.unfinished)),
+        ("rejects", lambda r: str(r.rejected)),
+        ("unfinished", lambda r: str(r.unfinished)),
     ]
     rows = [[c[0] for c in cols]] + [[f(r) for _, f in cols] for r in results]
     widths = [max(len(row[i]) for row in rows) for i in range(len(cols))]
@@ -178,12 +229,16 @@ def main(argv: list[str] | None = None) -> int:
 
     def progress(policy: str, t: float, settled: int, live: int) -> None:
         if not a.quiet:
-            print(f"  [{policy}] sim t={t:,.0f}s settled={settled:,} live={live:,}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"  [{policy}] sim t={t:,.0f}s settled={settled:,} live={live:,}",
+                file=sys.stderr,
+                flush=True,
+            )
 
     meta: dict[str, Any] = {
-        "config": {k: v for k, v in asdict(replace(cfg, workload=replace(
-            cfg.workload, trace=()))).items()},  # a trace: its file, not its tasks
+        "config": {
+            k: v for k, v in asdict(replace(cfg, workload=replace(cfg.workload, trace=()))).items()
+        },  # a trace: its file, not its tasks
         "trace": str(a.trace) if a.trace is not None else None,
         "slo_s": a.slo,
         "kv_capacity_tokens_per_replica": cfg.engine.kv_capacity_tokens,
@@ -196,11 +251,16 @@ def main(argv: list[str] | None = None) -> int:
             p.error("--rate-min must be below --rate-max")
         sweeps: list[SweepResult] = []
         for pol in policies:
+
             def on_point(r: SimResult, pol: str = pol) -> None:
                 if not a.quiet:
-                    print(f"[{pol}] rate={r.rate_tasks_per_s:.3f}/s p95={_fmt(r.task_p95_s)}s "
-                          f"tasks/h={r.tasks_per_hour:,.0f} ({r.wall_s:.1f}s wall)",
-                          file=sys.stderr, flush=True)
+                    print(
+                        f"[{pol}] rate={r.rate_tasks_per_s:.3f}/s p95={_fmt(r.task_p95_s)}s "
+                        f"tasks/h={r.tasks_per_hour:,.0f} ({r.wall_s:.1f}s wall)",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+
             sweeps.append(sweep_policy(cfg, pol, a.slo, rmin, rmax, a.sweep_iters, on_point))
         print(f"load where task p95 reaches {a.slo:g}s ({a.replicas} replicas):")
         for s in sweeps:
@@ -208,9 +268,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {s.policy:12s} missed the SLO already at {rmin:g} tasks/s")
             else:
                 more = " (or more: met at --rate-max)" if s.bound == "above_max" else ""
-                print(f"  {s.policy:12s} {s.rate_at_slo:.3f} tasks/s = "
-                      f"{s.rate_at_slo * 3600:,.0f} tasks/h offered, "
-                      f"{s.tasks_per_hour_at_slo:,.0f} tasks/h done{more}")
+                print(
+                    f"  {s.policy:12s} {s.rate_at_slo:.3f} tasks/s = "
+                    f"{s.rate_at_slo * 3600:,.0f} tasks/h offered, "
+                    f"{s.tasks_per_hour_at_slo:,.0f} tasks/h done{more}"
+                )
         doc = {**meta, "sweep": [s.to_json() for s in sweeps]}
         if a.plot:
             from sim.plot import plot_sweep
@@ -220,8 +282,11 @@ def main(argv: list[str] | None = None) -> int:
         results = []
         for pol in policies:
             if not a.quiet:
-                print(f"running {pol} at {cfg.rate:.3f} tasks/s on {cfg.replicas} replicas",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"running {pol} at {cfg.rate:.3f} tasks/s on {cfg.replicas} replicas",
+                    file=sys.stderr,
+                    flush=True,
+                )
             results.append(Simulation(replace(cfg), pol, progress=progress).run())
         print_table(results)
         doc = {**meta, "results": [r.to_json() for r in results]}

@@ -74,7 +74,10 @@ class EngineStats:
 
 class SimEngine:
     def __init__(
-        self, replica_id: str, spec: EngineSpec, system_prompt_tokens: int = 0,
+        self,
+        replica_id: str,
+        spec: EngineSpec,
+        system_prompt_tokens: int = 0,
         program_fcfs: bool = False,
     ) -> None:
         self.id = replica_id

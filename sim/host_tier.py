@@ -37,8 +37,9 @@ def floats(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"want comma-separated numbers, got {text!r}") from None
 
 
-def run_point(base: SimConfig, policy: str, tool_median: float, host_gb: float,
-              gbps: float) -> dict[str, object]:  # fmt: skip
+def run_point(
+    base: SimConfig, policy: str, tool_median: float, host_gb: float, gbps: float
+) -> dict[str, object]:
     cfg = replace(
         base,
         engine=replace(base.engine, host_tier_bytes=host_gb * 1e9, host_tier_gbps=gbps),
@@ -48,25 +49,41 @@ def run_point(base: SimConfig, policy: str, tool_median: float, host_gb: float,
     r = sim.run()
     tasks = max(1, len(sim.tasks))
     return {
-        "policy": policy, "tool_median_s": tool_median, "host_gb": host_gb, "gbps": gbps,
-        "task_p50_s": r.task_p50_s, "task_p95_s": r.task_p95_s,
-        "tasks_per_hour": r.tasks_per_hour, "unfinished": r.unfinished,
+        "policy": policy,
+        "tool_median_s": tool_median,
+        "host_gb": host_gb,
+        "gbps": gbps,
+        "task_p50_s": r.task_p50_s,
+        "task_p95_s": r.task_p95_s,
+        "tasks_per_hour": r.tasks_per_hour,
+        "unfinished": r.unfinished,
         "reprefilled_tokens_per_task": r.reprefilled_tokens_per_task,
         "reloaded_tokens_per_task": sum(e.stats.reloaded_tokens for e in sim.engines.values())
         / tasks,
         "utilization": r.utilization,
-    }  # fmt: skip
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m sim.host_tier", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m sim.host_tier",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--replicas", type=positive_int, default=16)
     p.add_argument("--rate", type=positive_float, default=2.4, help="tasks/s (2.4)")
-    p.add_argument("--tool-medians", type=floats, default=[2.0, 8.0, 30.0],
-                   help="tool latency medians, s (p99 = 2 x median) (2,8,30)")
-    p.add_argument("--host-gb", type=floats, default=[0.0, 64.0, 256.0, 1024.0],
-                   help="host tier GB per replica (0,64,256,1024)")
+    p.add_argument(
+        "--tool-medians",
+        type=floats,
+        default=[2.0, 8.0, 30.0],
+        help="tool latency medians, s (p99 = 2 x median) (2,8,30)",
+    )
+    p.add_argument(
+        "--host-gb",
+        type=floats,
+        default=[0.0, 64.0, 256.0, 1024.0],
+        help="host tier GB per replica (0,64,256,1024)",
+    )
     p.add_argument("--gbps", type=positive_float, default=50.0, help="load bandwidth (50)")
     p.add_argument("--policies", default="ours,sticky")
     p.add_argument("--duration", type=positive_float, default=900.0)
@@ -77,31 +94,49 @@ def main(argv: list[str] | None = None) -> int:
     if any(x not in POLICIES for x in policies):
         p.error(f"unknown policy in {a.policies!r}; choose from {', '.join(POLICIES)}")
     engine = EngineSpec()
-    base = SimConfig(replicas=a.replicas, rate=a.rate, duration_s=a.duration, warmup_s=200.0,
-                     drain_s=900.0, seed=a.seed, engine=engine, workload=WorkloadSpec())
+    base = SimConfig(
+        replicas=a.replicas,
+        rate=a.rate,
+        duration_s=a.duration,
+        warmup_s=200.0,
+        drain_s=900.0,
+        seed=a.seed,
+        engine=engine,
+        workload=WorkloadSpec(),
+    )
     history = base.workload.history_tokens
-    print(f"one {history:,}-token history: recompute "
-          f"{history / engine.prefill_tokens_per_s:.2f} s, reload at {a.gbps:g} GB/s "
-          f"{replace(engine, host_tier_gbps=a.gbps).host_load_seconds(history):.2f} s; "
-          f"break-even bandwidth "
-          f"{engine.kv_bytes_per_token * engine.prefill_tokens_per_s / 1e9:.1f} GB/s")
+    print(
+        f"one {history:,}-token history: recompute "
+        f"{history / engine.prefill_tokens_per_s:.2f} s, reload at {a.gbps:g} GB/s "
+        f"{replace(engine, host_tier_gbps=a.gbps).host_load_seconds(history):.2f} s; "
+        f"break-even bandwidth "
+        f"{engine.kv_bytes_per_token * engine.prefill_tokens_per_s / 1e9:.1f} GB/s"
+    )
     rows = []
-    print("policy  tool median s  host GB  p50 s  p95 s  tasks/h  re-prefill tok/task  "
-          "reloaded tok/task  unfinished")
+    print(
+        "policy  tool median s  host GB  p50 s  p95 s  tasks/h  re-prefill tok/task  "
+        "reloaded tok/task  unfinished"
+    )
     for pol in policies:
         for tm in a.tool_medians:
             for gb in a.host_gb:
                 row = run_point(base, pol, tm, gb, a.gbps)
                 rows.append(row)
-                print(f"{pol:6s}  {tm:13g}  {gb:7g}  {row['task_p50_s']:5.1f}  "
-                      f"{row['task_p95_s']:5.1f}  {row['tasks_per_hour']:7,.0f}  "
-                      f"{row['reprefilled_tokens_per_task']:19,.0f}  "
-                      f"{row['reloaded_tokens_per_task']:17,.0f}  {row['unfinished']:10}",
-                      flush=True)  # fmt: skip
+                print(
+                    f"{pol:6s}  {tm:13g}  {gb:7g}  {row['task_p50_s']:5.1f}  "
+                    f"{row['task_p95_s']:5.1f}  {row['tasks_per_hour']:7,.0f}  "
+                    f"{row['reprefilled_tokens_per_task']:19,.0f}  "
+                    f"{row['reloaded_tokens_per_task']:17,.0f}  {row['unfinished']:10}",
+                    flush=True,
+                )
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps({"config": vars(a) | {"json": str(a.json)}, "rows": rows},
-                                     indent=2, default=str) + "\n")  # fmt: skip
+        a.json.write_text(
+            json.dumps(
+                {"config": vars(a) | {"json": str(a.json)}, "rows": rows}, indent=2, default=str
+            )
+            + "\n"
+        )
     return 0
 
 

@@ -113,9 +113,12 @@ class EngineSpec:
         if self.max_running_requests < 1:
             raise ValueError("max_running_requests must be >= 1")
         extra = (
-            self.prefill_attention_s, self.first_chunk_attention_s, self.decode_context_s,
-            self.call_overhead_s, self.host_contention,
-        )  # fmt: skip
+            self.prefill_attention_s,
+            self.first_chunk_attention_s,
+            self.decode_context_s,
+            self.call_overhead_s,
+            self.host_contention,
+        )
         if min(extra) < 0:
             raise ValueError("the attention, context, overhead and contention terms must be >= 0")
         if self.host_tier_bytes < 0 or self.host_tier_gbps <= 0:

@@ -35,7 +35,9 @@ def plot_comparison(results: list[SimResult], path: Path, slo_s: float | None = 
     ):
         axes[0].bar(
             [x + (i - 1) * width for x in xs],
-            [_finite(getattr(r, attr), cap) for r in results], width, label=label,
+            [_finite(getattr(r, attr), cap) for r in results],
+            width,
+            label=label,
         )
     if slo_s is not None:
         axes[0].axhline(slo_s, color="red", linestyle="--", linewidth=1, label=f"SLO {slo_s:g}s")
@@ -65,7 +67,8 @@ def plot_sweep(sweeps: list[SweepResult], path: Path) -> None:
         ax.plot(
             [p.rate_tasks_per_s * 3600 for p in pts],
             [min(_finite(p.task_p95_s, 10 * slo), 10 * slo) for p in pts],
-            marker="o", label=s.policy,
+            marker="o",
+            label=s.policy,
         )
     ax.axhline(slo, color="red", linestyle="--", linewidth=1, label=f"SLO {slo:g}s")
     ax.set_yscale("log")

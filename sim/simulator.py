@@ -40,7 +40,14 @@ from sim.workload import TaskPlan, WorkloadGenerator, WorkloadSpec
 
 DEFAULT_ORDERING = "edf"  # EDF and LAS gave the same p95 (README, "A simulated 64-replica fleet")
 POLICIES = (
-    "ours", "ours-v1", "ours-las", "ours-edf", "sticky", "thunderagent", "continuum", "cache_aware",
+    "ours",
+    "ours-v1",
+    "ours-las",
+    "ours-edf",
+    "sticky",
+    "thunderagent",
+    "continuum",
+    "cache_aware",
     "round_robin",
 )
 _ENDED = (ReleaseCause.TASK_DONE, ReleaseCause.TASK_FAILED, ReleaseCause.CANCELLED)
@@ -224,9 +231,13 @@ class Simulation:
             st = self.tasks[d.task_id]
             plan = st.plan
             call = SimCall(
-                task_id=d.task_id, agent=plan.agent,
-                prompt=st.history + plan.new_tokens[st.k], output=plan.output_tokens[st.k],
-                history_before=st.history, submitted=self._now, priority=plan.arrival,
+                task_id=d.task_id,
+                agent=plan.agent,
+                prompt=st.history + plan.new_tokens[st.k],
+                output=plan.output_tokens[st.k],
+                history_before=st.history,
+                submitted=self._now,
+                priority=plan.arrival,
             )
             st.in_flight = d.replica_id
             eng = self.engines[d.replica_id]
@@ -332,10 +343,16 @@ class Simulation:
                     self.tasks[plan.task_id] = st
                     if self._measured(st) and not cfg.concurrency:
                         self._outstanding += 1
-                    self._send(TaskArrived(
-                        t, plan.task_id, plan.agent, plan.calls, plan.expected_history,
-                        prompt_tokens=plan.new_tokens[0],
-                    ))
+                    self._send(
+                        TaskArrived(
+                            t,
+                            plan.task_id,
+                            plan.agent,
+                            plan.calls,
+                            plan.expected_history,
+                            prompt_tokens=plan.new_tokens[0],
+                        )
+                    )
                     if not cfg.concurrency and (nxt := self._next_plan()) is not None:
                         self._push(max(nxt.arrival, t), Arrival(nxt))
                 case Kill(replica_id=rid):
@@ -360,10 +377,17 @@ class Simulation:
     def _run_data(self) -> RunData:
         cfg = self.cfg
         return RunData(
-            policy=self.policy, rate=cfg.rate, replicas=cfg.replicas,
-            warmup_s=cfg.warmup_s, duration_s=cfg.duration_s, tasks=self.tasks.values(),
-            engines=[e.stats for e in self.engines.values()], snapshots=self.snapshots,
-            sim_time_s=self._now, events=self.events, rejects=self.rejects,
+            policy=self.policy,
+            rate=cfg.rate,
+            replicas=cfg.replicas,
+            warmup_s=cfg.warmup_s,
+            duration_s=cfg.duration_s,
+            tasks=self.tasks.values(),
+            engines=[e.stats for e in self.engines.values()],
+            snapshots=self.snapshots,
+            sim_time_s=self._now,
+            events=self.events,
+            rejects=self.rejects,
             core_stats=self.sched.stats() if isinstance(self.sched, SchedulerCore) else None,
         )
 
@@ -387,9 +411,11 @@ class Simulation:
         if st.first_start is None:
             st.first_start = call.started
         st.call_latencies.append(t - call.submitted)
-        self._send(CallFinished(
-            t, call.task_id, rid, call.prompt, call.cached, call.output, t - call.started
-        ))
+        self._send(
+            CallFinished(
+                t, call.task_id, rid, call.prompt, call.cached, call.output, t - call.started
+            )
+        )
         if st.k >= st.plan.calls:
             st.finished = t
             self._settle(st)

@@ -77,16 +77,21 @@ def _task(data: Any, n: int) -> tuple[TaskPlan, int]:
         tools.append(float(t))
     prefix = data.get("shared_prefix", 0)
     if isinstance(prefix, bool) or not isinstance(prefix, int) or not 0 <= prefix < new[0]:
-        raise ValueError(f"shared_prefix must be an integer in [0, steps[0].input), "
-                         f"not {prefix!r}")  # fmt: skip
+        raise ValueError(f"shared_prefix must be an integer in [0, steps[0].input), not {prefix!r}")
     agent = data.get("agent", "agent0")
     task_id = data.get("task_id", f"t{n}")
     if not isinstance(agent, str) or not agent or not isinstance(task_id, str) or not task_id:
         raise ValueError("agent and task_id must be non-empty strings")
     total = sum(new) + sum(out)
-    plan = TaskPlan(task_id=task_id, agent=agent, arrival=0.0, new_tokens=tuple(new),
-                    output_tokens=tuple(out), tool_s=tuple(tools[:-1]),
-                    expected_history=int(1.1 * total))  # fmt: skip
+    plan = TaskPlan(
+        task_id=task_id,
+        agent=agent,
+        arrival=0.0,
+        new_tokens=tuple(new),
+        output_tokens=tuple(out),
+        tool_s=tuple(tools[:-1]),
+        expected_history=int(1.1 * total),
+    )
     return plan, prefix
 
 
@@ -102,8 +107,10 @@ def parse_trace(lines: Iterable[str], source: str = "<trace>") -> Trace:
             if plan.task_id in seen:
                 raise ValueError(f"task_id {plan.task_id!r} is already on an earlier line")
             if prefix.setdefault(plan.agent, p) != p:
-                raise ValueError(f"agent {plan.agent!r} has shared_prefix {prefix[plan.agent]} "
-                                 f"on an earlier line, {p} here")  # fmt: skip
+                raise ValueError(
+                    f"agent {plan.agent!r} has shared_prefix {prefix[plan.agent]} "
+                    f"on an earlier line, {p} here"
+                )
         except ValueError as exc:  # json.JSONDecodeError is one
             raise TraceError(f"{source}:{n}: {exc}") from None
         seen.add(plan.task_id)
@@ -131,8 +138,12 @@ def trace_lines(plans: Iterable[TaskPlan], shared_prefix: dict[str, int]) -> lis
             if k < p.calls - 1:
                 step["tool_s"] = round(p.tool_s[k], 4)
             steps.append(step)
-        line = {"task_id": p.task_id, "agent": p.agent,
-                "shared_prefix": shared_prefix.get(p.agent, 0), "steps": steps}  # fmt: skip
+        line = {
+            "task_id": p.task_id,
+            "agent": p.agent,
+            "shared_prefix": shared_prefix.get(p.agent, 0),
+            "steps": steps,
+        }
         out.append(json.dumps(line))
     return out
 
@@ -154,8 +165,13 @@ def spec_of(trace: Trace) -> WorkloadSpec:
     median, p99 = statistics.median(tools), tools[min(len(tools) - 1, int(0.99 * len(tools)))]
     history = round(statistics.mean(sum(p.new_tokens) + sum(p.output_tokens) for p in plans))
     return WorkloadSpec(
-        calls=calls, history_tokens=max(history, first + calls * output),
-        system_prompt_tokens=system, first_message_tokens=max(1, first - system),
-        output_tokens=output, tool_median_s=median, tool_p99_s=max(p99, median),
-        agents=max(1, len(trace.shared_prefix)), trace=plans,
-    )  # fmt: skip
+        calls=calls,
+        history_tokens=max(history, first + calls * output),
+        system_prompt_tokens=system,
+        first_message_tokens=max(1, first - system),
+        output_tokens=output,
+        tool_median_s=median,
+        tool_p99_s=max(p99, median),
+        agents=max(1, len(trace.shared_prefix)),
+        trace=plans,
+    )

@@ -29,8 +29,16 @@ timeline, KV; the simulator's calibration per contestant.
     python -m benchmarks.e2e --json out/e2e.json
 """
 
-CONTESTANTS = ("ours", "ours_v1", "ours_release", "ours_core", "sticky_router", "sglang_router",
-               "round_robin", "no_cache")  # fmt: skip
+CONTESTANTS = (
+    "ours",
+    "ours_v1",
+    "ours_release",
+    "ours_core",
+    "sticky_router",
+    "sglang_router",
+    "round_robin",
+    "no_cache",
+)
 #: the contestants run at every load of the sweep
 EVERY_LOAD = ("ours", "sticky_router", "round_robin")
 #: the contestants of the open loop's rate sweep (``--open-loop``): a new one (the

@@ -54,9 +54,13 @@ SIM_POLICY = {
 
 
 async def measure_engine(
-    handle: ReplicaHandle, prompt_tokens: int = 4000, context_tokens: int = 3000,
-    batch: int = 4, chunk_tokens: int = CHUNK_TOKENS, repeats: int = 5,
-) -> dict[str, Any]:  # fmt: skip
+    handle: ReplicaHandle,
+    prompt_tokens: int = 4000,
+    context_tokens: int = 3000,
+    batch: int = 4,
+    chunk_tokens: int = CHUNK_TOKENS,
+    repeats: int = 5,
+) -> dict[str, Any]:
     """Timed probes of one replica, as the client sees them, and the simulator's
     engine terms fitted to them (:func:`fit_prefill`, :func:`fit_decode`):
 
@@ -77,15 +81,21 @@ async def measure_engine(
 
     async def seconds(prompts: list[list[int]], sampling: dict[str, Any]) -> float:
         t0 = time.perf_counter()
-        await asyncio.gather(*(
-            handle.agenerate({"input_ids": p, "sampling": sampling}) for p in prompts
-        ))  # fmt: skip
+        await asyncio.gather(
+            *(handle.agenerate({"input_ids": p, "sampling": sampling}) for p in prompts)
+        )
         return time.perf_counter() - t0
 
     p = prompt_tokens
     prefill: list[tuple[int, int, float]] = []  # (new tokens, prompt tokens, seconds)
-    for cached, new in ((0, p // 4), (0, p // 2), (0, p), (p // 4, p // 16),
-                        (p * 3 // 4, p // 16), (p * 3 // 4, p // 4)):  # fmt: skip
+    for cached, new in (
+        (0, p // 4),
+        (0, p // 2),
+        (0, p),
+        (p // 4, p // 16),
+        (p * 3 // 4, p // 16),
+        (p * 3 // 4, p // 4),
+    ):
         runs = []
         for _ in range(repeats):
             await handle.aflush_cache()
@@ -106,7 +116,7 @@ async def measure_engine(
             runs = [
                 (await seconds(prompts[:m], many) - await seconds(prompts[:m], one)) / steps
                 for _ in range(repeats)
-            ]  # fmt: skip
+            ]
             decode.append((m, ctx, round(max(1e-6, statistics.median(runs)), 6)))
     return {
         **fit_prefill(prefill, chunk_tokens),
@@ -147,9 +157,14 @@ def fit_decode(points: list[tuple[int, int, float]]) -> dict[str, float]:
 
 #: the engine terms of a measurement (the rest of it is its probes)
 RATE_KEYS = (
-    "call_overhead_s", "prefill_tokens_per_s", "first_chunk_attention_s", "prefill_attention_s",
-    "decode_tokens_per_s", "decode_batch_slowdown", "decode_context_s",
-)  # fmt: skip
+    "call_overhead_s",
+    "prefill_tokens_per_s",
+    "first_chunk_attention_s",
+    "prefill_attention_s",
+    "decode_tokens_per_s",
+    "decode_batch_slowdown",
+    "decode_context_s",
+)
 
 
 def mean_rates(per_replica: list[dict[str, Any]]) -> dict[str, float]:
@@ -164,14 +179,16 @@ def engine_spec(rates: dict[str, float], kv_tokens: int, cache: bool = True) -> 
         decode_tokens_per_s=rates["decode_tokens_per_s"],
         decode_batch_slowdown=rates["decode_batch_slowdown"],
         chunk_tokens=CHUNK_TOKENS,
-        kv_room_bytes=float(kv_tokens), kv_bytes_per_token=1,
-        max_running_requests=64, prefix_cache=cache,
+        kv_room_bytes=float(kv_tokens),
+        kv_bytes_per_token=1,
+        max_running_requests=64,
+        prefix_cache=cache,
         prefill_attention_s=rates.get("prefill_attention_s", 0.0),
         first_chunk_attention_s=rates.get("first_chunk_attention_s", 0.0),
         decode_context_s=rates.get("decode_context_s", 0.0),
         call_overhead_s=rates.get("call_overhead_s", 0.0),
         host_contention=rates.get("host_contention", 0.0),
-    )  # fmt: skip
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,8 +218,11 @@ def alone_calls(
     calls = [(c, t.task_id) for t in run.tasks for c in t.calls if c.replica_id != "?"]
     out = []
     for c, task_id in calls:
-        during = {o.replica_id for o, _ in calls
-                  if o is not c and o.started < c.ended and o.ended > c.started}  # fmt: skip
+        during = {
+            o.replica_id
+            for o, _ in calls
+            if o is not c and o.started < c.ended and o.ended > c.started
+        }
         if c.replica_id in during:
             continue
         new, prompt = c.prompt_tokens - c.cached_tokens, c.prompt_tokens
@@ -255,7 +275,7 @@ def engine_slowdown(
     return statistics.median(
         c.seconds / (1.0 + contention * c.others) / (p * c.prefill_s + d * c.decode_s)
         for c in calls
-    )  # fmt: skip
+    )
 
 
 def scaled(rates: dict[str, float], factor: float, decode: float | None = None) -> dict[str, float]:
@@ -265,18 +285,30 @@ def scaled(rates: dict[str, float], factor: float, decode: float | None = None) 
     out = dict(rates)
     for key, by in (("prefill_tokens_per_s", factor), ("decode_tokens_per_s", decode)):
         out[key] = rates[key] / by
-    for key, by in (("call_overhead_s", decode), ("first_chunk_attention_s", factor),
-                    ("prefill_attention_s", factor), ("decode_context_s", decode)):  # fmt: skip
+    for key, by in (
+        ("call_overhead_s", decode),
+        ("first_chunk_attention_s", factor),
+        ("prefill_attention_s", factor),
+        ("decode_context_s", decode),
+    ):
         if key in rates:
             out[key] = rates[key] * by
     return out
 
 
 def simulate(
-    contestant: str, run: RunTrace, workload: list[ReplayTask], spec: WorkloadSpec,
-    rates: dict[str, float], replicas: int, kv_tokens: int, scheduler: SchedulerConfig,
-    jitter_s: float = 0.0, seed: int = 0, concurrency: int | None = None,
-) -> dict[str, float]:  # fmt: skip
+    contestant: str,
+    run: RunTrace,
+    workload: list[ReplayTask],
+    spec: WorkloadSpec,
+    rates: dict[str, float],
+    replicas: int,
+    kv_tokens: int,
+    scheduler: SchedulerConfig,
+    jitter_s: float = 0.0,
+    seed: int = 0,
+    concurrency: int | None = None,
+) -> dict[str, float]:
     """The simulator on the run's tasks: each arrives when the real one started, and
     each tool takes as long as its real run did (the sandbox's start included),
     moved by up to ``jitter_s`` either way (uniform, seeded). With ``concurrency``,
@@ -289,8 +321,10 @@ def simulate(
     def tools(w: ReplayTask) -> tuple[float, ...]:
         measured = real[w.task_id].tools
         if len(measured) != len(w.plan.tool_s):
-            raise ValueError(f"{w.task_id}: the trace has {len(measured)} tool runs, "
-                             f"the plan {len(w.plan.tool_s)}")  # fmt: skip
+            raise ValueError(
+                f"{w.task_id}: the trace has {len(measured)} tool runs, "
+                f"the plan {len(w.plan.tool_s)}"
+            )
         return tuple(
             max(0.0, end - start + (rnd.uniform(-jitter_s, jitter_s) if jitter_s else 0.0))
             for start, end in measured
@@ -302,13 +336,19 @@ def simulate(
             for w in workload
         ),
         key=lambda p: p.arrival,
-    )  # fmt: skip
+    )
     engine = engine_spec(rates, kv_tokens, cache)
     cfg = SimConfig(
-        replicas=replicas, rate=1.0, duration_s=plans[-1].arrival + 1.0, warmup_s=0.0,
-        drain_s=3600.0, engine=engine, workload=spec, scheduler=scheduler,
+        replicas=replicas,
+        rate=1.0,
+        duration_s=plans[-1].arrival + 1.0,
+        warmup_s=0.0,
+        drain_s=3600.0,
+        engine=engine,
+        workload=spec,
+        scheduler=scheduler,
         concurrency=concurrency,
-    )  # fmt: skip
+    )
     sim = Simulation(cfg, policy, workload=plans)
     sim.run()
     ends = [(st.finished, st.plan.arrival) for st in sim.tasks.values() if st.finished is not None]
@@ -325,10 +365,17 @@ def simulate(
 
 
 def simulate_trials(
-    contestant: str, run: RunTrace, workload: list[ReplayTask], spec: WorkloadSpec,
-    rates: dict[str, float], replicas: int, kv_tokens: int, scheduler: SchedulerConfig,
-    trials: int = 9, jitter_s: float = 0.03,
-) -> dict[str, Any]:  # fmt: skip
+    contestant: str,
+    run: RunTrace,
+    workload: list[ReplayTask],
+    spec: WorkloadSpec,
+    rates: dict[str, float],
+    replicas: int,
+    kv_tokens: int,
+    scheduler: SchedulerConfig,
+    trials: int = 9,
+    jitter_s: float = 0.03,
+) -> dict[str, Any]:
     """:func:`simulate` once on the measured times and ``trials - 1`` times with the
     tools moved by up to ``jitter_s``: the median p50/p95 and their range.
 
@@ -336,10 +383,20 @@ def simulate_trials(
     overflow (which task's history is evicted first decides which replica
     falls behind), so one simulated trajectory is a noisy estimate of it."""
     runs = [
-        simulate(contestant, run, workload, spec, rates, replicas, kv_tokens, scheduler,
-                 jitter_s=jitter_s if i else 0.0, seed=i)
+        simulate(
+            contestant,
+            run,
+            workload,
+            spec,
+            rates,
+            replicas,
+            kv_tokens,
+            scheduler,
+            jitter_s=jitter_s if i else 0.0,
+            seed=i,
+        )
         for i in range(max(1, trials))
-    ]  # fmt: skip
+    ]
     out: dict[str, Any] = {"trials": len(runs), "jitter_s": jitter_s}
     for key in ("p50_s", "p95_s"):
         xs = [r[key] for r in runs]

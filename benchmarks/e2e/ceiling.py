@@ -44,9 +44,11 @@ def task_floor(task: ReplayTask, engine: EngineSpec) -> float:
 
 
 def ceiling(
-    workload: list[ReplayTask], engine: EngineSpec, replicas: int,
+    workload: list[ReplayTask],
+    engine: EngineSpec,
+    replicas: int,
     loads: list[int] | None = None,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """The ceiling's figures: the floors, the engine-time bound and, per closed-loop
     load, the latency bound and the lower of the two (``ceiling_per_hour`` alone:
     open loop, the engine-time bound)."""
@@ -58,7 +60,7 @@ def ceiling(
             "p50": round(statistics.median(floors), 2),
             "mean": round(statistics.mean(floors), 2),
             "max": round(max(floors), 2),
-        },  # fmt: skip
+        },
         "engine_s_per_task_mean": round(statistics.mean(engine_s), 3),
         "replicas": replicas,
         "engine_bound_per_hour": round(engine_bound, 1),
@@ -87,13 +89,15 @@ def measured_terms(
     contention = calib.fit_contention(calls)
     phases = calib.fit_phases(calls, contention)
     speed = calib.engine_slowdown(calls, contention, phases)
-    terms = calib.scaled({**rates, "host_contention": contention}, speed * phases[0],
-                         speed * phases[1])  # fmt: skip
+    terms = calib.scaled(
+        {**rates, "host_contention": contention}, speed * phases[0], speed * phases[1]
+    )
     basis = {
-        "calls_alone": len(calls), "host_contention": contention,
+        "calls_alone": len(calls),
+        "host_contention": contention,
         "prefill_slowdown": round(speed * phases[0], 3),
         "decode_slowdown": round(speed * phases[1], 3),
-    }  # fmt: skip
+    }
     return terms, basis
 
 

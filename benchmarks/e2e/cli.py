@@ -26,14 +26,27 @@ from benchmarks.e2e.openloop import QUICK_RATES, RATES, SLO_FLOOR_MULTIPLE
 from benchmarks.e2e.plan import build_workload, middle, schedule, workload_spec
 from benchmarks.e2e.workload import SCENARIOS
 
-__all__ = ["CONTESTANTS", "build_workload", "main", "middle", "parse_args", "schedule",
-           "workload_spec"]  # fmt: skip
+__all__ = [
+    "CONTESTANTS",
+    "build_workload",
+    "main",
+    "middle",
+    "parse_args",
+    "schedule",
+    "workload_spec",
+]
 
 #: --quick: a few tasks at one load, the product path against the core and the sticky
 #: router and round robin (under 5 minutes here)
-QUICK = {"tasks": 4, "concurrency": [4], "calls": 6, "calls_spread": 0.0, "history_tokens": 2000,
-         "contestants": ["ours", "ours_core", "sticky_router", "round_robin"],
-         "probe_repeats": 1}  # fmt: skip
+QUICK = {
+    "tasks": 4,
+    "concurrency": [4],
+    "calls": 6,
+    "calls_spread": 0.0,
+    "history_tokens": 2000,
+    "contestants": ["ours", "ours_core", "sticky_router", "round_robin"],
+    "probe_repeats": 1,
+}
 #: --quick --open-loop: the same few short tasks, the open loop's contestants, three rates
 QUICK_OPEN = {"contestants": list(OPEN_LOOP), "open_rates": list(QUICK_RATES)}
 
@@ -68,11 +81,13 @@ def _rates(text: str) -> list[int]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m benchmarks.e2e", description=package_doc,
+        prog="python -m benchmarks.e2e",
+        description=package_doc,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
-    p.add_argument("--scenario", choices=SCENARIOS, default="default",
-                   help="workload shape (default: default)")  # fmt: skip
+    )
+    p.add_argument(
+        "--scenario", choices=SCENARIOS, default="default", help="workload shape (default: default)"
+    )
     # 12 tasks at 4/8/12 at once: the sweep of 14 runs fits 45 minutes on 2 cores
     # (16 tasks at 6/12/18 took 65 minutes on a loaded host and was not done)
     p.add_argument(
@@ -81,20 +96,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="tasks per run (default: 12; with --trace, the trace's)",
     )
-    p.add_argument("--trace", default=None, metavar="FILE",
-                   help="the tasks of an agent trace (JSONL, one task per line: per step "
-                   "the new input tokens, output tokens and tool seconds; "
-                   "docs/benchmarks-e2e.md) instead of a scenario")  # fmt: skip
-    p.add_argument("--concurrency", type=_loads, default=[4, 8, 12],
-                   help="the load sweep, tasks at once (default: 4,8,12; "
-                   f"{', '.join(EVERY_LOAD)} at every load, the others at the middle one)",
-    )  # fmt: skip
+    p.add_argument(
+        "--trace",
+        default=None,
+        metavar="FILE",
+        help="the tasks of an agent trace (JSONL, one task per line: per step "
+        "the new input tokens, output tokens and tool seconds; "
+        "docs/benchmarks-e2e.md) instead of a scenario",
+    )
+    p.add_argument(
+        "--concurrency",
+        type=_loads,
+        default=[4, 8, 12],
+        help="the load sweep, tasks at once (default: 4,8,12; "
+        f"{', '.join(EVERY_LOAD)} at every load, the others at the middle one)",
+    )
     p.add_argument("--replicas", type=int, default=2, help="engine replicas (default: 2)")
     p.add_argument("--model", default="tiny", help="registered model (default: tiny)")
-    p.add_argument("--contestants", type=_names, default=None,
-                   help=f"comma-separated among {', '.join(CONTESTANTS)} (default: all; "
-                   f"open loop: {', '.join(OPEN_LOOP)})",
-    )  # fmt: skip
+    p.add_argument(
+        "--contestants",
+        type=_names,
+        default=None,
+        help=f"comma-separated among {', '.join(CONTESTANTS)} (default: all; "
+        f"open loop: {', '.join(OPEN_LOOP)})",
+    )
     o = p.add_argument_group("open loop (seeded Poisson arrivals; the knee per contestant)")
     o.add_argument(
         "--open-loop",
@@ -112,49 +137,86 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="one open-loop run of each contestant at R tasks/hour",
     )
     o.add_argument("--rates", type=_rates, default=None, help="the open loop's grid, tasks/hour")
-    o.add_argument("--slo-s", type=float, default=None,
-                   help=f"task p95 SLO (default: {SLO_FLOOR_MULTIPLE:g} x the workload's "
-                   "median task floor at the probes' engine speed)")  # fmt: skip
-    p.add_argument("--quick", action="store_true",
-                   help="CI size: " + ", ".join(f"{k}={v}" for k, v in QUICK.items()))  # fmt: skip
+    o.add_argument(
+        "--slo-s",
+        type=float,
+        default=None,
+        help=f"task p95 SLO (default: {SLO_FLOOR_MULTIPLE:g} x the workload's "
+        "median task floor at the probes' engine speed)",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="CI size: " + ", ".join(f"{k}={v}" for k, v in QUICK.items()),
+    )
     w = p.add_argument_group("workload (scenario default)")
     w.add_argument("--calls", type=int, default=20, help="mean calls per task (default: 20)")
-    w.add_argument("--calls-spread", type=float, default=0.5,
-                   help="calls uniform in calls x [1-s, 1+s] (default: 0.5: 10-30)")  # fmt: skip
-    w.add_argument("--history-tokens", type=int, default=6000,
-                   help="mean final history per task (default: 6000)")  # fmt: skip
+    w.add_argument(
+        "--calls-spread",
+        type=float,
+        default=0.5,
+        help="calls uniform in calls x [1-s, 1+s] (default: 0.5: 10-30)",
+    )
+    w.add_argument(
+        "--history-tokens",
+        type=int,
+        default=6000,
+        help="mean final history per task (default: 6000)",
+    )
     w.add_argument("--system-tokens", type=int, default=600, help="shared system prompt")
     w.add_argument("--first-tokens", type=int, default=200, help="task's first message")
     w.add_argument("--output-tokens", type=int, default=24, help="mean output per call")
     w.add_argument("--tool-median", type=float, default=0.3, help="tool latency median (s)")
     w.add_argument("--tool-p99", type=float, default=2.0, help="tool latency p99 (s)")
     w.add_argument("--agents", type=int, default=2, help="agents (system prompts)")
-    p.add_argument("--max-total-tokens", type=int, default=None,
-                   help="KV pool per replica in tokens (default: 16384 for the default "
-                   "scenario, 32768 for heavy_tail, swe_agent and traces)")  # fmt: skip
+    p.add_argument(
+        "--max-total-tokens",
+        type=int,
+        default=None,
+        help="KV pool per replica in tokens (default: 16384 for the default "
+        "scenario, 32768 for heavy_tail, swe_agent and traces)",
+    )
     p.add_argument("--sandbox", default="bwrap", help="sandbox backend of the tools")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--probe-repeats", type=int, default=3,
-                   help="each engine probe is the median of this many (default: 3)")  # fmt: skip
-    p.add_argument("--json", type=Path, default=None, help="write the report here (and PNGs)")
-    p.add_argument("--save-trace", type=Path, default=None, metavar="FILE",
-                   help="write the workload's tasks as a trace and stop (no engines): "
-                   "`python -m sim --trace FILE` simulates the same tasks")  # fmt: skip
     p.add_argument(
-        "--calibrate", type=Path, default=None, metavar="REPORT",
+        "--probe-repeats",
+        type=int,
+        default=3,
+        help="each engine probe is the median of this many (default: 3)",
+    )
+    p.add_argument("--json", type=Path, default=None, help="write the report here (and PNGs)")
+    p.add_argument(
+        "--save-trace",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="write the workload's tasks as a trace and stop (no engines): "
+        "`python -m sim --trace FILE` simulates the same tasks",
+    )
+    p.add_argument(
+        "--calibrate",
+        type=Path,
+        default=None,
+        metavar="REPORT",
         help="only redo the calibration from a saved report's traces (no engines); "
         "with --json, write the report with it there",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--finish", type=Path, default=None, metavar="PARTIAL",
+        "--finish",
+        type=Path,
+        default=None,
+        metavar="PARTIAL",
         help="write the report of a sweep that did not (killed, or its report failed) "
         "from its <json>.partial.jsonl, no engines; give the sweep's own settings",
-    )  # fmt: skip
+    )
     args = p.parse_args(argv)
     if args.quick:
         for key, value in QUICK.items():
-            setattr(args, key, value if key != "contestants" or args.contestants is None
-                    else args.contestants)  # fmt: skip
+            setattr(
+                args,
+                key,
+                value if key != "contestants" or args.contestants is None else args.contestants,
+            )
     args.open_rates = None
     if args.arrival_rate is not None or args.open_loop or args.rates:
         if args.arrival_rate is not None and args.arrival_rate < 1:
@@ -191,8 +253,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def brief(report: dict[str, Any]) -> dict[str, Any]:
     """The report without its traces and time series (what is printed)."""
     out = {k: v for k, v in report.items() if k not in ("traces", "plans", "contestants", "sweep")}
-    out["contestants"] = {n: {k: v for k, v in s.items() if k != "kv_occupancy"}
-                          for n, s in report["contestants"].items()}  # fmt: skip
+    out["contestants"] = {
+        n: {k: v for k, v in s.items() if k != "kv_occupancy"}
+        for n, s in report["contestants"].items()
+    }
     out["sweep"] = report.get("sweep", [])
     return out
 
@@ -241,8 +305,12 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     runs = report.pop("_runs")
     if "knees" in report:  # open loop
-        print(json.dumps({k: v for k, v in report.items()
-                          if k not in ("traces", "plans", "points")}, indent=2))  # fmt: skip
+        print(
+            json.dumps(
+                {k: v for k, v in report.items() if k not in ("traces", "plans", "points")},
+                indent=2,
+            )
+        )
         print(report["knees_table"])
     else:
         print(json.dumps(brief(report), indent=2))
@@ -255,7 +323,11 @@ def main(argv: list[str] | None = None) -> int:
             plot_timeline(runs, Path(f"{stem}_timeline.png"))
             plot_kv(runs, Path(f"{stem}_kv.png"))
         if "knees" in report:
-            plot_knees(report["points"], report["open_loop"]["slo_s"], report["ceiling_per_hour"],
-                       Path(f"{stem}_knees.png"))  # fmt: skip
+            plot_knees(
+                report["points"],
+                report["open_loop"]["slo_s"],
+                report["ceiling_per_hour"],
+                Path(f"{stem}_knees.png"),
+            )
         console.print(f"wrote {args.json} and its PNGs")
     return 0

@@ -49,8 +49,11 @@ def sampling(out: int, reply_schema: str | None = None) -> dict[str, Any]:
     """``out`` tokens of free text; with ``reply_schema``, the reply the grammar allows
     (greedy: the executor's reply again, the same length), as the executor decodes."""
     if reply_schema is not None:
-        return {"max_new_tokens": max(out, MAX_REPLY_TOKENS), "temperature": 0.0,
-                "json_schema": reply_schema}  # fmt: skip
+        return {
+            "max_new_tokens": max(out, MAX_REPLY_TOKENS),
+            "temperature": 0.0,
+            "json_schema": reply_schema,
+        }
     return {"max_new_tokens": out, "ignore_eos": True, "temperature": 0.0}
 
 
@@ -92,20 +95,28 @@ class Ours:
     async def call(self, task: ReplayTask, k: int, ids: list[int], out: int) -> CallResult:
         d, plan = self.dispatcher, task.plan
         if k == 0:
-            grant = await d.arrive(task.task_id, plan.agent, plan.calls, plan.expected_history,
-                                   prompt_tokens=len(ids))  # fmt: skip
+            grant = await d.arrive(
+                task.task_id, plan.agent, plan.calls, plan.expected_history, prompt_tokens=len(ids)
+            )
         else:
             grant = await d.next_call(task.task_id)
         r = await generate(self.replicas[grant.replica_id], task, k, ids, out)
         d.call_finished(
-            task.task_id, r.replica_id, prompt_tokens=r.prompt_tokens,
-            cached_tokens=r.cached_tokens, output_tokens=len(r.output_ids),
+            task.task_id,
+            r.replica_id,
+            prompt_tokens=r.prompt_tokens,
+            cached_tokens=r.cached_tokens,
+            output_tokens=len(r.output_ids),
             latency_s=r.latency_s,
-        )  # fmt: skip
+        )
         return CallResult(
-            r.replica_id, r.output_ids, r.prompt_tokens, r.cached_tokens, r.latency_s,
+            r.replica_id,
+            r.output_ids,
+            r.prompt_tokens,
+            r.cached_tokens,
+            r.latency_s,
             grant.waited_s,
-        )  # fmt: skip
+        )
 
     def tool_started(self, task_id: str) -> None:
         self.dispatcher.tool_started(task_id, "shell")
@@ -168,8 +179,9 @@ class SGLangRouter:
         body = {"input_ids": ids, "sampling_params": sampling(out, task.reply_schema), "rid": rid}
         loop = asyncio.get_running_loop()
         t0 = loop.time()
-        resp = await self._client.post(f"{self.url}/generate", json=body,
-                                       headers=self.headers(task))  # fmt: skip
+        resp = await self._client.post(
+            f"{self.url}/generate", json=body, headers=self.headers(task)
+        )
         latency = loop.time() - t0
         resp.raise_for_status()
         data = resp.json()

@@ -92,11 +92,21 @@ def knee(points: list[dict[str, Any]]) -> dict[str, Any]:
         best = p
     if best is None:
         first = ordered[0] if ordered else {}
-        return {"rate_per_hour": 0.0, "goodput_per_hour": 0.0, "p95_s": first.get("p95_s"),
-                "shed": first.get("shed", 0), "bound": "below_grid"}  # fmt: skip
+        return {
+            "rate_per_hour": 0.0,
+            "goodput_per_hour": 0.0,
+            "p95_s": first.get("p95_s"),
+            "shed": first.get("shed", 0),
+            "bound": "below_grid",
+        }
     bound = "above_grid" if best is ordered[-1] else "bracketed"
-    return {"rate_per_hour": best["rate_per_hour"], "goodput_per_hour": best["goodput_per_hour"],
-            "p95_s": best["p95_s"], "shed": best["shed"], "bound": bound}  # fmt: skip
+    return {
+        "rate_per_hour": best["rate_per_hour"],
+        "goodput_per_hour": best["goodput_per_hour"],
+        "p95_s": best["p95_s"],
+        "shed": best["shed"],
+        "bound": bound,
+    }
 
 
 def knees(
@@ -109,21 +119,26 @@ def knees(
     out = {}
     for name, points in sorted(by_name.items()):
         k = knee(points)
-        k["ceiling_share"] = (round(k["goodput_per_hour"] / ceiling_per_hour, 3)
-                              if ceiling_per_hour else None)  # fmt: skip
+        k["ceiling_share"] = (
+            round(k["goodput_per_hour"] / ceiling_per_hour, 3) if ceiling_per_hour else None
+        )
         out[name] = k
     return out
 
 
 def table(knees_: dict[str, dict[str, Any]], ceiling_per_hour: float | None) -> str:
     """The knees as a Markdown table."""
-    lines = ["| contestant | knee (tasks/h) | goodput (tasks/h) | share of ceiling | p95 | shed |",
-             "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    lines = [
+        "| contestant | knee (tasks/h) | goodput (tasks/h) | share of ceiling | p95 | shed |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for name, k in knees_.items():
         share = "" if k["ceiling_share"] is None else f"{k['ceiling_share']:.0%}"
         more = "+" if k["bound"] == "above_grid" else ""
-        lines.append(f"| {name} | {k['rate_per_hour']:g}{more} | {k['goodput_per_hour']:g} | "
-                     f"{share} | {k['p95_s']} s | {k['shed']} |")  # fmt: skip
+        lines.append(
+            f"| {name} | {k['rate_per_hour']:g}{more} | {k['goodput_per_hour']:g} | "
+            f"{share} | {k['p95_s']} s | {k['shed']} |"
+        )
     if ceiling_per_hour:
         lines.append(f"\nceiling: {ceiling_per_hour:g} tasks/hour")
     return "\n".join(lines)

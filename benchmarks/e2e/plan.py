@@ -17,8 +17,12 @@ def middle(loads: list[int]) -> int:
 def schedule(contestants: list[str], loads: list[int]) -> list[tuple[str, int]]:
     """(contestant, load) runs: those of EVERY_LOAD at each load, the rest at the middle."""
     mid = middle(loads)
-    return [(n, load) for load in sorted(set(loads)) for n in contestants
-            if n in EVERY_LOAD or load == mid]  # fmt: skip
+    return [
+        (n, load)
+        for load in sorted(set(loads))
+        for n in contestants
+        if n in EVERY_LOAD or load == mid
+    ]
 
 
 def open_schedule(contestants: list[str], rates: list[int]) -> list[tuple[str, int]]:
@@ -39,25 +43,39 @@ def workload_spec(args: argparse.Namespace) -> Any:
     if getattr(args, "scenario", "default") == "swe_agent":
         s = SweAgentSpec()
         return WorkloadSpec(
-            calls=s.steps_median, history_tokens=s.history_median,
-            system_prompt_tokens=s.system_tokens, first_message_tokens=s.first_tokens,
-            output_tokens=s.output_median, tool_median_s=s.tool_median_s,
-            tool_p99_s=2.0, agents=1,
-        )  # fmt: skip
+            calls=s.steps_median,
+            history_tokens=s.history_median,
+            system_prompt_tokens=s.system_tokens,
+            first_message_tokens=s.first_tokens,
+            output_tokens=s.output_median,
+            tool_median_s=s.tool_median_s,
+            tool_p99_s=2.0,
+            agents=1,
+        )
     if getattr(args, "scenario", "default") == "heavy_tail":
         h = HeavyTailSpec()
         return WorkloadSpec(
-            calls=h.turns_median, history_tokens=h.history_max,
-            system_prompt_tokens=min(h.system_tokens), first_message_tokens=h.first_tokens,
-            output_tokens=h.output_median, tool_median_s=h.tool_median_s,
-            tool_p99_s=h.slow_tool_s[1], agents=h.agents,
-        )  # fmt: skip
+            calls=h.turns_median,
+            history_tokens=h.history_max,
+            system_prompt_tokens=min(h.system_tokens),
+            first_message_tokens=h.first_tokens,
+            output_tokens=h.output_median,
+            tool_median_s=h.tool_median_s,
+            tool_p99_s=h.slow_tool_s[1],
+            agents=h.agents,
+        )
     return WorkloadSpec(
-        calls=args.calls, calls_spread=args.calls_spread, history_tokens=args.history_tokens,
-        system_prompt_tokens=args.system_tokens, first_message_tokens=args.first_tokens,
-        output_tokens=args.output_tokens, token_spread=0.5, tool_median_s=args.tool_median,
-        tool_p99_s=args.tool_p99, agents=args.agents,
-    )  # fmt: skip
+        calls=args.calls,
+        calls_spread=args.calls_spread,
+        history_tokens=args.history_tokens,
+        system_prompt_tokens=args.system_tokens,
+        first_message_tokens=args.first_tokens,
+        output_tokens=args.output_tokens,
+        token_spread=0.5,
+        tool_median_s=args.tool_median,
+        tool_p99_s=args.tool_p99,
+        agents=args.agents,
+    )
 
 
 def build_workload(args: argparse.Namespace) -> list[ReplayTask]:

@@ -9,9 +9,15 @@ from typing import Any
 from benchmarks.e2e.replay import RunTrace
 from sim.plot import pyplot
 
-COLORS = {"ours": "tab:green", "ours_v1": "tab:olive", "ours_core": "tab:cyan",
-          "round_robin": "tab:red", "sglang_router": "tab:blue", "sticky_router": "tab:purple",
-          "no_cache": "tab:orange"}  # fmt: skip
+COLORS = {
+    "ours": "tab:green",
+    "ours_v1": "tab:olive",
+    "ours_core": "tab:cyan",
+    "round_robin": "tab:red",
+    "sglang_router": "tab:blue",
+    "sticky_router": "tab:purple",
+    "no_cache": "tab:orange",
+}
 
 
 def plot_cdf(runs: list[RunTrace], path: Path) -> None:
@@ -45,10 +51,12 @@ def plot_timeline(runs: list[RunTrace], path: Path) -> None:
         for row, task in enumerate(sorted(run.tasks, key=lambda t: t.started)):
             for c in task.calls:
                 if c.started > c.submitted:
-                    ax.broken_barh([(c.submitted, c.started - c.submitted)], (row, 0.8),
-                                   color="tab:red")  # fmt: skip
-                ax.broken_barh([(c.started, c.ended - c.started)], (row, 0.8),
-                               color=color[c.replica_id])  # fmt: skip
+                    ax.broken_barh(
+                        [(c.submitted, c.started - c.submitted)], (row, 0.8), color="tab:red"
+                    )
+                ax.broken_barh(
+                    [(c.started, c.ended - c.started)], (row, 0.8), color=color[c.replica_id]
+                )
             for t0, t1 in task.tools:
                 ax.broken_barh([(t0, t1 - t0)], (row, 0.8), color="lightgrey")
         handles = [plt.Rectangle((0, 0), 1, 1, color=color[r]) for r in replicas]
@@ -66,8 +74,9 @@ def plot_timeline(runs: list[RunTrace], path: Path) -> None:
 def plot_kv(runs: list[RunTrace], path: Path) -> None:
     """KV occupancy per replica over time, one panel per contestant."""
     plt = pyplot()
-    fig, axes = plt.subplots(len(runs), 1, figsize=(9, 1.6 + 1.4 * len(runs)), sharex=True,
-                             squeeze=False)  # fmt: skip
+    fig, axes = plt.subplots(
+        len(runs), 1, figsize=(9, 1.6 + 1.4 * len(runs)), sharex=True, squeeze=False
+    )
     for ax, run in zip(axes[:, 0], runs, strict=True):
         series: dict[str, list[tuple[float, float]]] = {}
         for t, rid, used, cap in run.kv:
@@ -94,16 +103,23 @@ def plot_knees(
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(6.4, 6.4), sharex=True)
     names = sorted({p["contestant"] for p in points})
     for name in names:
-        mine = sorted((p for p in points if p["contestant"] == name),
-                      key=lambda p: p["rate_per_hour"])  # fmt: skip
+        mine = sorted(
+            (p for p in points if p["contestant"] == name), key=lambda p: p["rate_per_hour"]
+        )
         rates = [p["rate_per_hour"] for p in mine]
         top.plot(rates, [p["p95_s"] for p in mine], "o-", label=name, color=COLORS.get(name))
-        bottom.plot(rates, [p["goodput_per_hour"] for p in mine], "o-", label=name,
-                    color=COLORS.get(name))  # fmt: skip
+        bottom.plot(
+            rates, [p["goodput_per_hour"] for p in mine], "o-", label=name, color=COLORS.get(name)
+        )
     top.axhline(slo_s, color="grey", ls=":", lw=1.0, label=f"SLO {slo_s:g} s")
     if ceiling_per_hour:
-        bottom.axhline(ceiling_per_hour, color="grey", ls="--", lw=1.0,
-                       label=f"ceiling {ceiling_per_hour:,.0f}/h")  # fmt: skip
+        bottom.axhline(
+            ceiling_per_hour,
+            color="grey",
+            ls="--",
+            lw=1.0,
+            label=f"ceiling {ceiling_per_hour:,.0f}/h",
+        )
     top.set_ylabel("task p95 (s)")
     bottom.set_ylabel("goodput (tasks/h within the SLO)")
     bottom.set_xlabel("offered rate (tasks/hour, Poisson)")

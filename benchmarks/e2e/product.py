@@ -98,8 +98,13 @@ def replay_tool(workload: list[ReplayTask], texts: ObservationText) -> Tool:
     return replay
 
 
-def agents_for(workload: list[ReplayTask], model: str, texts: ObservationText, tool_: Tool,
-               max_steps: dict[str, int]) -> dict[str, Agent]:  # fmt: skip
+def agents_for(
+    workload: list[ReplayTask],
+    model: str,
+    texts: ObservationText,
+    tool_: Tool,
+    max_steps: dict[str, int],
+) -> dict[str, Agent]:
     """One :class:`Agent` per (agent type, step limit): instructions = the type's system
     prompt. Its name is the agent type's alone: the core learns each agent's growth per
     step under its name, and tasks of one type with other step limits are one agent
@@ -113,12 +118,16 @@ def agents_for(workload: list[ReplayTask], model: str, texts: ObservationText, t
             if w.plan.agent not in instructions:
                 instructions[w.plan.agent] = texts.text(w.system_ids)
             out[key] = Agent(
-                name=w.plan.agent, instructions=instructions[w.plan.agent], tools=[tool_],
+                name=w.plan.agent,
+                instructions=instructions[w.plan.agent],
+                tools=[tool_],
                 model=model,
-                max_steps=max_steps[w.task_id], tool_choice="required", reset_tool_choice=False,
+                max_steps=max_steps[w.task_id],
+                tool_choice="required",
+                reset_tool_choice=False,
                 answer_on_repeat=False,
                 sampling=SamplingParams(max_new_tokens=MAX_REPLY_TOKENS, temperature=0.0),
-            )  # fmt: skip
+            )
     return out
 
 
@@ -136,26 +145,42 @@ class StepClock:
         now = self.clock()
         if isinstance(step, CallStep):
             started = now - step.latency_s
-            trace.calls.append(CallTrace(
-                step.step - 1, step.replica_id, started - step.queue_wait_s, started, now,
-                step.prompt_tokens, step.cached_tokens,
-            ))  # fmt: skip
+            trace.calls.append(
+                CallTrace(
+                    step.step - 1,
+                    step.replica_id,
+                    started - step.queue_wait_s,
+                    started,
+                    now,
+                    step.prompt_tokens,
+                    step.cached_tokens,
+                )
+            )
         elif isinstance(step, ToolStep):
             trace.tools.append((now - step.duration_s, now))
 
 
 async def run_product(
-    name: str, workload: list[ReplayTask], pool: ReplicaPool, sandboxes: SandboxBackend,
-    concurrency: int, scheduler: SchedulerConfig, journal_path: Path, texts: ObservationText,
-    kv_probe: KvProbe | None = None, on_task: Callable[[TaskTrace], None] | None = None,
-    times: list[float] | None = None, cut_at: float | None = None,
-) -> tuple[RunTrace, Journal]:  # fmt: skip
+    name: str,
+    workload: list[ReplayTask],
+    pool: ReplicaPool,
+    sandboxes: SandboxBackend,
+    concurrency: int,
+    scheduler: SchedulerConfig,
+    journal_path: Path,
+    texts: ObservationText,
+    kv_probe: KvProbe | None = None,
+    on_task: Callable[[TaskTrace], None] | None = None,
+    times: list[float] | None = None,
+    cut_at: float | None = None,
+) -> tuple[RunTrace, Journal]:
     """Every task through an :class:`Executor` on ``pool``, ``concurrency`` at a time;
     open loop with ``times``: task i starts at ``times[i]`` (s from the start), and at
     ``cut_at`` those not done are cancelled (unfinished)."""
     tool_ = replay_tool(workload, texts)
-    agents = agents_for(workload, pool.config.model, texts, tool_,
-                        {w.task_id: w.calls for w in workload})  # fmt: skip
+    agents = agents_for(
+        workload, pool.config.model, texts, tool_, {w.task_id: w.calls for w in workload}
+    )
     t0 = time.perf_counter()
 
     def clock() -> float:
@@ -163,9 +188,15 @@ async def run_product(
 
     steps = StepClock(clock)
     journal = Journal(journal_path)
-    ex = Executor(model=pool.config.model, sandbox=sandboxes, journal=journal,
-                  telemetry="memory", scheduler=scheduler, pool=pool,
-                  on_step=steps.on_step)  # fmt: skip
+    ex = Executor(
+        model=pool.config.model,
+        sandbox=sandboxes,
+        journal=journal,
+        telemetry="memory",
+        scheduler=scheduler,
+        pool=pool,
+        on_step=steps.on_step,
+    )
     await ex.start()
 
     kv: list[tuple[float, str, int, int]] = []
@@ -202,17 +233,25 @@ async def run_product(
         await ex.close()
     if failures:
         raise RuntimeError(f"{name}: tasks did not run their plan: {failures[:3]}")
-    run = RunTrace(name, 0.0, clock(), [t for t in traces if t is not None], kv,
-                   path="executor", rejected=len(rejected),
-                   unfinished_arrivals=[times[i] for i in cut] if times else [])  # fmt: skip
+    run = RunTrace(
+        name,
+        0.0,
+        clock(),
+        [t for t in traces if t is not None],
+        kv,
+        path="executor",
+        rejected=len(rejected),
+        unfinished_arrivals=[times[i] for i in cut] if times else [],
+    )
     return run, journal
 
 
 def replay_schema(workload: list[ReplayTask], texts: ObservationText) -> str:
     """The reply grammar the product's calls decode under (one tool, required)."""
     tool_ = replay_tool(workload[:1], texts)
-    agent = next(iter(agents_for(workload[:1], "m", texts, tool_, {workload[0].task_id: 1})
-                      .values()))  # fmt: skip
+    agent = next(
+        iter(agents_for(workload[:1], "m", texts, tool_, {workload[0].task_id: 1}).values())
+    )
     return json.dumps(reply_schema(agent, "required"))
 
 

@@ -65,15 +65,25 @@ class RunTrace:
     def from_json(cls, data: dict[str, Any]) -> RunTrace:
         tasks = [
             TaskTrace(
-                t["task_id"], t["started"], t["ended"], [CallTrace(**c) for c in t["calls"]],
+                t["task_id"],
+                t["started"],
+                t["ended"],
+                [CallTrace(**c) for c in t["calls"]],
                 [tuple(x) for x in t["tools"]],
             )
             for t in data["tasks"]
-        ]  # fmt: skip
+        ]
         kv = [tuple(x) for x in data["kv"]]
-        return cls(data["contestant"], data["started"], data["ended"], tasks, kv,
-                   data.get("path", "replay"), data.get("rejected", 0),
-                   list(data.get("unfinished_arrivals", [])))  # fmt: skip
+        return cls(
+            data["contestant"],
+            data["started"],
+            data["ended"],
+            tasks,
+            kv,
+            data.get("path", "replay"),
+            data.get("rejected", 0),
+            list(data.get("unfinished_arrivals", [])),
+        )
 
 
 async def replay_task(
@@ -97,9 +107,11 @@ async def replay_task(
                 return None
             ended = clock()
             started = min(ended, submitted + r.queued_s)
-            trace.calls.append(CallTrace(
-                k, r.replica_id, submitted, started, ended, r.prompt_tokens, r.cached_tokens
-            ))  # fmt: skip
+            trace.calls.append(
+                CallTrace(
+                    k, r.replica_id, submitted, started, ended, r.prompt_tokens, r.cached_tokens
+                )
+            )
             out = r.output_ids
             if k < task.calls - 1:
                 contestant.tool_started(task.task_id)
@@ -119,9 +131,11 @@ KvProbe = Callable[[], Awaitable[list[tuple[str, int, int]]]]
 
 
 async def gather_sampling_kv(
-    tasks: list[Awaitable[T]], kv_probe: KvProbe | None, clock: Callable[[], float],
+    tasks: list[Awaitable[T]],
+    kv_probe: KvProbe | None,
+    clock: Callable[[], float],
     kv: list[tuple[float, str, int, int]],
-) -> list[T]:  # fmt: skip
+) -> list[T]:
     """Run the tasks to their ends while the replicas' KV use is sampled every 0.5 s."""
 
     async def sample(probe: KvProbe) -> None:
@@ -216,6 +230,12 @@ async def replay_open(
 
     [(traces, cut)] = await gather_sampling_kv([all_of()], kv_probe, clock, kv)
     done = [t for t in traces if t is not None]
-    return RunTrace(contestant.name, 0.0, clock(), done, kv,
-                    rejected=len(traces) - len(done),
-                    unfinished_arrivals=[times[i] for i in cut])  # fmt: skip
+    return RunTrace(
+        contestant.name,
+        0.0,
+        clock(),
+        done,
+        kv,
+        rejected=len(traces) - len(done),
+        unfinished_arrivals=[times[i] for i in cut],
+    )

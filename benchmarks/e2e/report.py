@@ -111,9 +111,21 @@ def targets(c: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-ROW_KEYS = ("path", "tasks", "tasks_rejected", "p50_s", "p95_s", "p99_s", "tasks_per_hour",
-            "prefill_tokens", "reprefilled_tokens", "cache_hit_ratio", "queued_share",
-            "replica_moves", "calls_by_replica")  # fmt: skip
+ROW_KEYS = (
+    "path",
+    "tasks",
+    "tasks_rejected",
+    "p50_s",
+    "p95_s",
+    "p99_s",
+    "tasks_per_hour",
+    "prefill_tokens",
+    "reprefilled_tokens",
+    "cache_hit_ratio",
+    "queued_share",
+    "replica_moves",
+    "calls_by_replica",
+)
 
 
 def sweep_rows(summaries: dict[tuple[str, int], dict[str, Any]]) -> list[dict[str, Any]]:
@@ -126,9 +138,11 @@ def sweep_rows(summaries: dict[tuple[str, int], dict[str, Any]]) -> list[dict[st
 
 def table(rows: list[dict[str, Any]]) -> str:
     """The sweep as a Markdown table (the README's)."""
-    head = ("| load | contestant | p50 | p95 | p99 | tasks/h | prefill | re-prefilled | "
-            "hit ratio | rejected |\n"
-            "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")  # fmt: skip
+    head = (
+        "| load | contestant | p50 | p95 | p99 | tasks/h | prefill | re-prefilled | "
+        "hit ratio | rejected |\n"
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    )
     lines = [head]
     for r in rows:
         if "p50_s" not in r:

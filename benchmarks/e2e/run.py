@@ -39,10 +39,15 @@ __all__ = ["Bench", "finish", "recalibrate", "report", "run_all"]
 #: contestants on the Ray replicas with the radix cache on (the executor's first)
 POOL = ("ours", "ours_v1", "ours_core", "round_robin")
 #: the contestants that run through the Executor, and their scheduler settings
-PRODUCT = {"ours": SchedulerConfig(), "ours_v1": v1(SchedulerConfig()),
-           "ours_release": SchedulerConfig()}  # fmt: skip
-ROUTERS = {"sticky_router": ("manual", ["--assignment-mode", "min_load"]),
-           "sglang_router": ("cache_aware", [])}  # fmt: skip
+PRODUCT = {
+    "ours": SchedulerConfig(),
+    "ours_v1": v1(SchedulerConfig()),
+    "ours_release": SchedulerConfig(),
+}
+ROUTERS = {
+    "sticky_router": ("manual", ["--assignment-mode", "min_load"]),
+    "sglang_router": ("cache_aware", []),
+}
 #: a contestant that brings its own servers (the gateway): its name -> its phase, run
 #: after the others when the schedule has it: ``phase(b, cfg)`` starts what it needs on
 #: replicas of ``cfg`` and runs each of its ``b.todo`` entries through ``b.drive`` (the
@@ -73,8 +78,11 @@ class Bench:
         self.open_rates: list[int] = list(getattr(args, "open_rates", None) or [])
         self.slo_s: float | None = getattr(args, "slo_s", None)
         self.slo_basis = "given (--slo-s)" if self.slo_s is not None else ""
-        self.todo = (open_schedule(args.contestants, self.open_rates) if self.open_rates
-                     else schedule(args.contestants, args.concurrency))  # fmt: skip
+        self.todo = (
+            open_schedule(args.contestants, self.open_rates)
+            if self.open_rates
+            else schedule(args.contestants, args.concurrency)
+        )
 
     @property
     def work(self) -> Path:
@@ -93,8 +101,14 @@ class Bench:
         """Keep a finished run; with ``--json``, also append its summary and trace to
         ``<json>.partial.jsonl`` at once (a killed run leaves what it finished)."""
         self.runs[(name, load)] = run
-        self.save({"contestant": name, "concurrency": load, "summary": summarize(run),
-                   "trace": run.to_json()})  # fmt: skip
+        self.save(
+            {
+                "contestant": name,
+                "concurrency": load,
+                "summary": summarize(run),
+                "trace": run.to_json(),
+            }
+        )
 
     def save(self, line: dict[str, Any]) -> None:
         """One line of ``<json>.partial.jsonl`` (with ``--json``): a finished run, or
@@ -115,8 +129,10 @@ class Bench:
         deadline = time.monotonic() + timeout_s
         while not await flush():
             if time.monotonic() > deadline:
-                self.console.print("[yellow]warning:[/] the engines did not go idle in "
-                                   f"{timeout_s:g} s: the run starts with their cache")  # fmt: skip
+                self.console.print(
+                    "[yellow]warning:[/] the engines did not go idle in "
+                    f"{timeout_s:g} s: the run starts with their cache"
+                )
                 return
             await asyncio.sleep(0.5)
 
@@ -138,8 +154,9 @@ class Bench:
         on_task = self.progress(contestant.name, load)
         if self.open_rates:
             o = self.open_args(load)
-            return await replay_open(self.replayed, contestant, self.sandboxes, o["times"],
-                                     o["cut_at"], kv, on_task)  # fmt: skip
+            return await replay_open(
+                self.replayed, contestant, self.sandboxes, o["times"], o["cut_at"], kv, on_task
+            )
         return await replay(self.replayed, contestant, self.sandboxes, load, kv, on_task)
 
     @property
@@ -154,8 +171,9 @@ class Bench:
 
         def on_task(trace: TaskTrace) -> None:
             done[0] += 1
-            self.console.print(f"  {name}@{load}: {done[0]}/{self.args.tasks} tasks, "
-                               f"last {trace.latency_s:.1f} s")  # fmt: skip
+            self.console.print(
+                f"  {name}@{load}: {done[0]}/{self.args.tasks} tasks, last {trace.latency_s:.1f} s"
+            )
 
         return on_task
 
@@ -163,9 +181,12 @@ class Bench:
         """Probe each replica alone, one after the other (they share the host's cores)."""
         a = self.args
         self.console.print(f"measuring the engines {when} the runs")
-        per = [await calib.measure_engine(h, min(4000, self.longest()), a.history_tokens // 2,
-                                          repeats=a.probe_repeats)
-               for h in handles.values()]  # fmt: skip
+        per = [
+            await calib.measure_engine(
+                h, min(4000, self.longest()), a.history_tokens // 2, repeats=a.probe_repeats
+            )
+            for h in handles.values()
+        ]
         self.probes[when] = {r: m["probes"] for r, m in zip(handles, per, strict=True)}
         self.measured.extend(per)
         self.rates.update(calib.mean_rates(self.measured))
@@ -173,8 +194,10 @@ class Bench:
             engine = calib.engine_spec({**self.rates, "host_contention": 0.0}, 1)
             floor = ceiling.ceiling(self.workload, engine, self.args.replicas)["task_floor_s"]
             self.slo_s = round(openloop.SLO_FLOOR_MULTIPLE * floor["p50"], 1)
-            self.slo_basis = (f"{openloop.SLO_FLOOR_MULTIPLE:g} x the median task floor "
-                              f"({floor['p50']} s at the probes' engine speed)")  # fmt: skip
+            self.slo_basis = (
+                f"{openloop.SLO_FLOOR_MULTIPLE:g} x the median task floor "
+                f"({floor['p50']} s at the probes' engine speed)"
+            )
             self.save({"slo_s": self.slo_s, "slo_basis": self.slo_basis})
         self.save({"probes": {when: self.probes[when]}, "engine_rates": self.rates})
 
@@ -188,8 +211,9 @@ async def pool_phase(b: Bench, cfg: Any, names: tuple[str, ...], probe: bool) ->
     todo = [(n, load) for n, load in b.todo if n in names]
     if not todo and not probe:
         return
-    texts = b.texts or ObservationText(await asyncio.to_thread(
-        AutoTokenizer.from_pretrained, str(resolve(cfg.model))))  # fmt: skip
+    texts = b.texts or ObservationText(
+        await asyncio.to_thread(AutoTokenizer.from_pretrained, str(resolve(cfg.model)))
+    )
     pool = ReplicaPool(b.args.replicas, cfg, progress=True)
     await asyncio.to_thread(pool.start)
     try:
@@ -212,10 +236,18 @@ async def pool_phase(b: Bench, cfg: Any, names: tuple[str, ...], probe: bool) ->
             b.console.print(f"[bold]{name}[/] at {b.label(load)}")
             if name in PRODUCT:
                 run, journal = await run_product(
-                    name, b.workload, pool, b.sandboxes, load, PRODUCT[name],
-                    b.work / f"journal-{name}-{load}.sqlite", texts, kv, b.progress(name, load),
+                    name,
+                    b.workload,
+                    pool,
+                    b.sandboxes,
+                    load,
+                    PRODUCT[name],
+                    b.work / f"journal-{name}-{load}.sqlite",
+                    texts,
+                    kv,
+                    b.progress(name, load),
                     **b.open_args(load),
-                )  # fmt: skip
+                )
                 records = journal_records(journal, b.workload)
                 journal.close()
                 if run.unfinished:  # cut (open loop): its journal is not the whole plan
@@ -224,13 +256,21 @@ async def pool_phase(b: Bench, cfg: Any, names: tuple[str, ...], probe: bool) ->
                 followed = follow_journal(b.workload, records, replay_schema(b.workload, texts))
                 if b.followed is None:
                     b.followed, b.plan_source = followed, f"the journal of {name} at {load}"
-                    b.save({"plans": plans_to_json(followed), "plan_source": b.plan_source,
-                            "reply_schema": followed[0].reply_schema})  # fmt: skip
+                    b.save(
+                        {
+                            "plans": plans_to_json(followed),
+                            "plan_source": b.plan_source,
+                            "reply_schema": followed[0].reply_schema,
+                        }
+                    )
                 same = sum(f.plan == g.plan for f, g in zip(followed, b.followed, strict=True))
                 b.journal_matches[f"{name}@{load}"] = round(same / len(followed), 3)
             else:
-                contestant = (RoundRobin(handles) if name == "round_robin"
-                              else Ours(handles, SchedulerConfig(), name=name))  # fmt: skip
+                contestant = (
+                    RoundRobin(handles)
+                    if name == "round_robin"
+                    else Ours(handles, SchedulerConfig(), name=name)
+                )
                 run = await b.drive(contestant, load, kv)
             b.record(name, load, run)
         if probe and todo and not b.args.quick:  # again: the machine's speed drifts
@@ -286,8 +326,10 @@ async def router_phase(b: Bench, cfg: Any) -> None:
 async def flush_servers(client: httpx.AsyncClient, workers: dict[str, str]) -> bool:
     """Drop the SGLang HTTP servers' caches: True when every one did."""
     try:
-        codes = [(await client.post(f"{url}/flush_cache", timeout=30)).status_code
-                 for url in workers.values()]  # fmt: skip
+        codes = [
+            (await client.post(f"{url}/flush_cache", timeout=30)).status_code
+            for url in workers.values()
+        ]
     except httpx.HTTPError:
         return False
     return all(c == 200 for c in codes)
@@ -316,9 +358,13 @@ async def run_all(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     from tools.sandbox import create_backend
 
     b = Bench(args, console)
-    cfg = ReplicaConfig(model=args.model, max_total_tokens=args.max_total_tokens,
-                        context_length=await size_context(b), num_cpus=1,
-                        cpu_threads=1)  # fmt: skip
+    cfg = ReplicaConfig(
+        model=args.model,
+        max_total_tokens=args.max_total_tokens,
+        context_length=await size_context(b),
+        num_cpus=1,
+        cpu_threads=1,
+    )
     console.print(f"{args.scenario}: {shape(b.workload)}; runs: {b.todo}")
     b.sandboxes = await asyncio.to_thread(create_backend, args.sandbox)
     try:
@@ -353,8 +399,10 @@ def finish(args: argparse.Namespace, console: Console, partial: Path) -> dict[st
                 line["trace"]
             )
         elif "plans" in line:
-            b.followed = [dataclasses.replace(w, reply_schema=line.get("reply_schema"))
-                          for w in plans_from_json(line["plans"])]  # fmt: skip
+            b.followed = [
+                dataclasses.replace(w, reply_schema=line.get("reply_schema"))
+                for w in plans_from_json(line["plans"])
+            ]
             b.plan_source = str(line.get("plan_source", b.plan_source))
         elif "probes" in line:
             b.probes.update(line["probes"])

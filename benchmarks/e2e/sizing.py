@@ -44,9 +44,16 @@ def observation_content(agent: Agent, text: str) -> str:
     machine = TaskMachine(agent.model_copy(update={"max_steps": 2}), "sizing", [0])
     reply = json.dumps({"name": "replay", "arguments": {}})
     info = CallStep(
-        step=1, replica_id="r", prompt_tokens=1, cached_tokens=0, completion_tokens=1,
-        latency_s=0.0, queue_wait_s=0.0, finish_reason="stop", reply=reply,
-    )  # fmt: skip
+        step=1,
+        replica_id="r",
+        prompt_tokens=1,
+        cached_tokens=0,
+        completion_tokens=1,
+        latency_s=0.0,
+        queue_wait_s=0.0,
+        finish_reason="stop",
+        reply=reply,
+    )
     machine.apply(CallPayload(ids=[1], info=info))
     run = machine.next_action()
     if not isinstance(run, RunTool):
@@ -78,8 +85,12 @@ def task_peaks(
     for w in workload:
         agent = agents[f"{w.plan.agent}-{w.calls}"]
         first = len(first_prompt(agent, texts.text(w.new_ids[0]), chat))
-        rendered = (first + sum(len(ids) for ids in w.new_ids[1:]) + (w.calls - 1) * per_obs
-                    + MAX_REPLY_TOKENS)  # fmt: skip
+        rendered = (
+            first
+            + sum(len(ids) for ids in w.new_ids[1:])
+            + (w.calls - 1) * per_obs
+            + MAX_REPLY_TOKENS
+        )
         planned = sum(w.plan.new_tokens) + sum(w.plan.output_tokens)
         out[w.task_id] = max(rendered, planned)
     return out
@@ -112,5 +123,8 @@ def load_chat(model: str) -> tuple[ChatFormat, ObservationText]:
 def sized_report(workload: list[ReplayTask], peaks: dict[str, int]) -> dict[str, Any]:
     """The sizing in the report: the plan's longest against the rendered bound."""
     planned = max(sum(w.plan.new_tokens) + sum(w.plan.output_tokens) for w in workload)
-    return {"plan_longest": planned, "rendered_peak": max(peaks.values()),
-            "context_tokens": max(peaks.values()) + 1}  # fmt: skip
+    return {
+        "plan_longest": planned,
+        "rendered_peak": max(peaks.values()),
+        "context_tokens": max(peaks.values()) + 1,
+    }

@@ -101,10 +101,14 @@ def heavy_tail_plans(spec: HeavyTailSpec, tasks: int, seed: int) -> list[TaskPla
         )
         a = rng.randrange(spec.agents)
         first = spec.system_tokens[a] + spec.first_tokens
-        outs = [max(4, round(spec.output_median * math.exp(rng.gauss(0, spec.output_sigma))))
-                for _ in range(turns)]  # fmt: skip
-        obs = [max(8, round(spec.obs_median * math.exp(rng.gauss(0, spec.obs_sigma))))
-               for _ in range(turns - 1)]  # fmt: skip
+        outs = [
+            max(4, round(spec.output_median * math.exp(rng.gauss(0, spec.output_sigma))))
+            for _ in range(turns)
+        ]
+        obs = [
+            max(8, round(spec.obs_median * math.exp(rng.gauss(0, spec.obs_sigma))))
+            for _ in range(turns - 1)
+        ]
         room = spec.history_max - first - sum(outs)
         if sum(obs) > room:  # the history stays under the cap: scale the observations
             f = max(room, 8 * len(obs)) / sum(obs)
@@ -115,11 +119,17 @@ def heavy_tail_plans(spec: HeavyTailSpec, tasks: int, seed: int) -> list[TaskPla
                 tools.append(rng.uniform(*spec.slow_tool_s))
             else:
                 tools.append(spec.tool_median_s * math.exp(rng.gauss(0, spec.tool_sigma)))
-        out.append(TaskPlan(
-            task_id=f"t{n}", agent=f"agent{a}", arrival=float(n), new_tokens=(first, *obs),
-            output_tokens=tuple(outs), tool_s=tuple(tools),
-            expected_history=int(1.1 * spec.history_max),
-        ))  # fmt: skip
+        out.append(
+            TaskPlan(
+                task_id=f"t{n}",
+                agent=f"agent{a}",
+                arrival=float(n),
+                new_tokens=(first, *obs),
+                output_tokens=tuple(outs),
+                tool_s=tuple(tools),
+                expected_history=int(1.1 * spec.history_max),
+            )
+        )
     return out
 
 
@@ -184,17 +194,24 @@ def swe_agent_plans(spec: SweAgentSpec, tasks: int, seed: int) -> list[TaskPlan]
                 tools.append(lo * (hi / lo) ** rng.random())
             else:
                 tools.append(lognormal(spec.tool_median_s, spec.tool_sigma))
-        out.append(TaskPlan(
-            task_id=f"t{n}", agent="agent0", arrival=float(n), new_tokens=(first, *obs),
-            output_tokens=tuple(outs), tool_s=tuple(tools),
-            expected_history=int(1.1 * spec.history_max),
-        ))  # fmt: skip
+        out.append(
+            TaskPlan(
+                task_id=f"t{n}",
+                agent="agent0",
+                arrival=float(n),
+                new_tokens=(first, *obs),
+                output_tokens=tuple(outs),
+                tool_s=tuple(tools),
+                expected_history=int(1.1 * spec.history_max),
+            )
+        )
     return out
 
 
 def make_swe_agent(spec: SweAgentSpec, tasks: int, seed: int) -> list[ReplayTask]:
-    return with_ids(swe_agent_plans(spec, tasks, seed), [spec.system_tokens], spec.first_tokens,
-                    seed)  # fmt: skip
+    return with_ids(
+        swe_agent_plans(spec, tasks, seed), [spec.system_tokens], spec.first_tokens, seed
+    )
 
 
 def from_trace(path: str, tasks: int | None, seed: int) -> list[ReplayTask]:
@@ -206,8 +223,12 @@ def from_trace(path: str, tasks: int | None, seed: int) -> list[ReplayTask]:
     n = len(trace) if tasks is None else tasks
     plans = [trace.plans[i % len(trace)] for i in range(n)]
     if n > len(trace):
-        plans = [dataclasses.replace(p, task_id=f"{p.task_id}~{i // len(trace)}")
-                 if i >= len(trace) else p for i, p in enumerate(plans)]  # fmt: skip
+        plans = [
+            dataclasses.replace(p, task_id=f"{p.task_id}~{i // len(trace)}")
+            if i >= len(trace)
+            else p
+            for i, p in enumerate(plans)
+        ]
     return with_ids(plans, trace.shared_prefix, 0, seed)
 
 
@@ -226,9 +247,11 @@ def make_heavy_tail(spec: HeavyTailSpec, tasks: int, seed: int) -> list[ReplayTa
 
 
 def with_ids(
-    plans: list[TaskPlan], system_tokens: list[int] | dict[str, int], first_tokens: int,
+    plans: list[TaskPlan],
+    system_tokens: list[int] | dict[str, int],
+    first_tokens: int,
     seed: int,
-) -> list[ReplayTask]:  # fmt: skip
+) -> list[ReplayTask]:
     """Token ids for each plan: agent ``agent<a>``'s system prompt has
     ``system_tokens[a]`` (a dict: by the agent's name)."""
     rng = random.Random(seed + 1)
@@ -237,8 +260,11 @@ def with_ids(
     def ids(n: int) -> tuple[int, ...]:
         return tuple(rng.randrange(lo, hi) for _ in range(n))
 
-    named = (system_tokens if isinstance(system_tokens, dict)
-             else {f"agent{a}": n for a, n in enumerate(system_tokens)})  # fmt: skip
+    named = (
+        system_tokens
+        if isinstance(system_tokens, dict)
+        else {f"agent{a}": n for a, n in enumerate(system_tokens)}
+    )
     systems = {agent: ids(n) for agent, n in named.items()}
     out = []
     for plan in plans:
@@ -261,13 +287,15 @@ def follow_journal(
     for w in workload:
         first, outputs, observations = records[w.task_id]
         if len(outputs) != w.calls or len(observations) != w.calls - 1:
-            raise ValueError(f"{w.task_id}: the journal has {len(outputs)} calls and "
-                             f"{len(observations)} observations; the plan {w.calls} calls"
-            )  # fmt: skip
+            raise ValueError(
+                f"{w.task_id}: the journal has {len(outputs)} calls and "
+                f"{len(observations)} observations; the plan {w.calls} calls"
+            )
         plan = dataclasses.replace(
-            w.plan, new_tokens=(len(first), *(len(o) for o in observations)),
+            w.plan,
+            new_tokens=(len(first), *(len(o) for o in observations)),
             output_tokens=tuple(outputs),
-        )  # fmt: skip
+        )
         new = (tuple(first), *(tuple(o) for o in observations))
         out.append(ReplayTask(plan, (), new, reply_schema))
     return out
@@ -282,10 +310,14 @@ def plans_from_json(data: list[dict[str, Any]]) -> list[ReplayTask]:
     out = []
     for p in data:
         plan = TaskPlan(
-            task_id=str(p["task_id"]), agent=str(p["agent"]), arrival=float(p["arrival"]),
-            new_tokens=tuple(p["new_tokens"]), output_tokens=tuple(p["output_tokens"]),
-            tool_s=tuple(p["tool_s"]), expected_history=int(p["expected_history"]),
-        )  # fmt: skip
+            task_id=str(p["task_id"]),
+            agent=str(p["agent"]),
+            arrival=float(p["arrival"]),
+            new_tokens=tuple(p["new_tokens"]),
+            output_tokens=tuple(p["output_tokens"]),
+            tool_s=tuple(p["tool_s"]),
+            expected_history=int(p["expected_history"]),
+        )
         out.append(ReplayTask(plan, (), tuple(() for _ in plan.new_tokens)))
     return out
 
@@ -301,11 +333,16 @@ def shape(workload: list[ReplayTask]) -> dict[str, Any]:
         return xs[min(len(xs) - 1, int(p * len(xs)))] if xs else 0
 
     return {
-        "tasks": len(workload), "calls": sum(calls),
-        "calls_p50": q(calls, 0.5), "calls_max": calls[-1] if calls else 0,
-        "history_p50": q(hist, 0.5), "history_max": hist[-1] if hist else 0,
-        "observation_p50": q(obs, 0.5), "observation_p99": q(obs, 0.99),
-        "tool_p50_s": round(q(tools, 0.5), 3), "tool_p99_s": round(q(tools, 0.99), 3),
+        "tasks": len(workload),
+        "calls": sum(calls),
+        "calls_p50": q(calls, 0.5),
+        "calls_max": calls[-1] if calls else 0,
+        "history_p50": q(hist, 0.5),
+        "history_max": hist[-1] if hist else 0,
+        "observation_p50": q(obs, 0.5),
+        "observation_p99": q(obs, 0.99),
+        "tool_p50_s": round(q(tools, 0.5), 3),
+        "tool_p99_s": round(q(tools, 0.99), 3),
         "tool_max_s": round(tools[-1], 3) if tools else 0.0,
         "tools_over_10s": sum(t >= 10 for t in tools),
-    }  # fmt: skip
+    }

@@ -22,13 +22,17 @@ def add_replica_commands(sub: Any) -> None:
     p.add_argument("replica", help="replica id, e.g. r1 (see the executor's progress output)")
     p.add_argument("--journal", default=None, help="the executor's journal file")
     p.add_argument(
-        "--claim-timeout", type=float, default=15.0,
+        "--claim-timeout",
+        type=float,
+        default=15.0,
         help="seconds to wait for an executor to take the request (default: 15)",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--timeout", type=float, default=1800.0,
+        "--timeout",
+        type=float,
+        default=1800.0,
         help="seconds to wait for the drain to finish (default: 1800)",
-    )  # fmt: skip
+    )
     p.set_defaults(func=cmd_drain)
 
 

@@ -27,17 +27,26 @@ def add_serve_command(sub: Any) -> None:
     p.add_argument("--port", type=int, default=8000, help="port (8000)")
     p.add_argument("--token-file", default=None, help="file with the bearer token")
     p.add_argument(
-        "--agents", action="append", default=[], metavar="MODULE",
+        "--agents",
+        action="append",
+        default=[],
+        metavar="MODULE",
         help="a Python module whose Agent objects clients may name (repeatable)",
-    )  # fmt: skip
+    )
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"model (default: {DEFAULT_MODEL})")
     add_executor_options(p)
     p.add_argument(
-        "--telemetry", default=None, choices=["none", "console", "otlp"],
+        "--telemetry",
+        default=None,
+        choices=["none", "console", "otlp"],
         help="OpenTelemetry exporter besides /metrics (default: none)",
-    )  # fmt: skip
-    p.add_argument("--max-active", type=int, default=256,
-                   help="tasks running or queued at once; more get 429 (256)")  # fmt: skip
+    )
+    p.add_argument(
+        "--max-active",
+        type=int,
+        default=256,
+        help="tasks running or queued at once; more get 429 (256)",
+    )
     p.add_argument(
         "--ray-address",
         default=None,
@@ -68,8 +77,13 @@ def cmd_serve(args: argparse.Namespace, console: Console) -> int:
         raise ExecutorError("--replica-actor needs --ray-address")
     agents = load_agents(args.agents, args.model)
     pool = ReplicaPool.attach(args.ray_address, args.replica_actor) if args.replica_actor else None
-    service = build_service(executor_config(args), agents, pool=pool, max_active=args.max_active,
-                            telemetry=args.telemetry)  # fmt: skip
+    service = build_service(
+        executor_config(args),
+        agents,
+        pool=pool,
+        max_active=args.max_active,
+        telemetry=args.telemetry,
+    )
     console.print(f"serving on http://{args.host}:{args.port} (docs at /docs)")
     sys.stdout.flush()
     serve(service, ServiceOptions(host=args.host, port=args.port, token=token))

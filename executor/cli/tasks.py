@@ -45,10 +45,11 @@ def add_executor_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-host", action="append", default=[], help="web_fetch may reach it")
     p.add_argument("--journal", default=None, help="journal file (default: the user's data dir)")
     p.add_argument(
-        "--release-in-engine", action="store_true",
+        "--release-in-engine",
+        action="store_true",
         help="tag each task's KV with an SGLang session and close it when the scheduler "
         "releases the task, so the engine evicts it first (default: LRU decides)",
-    )  # fmt: skip
+    )
 
 
 def executor_config(
@@ -56,12 +57,21 @@ def executor_config(
 ) -> ExecutorConfig:
     """The ExecutorConfig of ``add_executor_options``' options (and ``--model``)."""
     return ExecutorConfig(
-        model=args.model, replicas=args.replicas,
-        replica=shape or replica_config(args.model, args.max_total_tokens, args.replicas,
-                                        release_in_engine=args.release_in_engine),
-        sandbox=args.sandbox, journal=args.journal,
-        web=WebPolicy(allow_hosts=tuple(args.allow_host)), progress=True, **extra,
-    )  # fmt: skip
+        model=args.model,
+        replicas=args.replicas,
+        replica=shape
+        or replica_config(
+            args.model,
+            args.max_total_tokens,
+            args.replicas,
+            release_in_engine=args.release_in_engine,
+        ),
+        sandbox=args.sandbox,
+        journal=args.journal,
+        web=WebPolicy(allow_hosts=tuple(args.allow_host)),
+        progress=True,
+        **extra,
+    )
 
 
 def replica_config(
@@ -73,7 +83,10 @@ def replica_config(
     cpus = max(1, (os.cpu_count() or 1) // replicas)
     try:
         return ReplicaConfig(
-            model=model, max_total_tokens=max_total_tokens, num_cpus=cpus, cpu_threads=cpus,
+            model=model,
+            max_total_tokens=max_total_tokens,
+            num_cpus=cpus,
+            cpu_threads=cpus,
             release_in_engine=release_in_engine,
         )
     except ValidationError as exc:
@@ -104,19 +117,22 @@ def add_task_commands(sub: Any) -> None:
     p.add_argument("goal", help="what the agent should do")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"model (default: {DEFAULT_MODEL})")
     p.add_argument(
-        "--tools", default="python",
+        "--tools",
+        default="python",
         help="comma-separated built-in tools: "
         f"{', '.join(t.name for t in BUILTIN_TOOLS)} (default: python)",
-    )  # fmt: skip
+    )
     p.add_argument("--instructions", default=DEFAULT_INSTRUCTIONS, help="the agent's instructions")
     p.add_argument("--max-steps", type=int, default=8, help="model calls allowed (default: 8)")
     p.add_argument("--max-new-tokens", type=int, default=256, help="tokens per reply (256)")
     p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (0)")
     add_executor_options(p)
     p.add_argument(
-        "--telemetry", default=None, choices=["none", "console", "otlp"],
+        "--telemetry",
+        default=None,
+        choices=["none", "console", "otlp"],
         help="OpenTelemetry exporter (default: $EXECUTOR_TELEMETRY or none)",
-    )  # fmt: skip
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     p.set_defaults(func=cmd_run)
 
@@ -173,19 +189,29 @@ class Progress:
 def step_row(step: Step) -> tuple[str, ...]:
     if isinstance(step, CallStep):
         return (
-            str(step.step), f"call @{step.replica_id}",
+            str(step.step),
+            f"call @{step.replica_id}",
             f"{step.prompt_tokens} / {step.cached_tokens} / {step.completion_tokens}",
-            f"{step.latency_s:.2f}", _short(step.reply),
-        )  # fmt: skip
+            f"{step.latency_s:.2f}",
+            _short(step.reply),
+        )
     if isinstance(step, FailoverStep):
-        return (str(step.step), "[yellow]failover[/]", "", "", f"replica {step.replica_id}: "
-                f"{_short(step.reason)}; replaying the history elsewhere")  # fmt: skip
+        return (
+            str(step.step),
+            "[yellow]failover[/]",
+            "",
+            "",
+            f"replica {step.replica_id}: {_short(step.reason)}; replaying the history elsewhere",
+        )
     assert isinstance(step, ToolStep)
     flag = " (replayed)" if step.replayed else " (interrupted)" if step.interrupted else ""
     return (
-        str(step.step), f"tool {step.tool}{flag}", "", f"{step.duration_s:.2f}",
+        str(step.step),
+        f"tool {step.tool}{flag}",
+        "",
+        f"{step.duration_s:.2f}",
         _short(step.output if step.ok else f"[red]{step.output}[/]"),
-    )  # fmt: skip
+    )
 
 
 def _short(text: str, n: int = 70) -> str:
@@ -233,24 +259,29 @@ def _drive(
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
     agent = Agent(
-        name="cli", instructions=args.instructions, tools=parse_tools(args.tools),
-        model=args.model, max_steps=args.max_steps,
+        name="cli",
+        instructions=args.instructions,
+        tools=parse_tools(args.tools),
+        model=args.model,
+        max_steps=args.max_steps,
         sampling={"max_new_tokens": args.max_new_tokens, "temperature": args.temperature},
-    )  # fmt: skip
+    )
     # everything that can be refused is refused here, before Ray or a replica starts
     if not args.goal.strip():
         raise ExecutorError("the goal is empty: say what the agent should do")
     check_backend(args.sandbox)  # a missing sandbox is one line, before the model converts
-    shape = replica_config(args.model, args.max_total_tokens, args.replicas,
-                           release_in_engine=args.release_in_engine)  # fmt: skip
+    shape = replica_config(
+        args.model, args.max_total_tokens, args.replicas, release_in_engine=args.release_in_engine
+    )
     check_task(agent, args.goal, ChatFormat.load(resolve(args.model)), shape.max_total_tokens)
     return _drive(
-        args, console,
+        args,
+        console,
         lambda on_step: Executor(
             executor_config(args, shape, telemetry=args.telemetry), on_step=on_step
         ),
         lambda ex: ex.run(agent, args.goal),
-    )  # fmt: skip
+    )
 
 
 def cmd_resume(args: argparse.Namespace, console: Console) -> int:
@@ -258,16 +289,20 @@ def cmd_resume(args: argparse.Namespace, console: Console) -> int:
     with Journal(args.journal) as journal:
         model = str(journal.get(args.task_id).agent["model"])
     return _drive(
-        args, console,
+        args,
+        console,
         lambda on_step: Executor(
             ExecutorConfig(
-                model=model, replica=replica_config(model, args.max_total_tokens, 1),
-                sandbox=args.sandbox, journal=args.journal, progress=True,
+                model=model,
+                replica=replica_config(model, args.max_total_tokens, 1),
+                sandbox=args.sandbox,
+                journal=args.journal,
+                progress=True,
             ),
             on_step=on_step,
         ),
         lambda ex: ex.resume(args.task_id),
-    )  # fmt: skip
+    )
 
 
 def cmd_tasks(args: argparse.Namespace, console: Console) -> int:
@@ -296,9 +331,19 @@ def cmd_show(args: argparse.Namespace, console: Console) -> int:
         for s in record.steps
     ]
     if args.json:
-        print(json.dumps({"task_id": record.task_id, "status": record.status,
-                          "goal": record.goal, "output": record.output,
-                          "error": record.error, "steps": steps}, indent=2))  # fmt: skip
+        print(
+            json.dumps(
+                {
+                    "task_id": record.task_id,
+                    "status": record.status,
+                    "goal": record.goal,
+                    "output": record.output,
+                    "error": record.error,
+                    "steps": steps,
+                },
+                indent=2,
+            )
+        )
         return 0
     table = Table(title=f"{record.task_id}: {record.status}")
     for col in ("seq", "kind", "detail"):

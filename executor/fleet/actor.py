@@ -82,7 +82,9 @@ class ReplicaActor:
             if dead and not self._stopping.is_set():
                 log.error(
                     "replica %s: engine process(es) %s died; exiting so the pool sees this "
-                    "replica die", self.replica_id, dead,
+                    "replica die",
+                    self.replica_id,
+                    dead,
                 )
                 os._exit(70)
 
@@ -178,10 +180,14 @@ class ReplicaActor:
             return
         from sglang.srt.managers.io_struct import OpenSessionReqInput
 
-        await self._engine.tokenizer_manager.open_session(OpenSessionReqInput(
-            capacity_of_str_len=1 << 30, session_id=session_id,
-            timeout=self.config.session_idle_s,
-        ), None)  # fmt: skip
+        await self._engine.tokenizer_manager.open_session(
+            OpenSessionReqInput(
+                capacity_of_str_len=1 << 30,
+                session_id=session_id,
+                timeout=self.config.session_idle_s,
+            ),
+            None,
+        )
         self._sessions.add(session_id)
 
     async def release(self, session_id: str) -> bool:

@@ -100,9 +100,11 @@ class ReplicaConfig(BaseModel):
             # An idle scheduler busy-polls a whole core unless it sleeps on idle: on a
             # 2-core host, two idle replicas would leave nothing for the busy one.
             kwargs.update(
-                attention_backend="torch_native", disable_cuda_graph=True, dtype="float32",
+                attention_backend="torch_native",
+                disable_cuda_graph=True,
+                dtype="float32",
                 sleep_on_idle=True,
-            )  # fmt: skip
+            )
         if self.release_in_engine:
             kwargs["enable_session_radix_cache"] = True
         kwargs.update(self.engine_args)

@@ -172,8 +172,11 @@ class ReplicaPool:
                     # says so (seconds), and then cancels the actor instead of moving it.
                     if exc.actor_init_failed or attempts[rid] >= START_ATTEMPTS:
                         raise
-                    log.warning("replica %s died before it served (%s); starting it again",
-                                rid, str(exc).splitlines()[-1])  # fmt: skip
+                    log.warning(
+                        "replica %s died before it served (%s); starting it again",
+                        rid,
+                        str(exc).splitlines()[-1],
+                    )
                     attempts[rid] += 1
                     # a dead actor keeps its name: the new one gets another
                     self._names[rid] = f"{self._default_name(rid)}-{attempts[rid]}"

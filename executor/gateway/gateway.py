@@ -62,8 +62,9 @@ class GatewayConfig(BaseModel):
         env = os.environ if environ is None else environ
         given = {
             name: env[f"EXECUTOR_GATEWAY_{name.upper()}"]
-            for name in cls.model_fields if f"EXECUTOR_GATEWAY_{name.upper()}" in env
-        }  # fmt: skip
+            for name in cls.model_fields
+            if f"EXECUTOR_GATEWAY_{name.upper()}" in env
+        }
         return cls.model_validate(given)
 
 
@@ -82,10 +83,11 @@ class Reply:
     def usage(self) -> dict[str, Any]:
         r = self.result
         return {
-            "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
+            "prompt_tokens": r.prompt_tokens,
+            "completion_tokens": r.completion_tokens,
             "total_tokens": r.prompt_tokens + r.completion_tokens,
             "prompt_tokens_details": {"cached_tokens": r.cached_tokens},
-        }  # fmt: skip
+        }
 
 
 def _problem(exc: ValidationError) -> GatewayError:
@@ -112,8 +114,9 @@ def _response_format(req: ChatCompletionRequest) -> tuple[str, str] | None:
     schema = getattr(getattr(fmt, "json_schema", None), "schema_", None)
     if kind == "json_schema" and isinstance(schema, dict):
         return "json_schema", json.dumps(schema)
-    raise bad_request(f"response_format {kind!r} needs a JSON schema or is not supported",
-                      "response_format")  # fmt: skip
+    raise bad_request(
+        f"response_format {kind!r} needs a JSON schema or is not supported", "response_format"
+    )
 
 
 class Gateway:
@@ -122,9 +125,10 @@ class Gateway:
         self._services = services
         self.config = config or GatewayConfig()
         self.sessions = SessionStore(
-            max_sessions=self.config.max_sessions, idle_ttl_s=self.config.idle_ttl_s,
+            max_sessions=self.config.max_sessions,
+            idle_ttl_s=self.config.idle_ttl_s,
             on_end=self._ended,
-        )  # fmt: skip
+        )
         self._renderer: Renderer | None = None
         self._tools: ToolCalls | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -170,8 +174,12 @@ class Gateway:
     def context_tokens(self) -> int:
         sizes = [h.context_tokens for h in self.services.replicas]
         if not sizes:
-            raise GatewayError(503, "no replica is serving", code="no_replica",
-                               headers={"Retry-After": str(self.config.retry_after_s)})  # fmt: skip
+            raise GatewayError(
+                503,
+                "no replica is serving",
+                code="no_replica",
+                headers={"Retry-After": str(self.config.retry_after_s)},
+            )
         return min(sizes)
 
     def _ended(self, session: Session, reason: str) -> None:
@@ -198,9 +206,12 @@ class Gateway:
                 f"the request does not have the chat completions shape ({exc})"
             ) from None
         if req.model != self.model:
-            raise GatewayError(404, f"the model {req.model!r} does not exist; this server "
-                               f"serves {self.model!r}", param="model",
-                               code="model_not_found")  # fmt: skip
+            raise GatewayError(
+                404,
+                f"the model {req.model!r} does not exist; this server serves {self.model!r}",
+                param="model",
+                code="model_not_found",
+            )
         if req.n != 1:
             raise bad_request("only n=1 is supported", "n")
         if not req.messages:
@@ -216,24 +227,30 @@ class Gateway:
         if prompt >= context:
             raise bad_request(
                 f"the prompt is {prompt} tokens; a replica holds {context} (prompt and "
-                "reply together)", "messages", "context_length_exceeded",
-            )  # fmt: skip
+                "reply together)",
+                "messages",
+                "context_length_exceeded",
+            )
         if asked is not None and prompt + int(asked) > context:
             raise bad_request(
                 f"the prompt ({prompt} tokens) and max_tokens ({asked}) exceed the "
-                f"{context} tokens a replica holds", "max_tokens", "context_length_exceeded",
-            )  # fmt: skip
+                f"{context} tokens a replica holds",
+                "max_tokens",
+                "context_length_exceeded",
+            )
         if req.seed is not None and not -(2**63) <= req.seed < 2**63:
             raise bad_request("seed must fit in 64 bits", "seed")
         stop = [req.stop] if isinstance(req.stop, str) else req.stop
         try:
             return SamplingParams(
-                max_new_tokens=int(asked) if asked is not None else min(
-                    self.config.default_max_tokens, context - prompt),
+                max_new_tokens=int(asked)
+                if asked is not None
+                else min(self.config.default_max_tokens, context - prompt),
                 temperature=1.0 if req.temperature is None else req.temperature,
                 top_p=1.0 if req.top_p is None else req.top_p,
-                stop=stop or None, sampling_seed=req.seed,
-            )  # fmt: skip
+                stop=stop or None,
+                sampling_seed=req.seed,
+            )
         except ValidationError as exc:
             raise _problem(exc) from None
 
@@ -246,9 +263,11 @@ class Gateway:
             session = self.sessions.acquire(found.key)
         else:
             session = self.sessions.acquire_keyless(
-                messages, tools, lambda: self.renderer.prompt(messages, tools),
+                messages,
+                tools,
+                lambda: self.renderer.prompt(messages, tools),
                 lambda: len(self.renderer.prompt(messages[: anchor_end(messages)], tools)),
-            )  # fmt: skip
+            )
         final = is_final(headers)
         exact = exact_reuse(headers)
         try:
@@ -261,9 +280,14 @@ class Gateway:
             self.sessions.release(session, final=final)
 
     async def _call(
-        self, session: Session, req: ChatCompletionRequest, body: dict[str, Any],
-        messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, exact: bool = True,
-    ) -> Reply:  # fmt: skip
+        self,
+        session: Session,
+        req: ChatCompletionRequest,
+        body: dict[str, Any],
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None,
+        exact: bool = True,
+    ) -> Reply:
         s = self.services
         last = session.last if exact else None
         ids, reused = build_prompt(self.renderer, messages, tools, last)
@@ -274,25 +298,34 @@ class Gateway:
         if constraint is not None:
             sampling = sampling.model_copy(update={constraint[0]: constraint[1]})
         grant = await self._admit(session, len(ids), sampling.max_new_tokens)
-        request = {"input_ids": ids, "sampling": sampling.model_dump(exclude_none=True),
-                   "rid": f"{session.task_id}-{session.calls}-{uuid.uuid4().hex[:8]}",
-                   "session_id": session.task_id}  # fmt: skip
+        request = {
+            "input_ids": ids,
+            "sampling": sampling.model_dump(exclude_none=True),
+            "rid": f"{session.task_id}-{session.calls}-{uuid.uuid4().hex[:8]}",
+            "session_id": session.task_id,
+        }
         # gen_ai.conversation.id: the session id (the client's, or the keyless one)
-        with s.telemetry.chat_span(model=s.model, task_id=session.key,
-                                   step=session.calls) as span:  # fmt: skip
+        with s.telemetry.chat_span(model=s.model, task_id=session.key, step=session.calls) as span:
             span.set_attribute("executor.task.id", session.task_id)
             result, waited = await self._generate(session, request, grant)
             s.telemetry.record_call(
-                span, replica_id=result.replica_id, input_tokens=result.prompt_tokens,
-                output_tokens=result.completion_tokens, cached_tokens=result.cached_tokens,
-                queue_wait_s=waited, latency_s=result.latency_s,
+                span,
+                replica_id=result.replica_id,
+                input_tokens=result.prompt_tokens,
+                output_tokens=result.completion_tokens,
+                cached_tokens=result.cached_tokens,
+                queue_wait_s=waited,
+                latency_s=result.latency_s,
                 finish_reason=result.finish_reason,
-            )  # fmt: skip
+            )
         s.dispatcher.call_finished(
-            session.task_id, result.replica_id, prompt_tokens=result.prompt_tokens,
-            cached_tokens=result.cached_tokens, output_tokens=len(result.output_ids),
+            session.task_id,
+            result.replica_id,
+            prompt_tokens=result.prompt_tokens,
+            cached_tokens=result.cached_tokens,
+            output_tokens=len(result.output_ids),
             latency_s=result.latency_s,
-        )  # fmt: skip
+        )
         s.dispatcher.tool_started(session.task_id, "client")  # the client's turn: a tool wait
         session.note_call(result.replica_id, result.cached_tokens, result.prompt_tokens, waited)
         if reused:
@@ -300,41 +333,64 @@ class Gateway:
         else:
             self.rendered += 1
         parsed = self.tools.parse(result.text, req.tools, req.tool_choice)
-        session.last = Turn.make(messages, tools, ids, result.output_ids,
-                                 reply_form(parsed.content, parsed.calls))  # fmt: skip
-        finish = "tool_calls" if parsed.calls else (
-            "length" if result.finish_reason == "length" else "stop")  # fmt: skip
+        session.last = Turn.make(
+            messages, tools, ids, result.output_ids, reply_form(parsed.content, parsed.calls)
+        )
+        finish = (
+            "tool_calls"
+            if parsed.calls
+            else ("length" if result.finish_reason == "length" else "stop")
+        )
         out_headers = {
-            "X-Session-ID": session.key, "X-Prefix-Reuse": "exact" if reused else "rendered",
+            "X-Session-ID": session.key,
+            "X-Prefix-Reuse": "exact" if reused else "rendered",
             "X-Replica-ID": result.replica_id,
-        }  # fmt: skip
+        }
         if req.tools and req.tool_choice != "none":
             out_headers["X-Tool-Call-Parser"] = self.tools.label
-        return Reply(f"chatcmpl-{uuid.uuid4().hex[:24]}", self.model, int(time.time()), parsed,
-                     finish, result, out_headers)  # fmt: skip
+        return Reply(
+            f"chatcmpl-{uuid.uuid4().hex[:24]}",
+            self.model,
+            int(time.time()),
+            parsed,
+            finish,
+            result,
+            out_headers,
+        )
 
     async def _admit(self, session: Session, prompt: int, max_new: int) -> Grant:
         """The core's permission for this call, waited for at most ``queue_wait_s``."""
         d = self.services.dispatcher
         try:
             return await asyncio.wait_for(
-                d.ready(session.task_id, AGENT, self.config.expected_calls, prompt + max_new,
-                        prompt_tokens=prompt),
+                d.ready(
+                    session.task_id,
+                    AGENT,
+                    self.config.expected_calls,
+                    prompt + max_new,
+                    prompt_tokens=prompt,
+                ),
                 self.config.queue_wait_s,
-            )  # fmt: skip
+            )
         except TimeoutError:
             d.cancelled(session.task_id, "waited past the gateway's bound")
             session.new_task()
             raise GatewayError(
-                429, f"no replica had room within {self.config.queue_wait_s:g} s; retry",
-                code="scheduler_busy", headers={"Retry-After": str(self.config.retry_after_s)},
-            ) from None  # fmt: skip
+                429,
+                f"no replica had room within {self.config.queue_wait_s:g} s; retry",
+                code="scheduler_busy",
+                headers={"Retry-After": str(self.config.retry_after_s)},
+            ) from None
         except TaskRefused as exc:
             session.new_task()
             text = str(exc)
             if "queue full" in text:
-                raise GatewayError(429, text, code="scheduler_busy", headers={
-                    "Retry-After": str(self.config.retry_after_s)}) from None  # fmt: skip
+                raise GatewayError(
+                    429,
+                    text,
+                    code="scheduler_busy",
+                    headers={"Retry-After": str(self.config.retry_after_s)},
+                ) from None
             if "exceeds every replica" in text:
                 raise bad_request(text, "messages", "context_length_exceeded") from None
             raise GatewayError(503, text, code="no_replica") from None

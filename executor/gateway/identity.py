@@ -50,8 +50,10 @@ def session_key(headers: Mapping[str, str], body: Mapping[str, Any]) -> SessionK
         ("header:x-session-id", low.get("x-session-id")),
         ("body:prompt_cache_key", body.get("prompt_cache_key")),
         ("body:program_id", body.get("program_id")),
-        ("body:metadata.session_id",
-         metadata.get("session_id") if isinstance(metadata, dict) else None),
+        (
+            "body:metadata.session_id",
+            metadata.get("session_id") if isinstance(metadata, dict) else None,
+        ),
         ("header:x-dynamo-session-id", low.get("x-dynamo-session-id")),
         ("header:x-claude-code-session-id", low.get("x-claude-code-session-id")),
         ("body:session_id", body.get("session_id")),
@@ -59,7 +61,7 @@ def session_key(headers: Mapping[str, str], body: Mapping[str, Any]) -> SessionK
         ("header:session-id", low.get("session-id")),
         ("header:x-session-affinity", low.get("x-session-affinity")),
         ("body:user", body.get("user")),
-    ]  # fmt: skip
+    ]
     for source, value in candidates:
         key = _text(value)
         if key is not None:

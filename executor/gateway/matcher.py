@@ -103,16 +103,21 @@ class PrefixIndex:
         return list(self._by_anchor.get(anchor_hash, ()))
 
     def match(
-        self, messages: Sequence[dict[str, Any]], tools: list[dict[str, Any]] | None,
+        self,
+        messages: Sequence[dict[str, Any]],
+        tools: list[dict[str, Any]] | None,
         lookup: Callable[[str], Keyless | None],
         prompt_ids: Callable[[], list[int]] | None = None,
         anchor_tokens: Callable[[], int] | None = None,
-    ) -> Keyless | None:  # fmt: skip
+    ) -> Keyless | None:
         """The session this keyless request continues, or None (start a new one).
         ``prompt_ids`` / ``anchor_tokens`` (the request's rendered prompt, the tokens
         of its anchor) are asked for only when no candidate matches exactly."""
-        found = [s for k in self.candidates(anchor(messages, tools))
-                 if (s := lookup(k)) is not None and s.last is not None]  # fmt: skip
+        found = [
+            s
+            for k in self.candidates(anchor(messages, tools))
+            if (s := lookup(k)) is not None and s.last is not None
+        ]
         exact = [s for s in found if s.last is not None and exact_match(s.last, messages, tools)]
         if exact:
             return max(exact, key=lambda s: s.last.n_messages if s.last else 0)

@@ -47,37 +47,50 @@ class SessionCollector(Collector):
         if gw is None:
             return
         live = gw.sessions.sessions()  # least recently used first
-        kinds = GaugeMetricFamily("executor_gateway_sessions", "Live gateway sessions.",
-                                  labels=["kind"])  # fmt: skip
+        kinds = GaugeMetricFamily(
+            "executor_gateway_sessions", "Live gateway sessions.", labels=["kind"]
+        )
         keyed = sum(1 for s in live if s.keyed)
         kinds.add_metric(["keyed"], keyed)
         kinds.add_metric(["keyless"], len(live) - keyed)
         yield kinds
-        yield CounterMetricFamily("executor_gateway_sessions_ended", "Gateway sessions ended.",
-                                  value=gw.sessions.ended)  # fmt: skip
-        yield CounterMetricFamily("executor_gateway_keyless_matched",
-                                  "Keyless requests matched to a live session by prefix.",
-                                  value=gw.sessions.matched)  # fmt: skip
-        prompts = CounterMetricFamily("executor_gateway_prompts",
-                                      "Gateway calls by how the prompt was built.",
-                                      labels=["prefix"])  # fmt: skip
+        yield CounterMetricFamily(
+            "executor_gateway_sessions_ended", "Gateway sessions ended.", value=gw.sessions.ended
+        )
+        yield CounterMetricFamily(
+            "executor_gateway_keyless_matched",
+            "Keyless requests matched to a live session by prefix.",
+            value=gw.sessions.matched,
+        )
+        prompts = CounterMetricFamily(
+            "executor_gateway_prompts",
+            "Gateway calls by how the prompt was built.",
+            labels=["prefix"],
+        )
         prompts.add_metric(["exact"], gw.exact_reuses)
         prompts.add_metric(["rendered"], gw.rendered)
         yield prompts
         labels = ["session_id", "replica_id"]
         families = {
-            "calls": GaugeMetricFamily("executor_gateway_session_calls",
-                                       "Calls made by a gateway session.", labels=labels),
-            "cached": GaugeMetricFamily("executor_gateway_session_cached_tokens",
-                                        "Cached prompt tokens of the session's last call.",
-                                        labels=labels),
-            "prompt": GaugeMetricFamily("executor_gateway_session_prompt_tokens",
-                                        "Prompt tokens of the session's last call.",
-                                        labels=labels),
-            "wait": GaugeMetricFamily("executor_gateway_session_queue_wait_seconds",
-                                      "Time the session's calls waited for admission.",
-                                      labels=labels),
-        }  # fmt: skip
+            "calls": GaugeMetricFamily(
+                "executor_gateway_session_calls", "Calls made by a gateway session.", labels=labels
+            ),
+            "cached": GaugeMetricFamily(
+                "executor_gateway_session_cached_tokens",
+                "Cached prompt tokens of the session's last call.",
+                labels=labels,
+            ),
+            "prompt": GaugeMetricFamily(
+                "executor_gateway_session_prompt_tokens",
+                "Prompt tokens of the session's last call.",
+                labels=labels,
+            ),
+            "wait": GaugeMetricFamily(
+                "executor_gateway_session_queue_wait_seconds",
+                "Time the session's calls waited for admission.",
+                labels=labels,
+            ),
+        }
         for s in live[-SESSION_ROWS:]:
             if not s.calls:
                 continue

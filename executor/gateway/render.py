@@ -41,9 +41,10 @@ def _arguments(raw: Any, where: str) -> dict[str, Any]:
         value = json.loads(raw) if isinstance(raw, str) else None
     except json.JSONDecodeError as exc:
         raise bad_request(
-            f"the tool call's arguments are not valid JSON ({exc.msg})", where,
+            f"the tool call's arguments are not valid JSON ({exc.msg})",
+            where,
             "invalid_tool_call_arguments",
-        ) from None  # fmt: skip
+        ) from None
     if not isinstance(value, dict):
         raise bad_request("a tool call's arguments must be a JSON object", where)
     return value
@@ -77,7 +78,7 @@ def template_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     },
                 }
                 for j, c in enumerate(calls)
-            ]  # fmt: skip
+            ]
         out.append(msg)
     return out
 
@@ -89,8 +90,9 @@ class Renderer:
         self.tokenizer = tokenizer
         text = self.render(
             [{"role": "user", "content": "u"}, {"role": "assistant", "content": _PLACEHOLDER}],
-            None, generation=False,
-        )  # fmt: skip
+            None,
+            generation=False,
+        )
         # what the template writes after an assistant reply's text (its end of turn)
         self.assistant_tail = text.split(_PLACEHOLDER, 1)[1] if _PLACEHOLDER in text else ""
 
@@ -99,12 +101,19 @@ class Renderer:
         return str(getattr(self.tokenizer, "chat_template", "") or "")
 
     def render(
-        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None,
         generation: bool = True,
-    ) -> str:  # fmt: skip
-        text = str(self.tokenizer.apply_chat_template(
-            messages, tools=tools or None, add_generation_prompt=generation, tokenize=False,
-        ))  # fmt: skip
+    ) -> str:
+        text = str(
+            self.tokenizer.apply_chat_template(
+                messages,
+                tools=tools or None,
+                add_generation_prompt=generation,
+                tokenize=False,
+            )
+        )
         if tools and any(t["function"]["name"] not in text for t in tools):
             # a template without tool support: list them in the system turn ourselves
             listing = "# Tools\n" + "\n".join(json.dumps(t["function"]) for t in tools)
@@ -113,9 +122,11 @@ class Renderer:
                 messages = [first, *messages[1:]]
             else:
                 messages = [{"role": "system", "content": listing}, *messages]
-            text = str(self.tokenizer.apply_chat_template(
-                messages, add_generation_prompt=generation, tokenize=False
-            ))  # fmt: skip
+            text = str(
+                self.tokenizer.apply_chat_template(
+                    messages, add_generation_prompt=generation, tokenize=False
+                )
+            )
         return text
 
     def encode(self, text: str) -> list[int]:

@@ -42,19 +42,23 @@ def _calls(reply: Reply) -> list[ToolCall] | None:
     if not calls:
         return None
     return [
-        ToolCall(
-            id=c["id"], index=c["index"], function=FunctionResponse(**c["function"])
-        )  # fmt: skip
+        ToolCall(id=c["id"], index=c["index"], function=FunctionResponse(**c["function"]))
         for c in calls
     ]
 
 
 def response_body(reply: Reply) -> dict[str, Any]:
     message = ChatMessage(role="assistant", content=reply.parsed.content, tool_calls=_calls(reply))
-    choice = ChatCompletionResponseChoice(index=0, message=message,
-                                          finish_reason=reply.finish_reason)  # fmt: skip
-    out = ChatCompletionResponse(id=reply.id, created=reply.created, model=reply.model,
-                                 choices=[choice], usage=UsageInfo(**reply.usage()))  # fmt: skip
+    choice = ChatCompletionResponseChoice(
+        index=0, message=message, finish_reason=reply.finish_reason
+    )
+    out = ChatCompletionResponse(
+        id=reply.id,
+        created=reply.created,
+        model=reply.model,
+        choices=[choice],
+        usage=UsageInfo(**reply.usage()),
+    )
     body: dict[str, Any] = out.model_dump(mode="json")
     return body
 
@@ -62,14 +66,21 @@ def response_body(reply: Reply) -> dict[str, Any]:
 def chunks(reply: Reply, include_usage: bool) -> list[str]:
     """The reply as SSE ``data:`` lines: role, text, tool calls, finish, usage, [DONE]."""
 
-    def chunk(delta: DeltaMessage | None, finish: str | None = None,
-              usage: dict[str, Any] | None = None) -> str:  # fmt: skip
-        choices = [] if delta is None else [ChatCompletionResponseStreamChoice(
-            index=0, delta=delta, finish_reason=finish)]  # fmt: skip
+    def chunk(
+        delta: DeltaMessage | None, finish: str | None = None, usage: dict[str, Any] | None = None
+    ) -> str:
+        choices = (
+            []
+            if delta is None
+            else [ChatCompletionResponseStreamChoice(index=0, delta=delta, finish_reason=finish)]
+        )
         c = ChatCompletionStreamResponse(
-            id=reply.id, created=reply.created, model=reply.model, choices=choices,
+            id=reply.id,
+            created=reply.created,
+            model=reply.model,
+            choices=choices,
             usage=UsageInfo(**usage) if usage is not None else None,
-        )  # fmt: skip
+        )
         return f"data: {json.dumps(c.model_dump(mode='json', exclude_none=True))}\n\n"
 
     out = [chunk(DeltaMessage(role="assistant", content=""))]
@@ -100,16 +111,20 @@ def install(app: FastAPI, gateway: Gateway, token: str | None) -> None:
 
     def auth(authorization: Annotated[str | None, Header()] = None) -> None:
         if not authorized(authorization, token):
-            raise GatewayError(401, "a valid bearer token is required (Authorization: "
-                               "Bearer <token>)", code="invalid_api_key",
-                               headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+            raise GatewayError(
+                401,
+                "a valid bearer token is required (Authorization: Bearer <token>)",
+                code="invalid_api_key",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
 
     router = APIRouter(dependencies=[Depends(auth)])
 
     @router.get("/v1/models")
     async def models() -> dict[str, Any]:
-        card = ModelCard(id=gateway.model, owned_by="agent-executor",
-                         max_model_len=gateway.context_tokens())  # fmt: skip
+        card = ModelCard(
+            id=gateway.model, owned_by="agent-executor", max_model_len=gateway.context_tokens()
+        )
         listing: dict[str, Any] = ModelList(data=[card]).model_dump(mode="json")
         return listing
 
@@ -131,21 +146,26 @@ def install(app: FastAPI, gateway: Gateway, token: str | None) -> None:
             options = body.get("stream_options") or {}
             lines = chunks(reply, bool(isinstance(options, dict) and options.get("include_usage")))
             return StreamingResponse(
-                _stream(lines), media_type="text/event-stream",
+                _stream(lines),
+                media_type="text/event-stream",
                 headers={**reply.headers, "Cache-Control": "no-cache"},
-            )  # fmt: skip
+            )
         return JSONResponse(response_body(reply), headers=reply.headers)
 
     @router.get("/v1/sessions")
     async def sessions() -> dict[str, Any]:
-        return {"data": [s.row() for s in gateway.sessions.sessions()],
-                "ended": gateway.sessions.ended, "matched": gateway.sessions.matched}  # fmt: skip
+        return {
+            "data": [s.row() for s in gateway.sessions.sessions()],
+            "ended": gateway.sessions.ended,
+            "matched": gateway.sessions.matched,
+        }
 
     @router.delete("/v1/sessions/{session_id}")
     async def end(session_id: str) -> dict[str, Any]:
         if not gateway.end_session(session_id):
-            raise GatewayError(404, f"no live session {session_id!r}", param="session_id",
-                               code="session_not_found")  # fmt: skip
+            raise GatewayError(
+                404, f"no live session {session_id!r}", param="session_id", code="session_not_found"
+            )
         return {"id": session_id, "object": "session", "deleted": True}
 
     app.include_router(router)

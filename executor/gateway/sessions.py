@@ -63,11 +63,16 @@ class Session:
     def row(self) -> dict[str, Any]:
         """What ``/v1/sessions``, the dashboard and ``/metrics`` show of it."""
         return {
-            "id": self.key, "task_id": self.task_id, "keyed": self.keyed, "calls": self.calls,
-            "replica_id": self.replica_id, "cached_tokens": self.cached,
-            "prompt_tokens": self.prompts, "queue_wait_s": round(self.queue_wait_s, 3),
+            "id": self.key,
+            "task_id": self.task_id,
+            "keyed": self.keyed,
+            "calls": self.calls,
+            "replica_id": self.replica_id,
+            "cached_tokens": self.cached,
+            "prompt_tokens": self.prompts,
+            "queue_wait_s": round(self.queue_wait_s, 3),
             "busy": bool(self.busy),
-        }  # fmt: skip
+        }
 
 
 def _task_id() -> str:
@@ -76,9 +81,13 @@ def _task_id() -> str:
 
 class SessionStore:
     def __init__(
-        self, *, max_sessions: int, idle_ttl_s: float,
-        on_end: Callable[[Session, str], None], clock: Callable[[], float] = time.monotonic,
-    ) -> None:  # fmt: skip
+        self,
+        *,
+        max_sessions: int,
+        idle_ttl_s: float,
+        on_end: Callable[[Session, str], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.max_sessions = max_sessions
         self.idle_ttl_s = idle_ttl_s
         self.on_end = on_end
@@ -116,10 +125,12 @@ class SessionStore:
         return session
 
     def acquire_keyless(
-        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None,
         prompt_ids: Callable[[], list[int]] | None = None,
         anchor_tokens: Callable[[], int] | None = None,
-    ) -> Session:  # fmt: skip
+    ) -> Session:
         """The live keyless session this request continues (``PrefixIndex.match``),
         else a new one; marked busy like ``acquire``'s."""
         found = self.index.match(messages, tools, self._live.get, prompt_ids, anchor_tokens)
@@ -160,9 +171,11 @@ class SessionStore:
         idle = next((s for s in self._live.values() if not s.busy), None)
         if idle is None:
             raise GatewayError(
-                429, f"{self.max_sessions} sessions are in requests (the gateway's limit)",
-                code="too_many_sessions", headers={"Retry-After": "1"},
-            )  # fmt: skip
+                429,
+                f"{self.max_sessions} sessions are in requests (the gateway's limit)",
+                code="too_many_sessions",
+                headers={"Retry-After": "1"},
+            )
         self._end(idle, "evicted (the session limit)")
 
     def sweep(self) -> int:

@@ -72,10 +72,14 @@ class Parsed:
 
     def openai_calls(self) -> list[dict[str, Any]]:
         return [
-            {"id": f"call_{uuid.uuid4().hex[:24]}", "index": i, "type": "function",
-             "function": {"name": n, "arguments": json.dumps(a, ensure_ascii=False)}}
+            {
+                "id": f"call_{uuid.uuid4().hex[:24]}",
+                "index": i,
+                "type": "function",
+                "function": {"name": n, "arguments": json.dumps(a, ensure_ascii=False)},
+            }
             for i, (n, a) in enumerate(self.calls)
-        ]  # fmt: skip
+        ]
 
 
 def _strict(tool: Tool) -> Tool:
@@ -95,8 +99,9 @@ def check_choice(tools: list[Tool] | None, choice: Choice) -> None:
         if choice.function.name not in names:
             raise bad_request(
                 f"tool_choice names {choice.function.name!r}, which is not among the tools "
-                f"({', '.join(names) or 'none given'})", "tool_choice",
-            )  # fmt: skip
+                f"({', '.join(names) or 'none given'})",
+                "tool_choice",
+            )
     elif choice == "required" and not names:
         raise bad_request('tool_choice "required" needs tools', "tool_choice")
 
@@ -153,9 +158,13 @@ class ToolCalls:
         if found is None:
             return None
         kind, value = found
-        text = value if isinstance(value, str) else json.dumps(
-            value.model_dump(by_alias=True) if hasattr(value, "model_dump") else value
-        )  # fmt: skip
+        text = (
+            value
+            if isinstance(value, str)
+            else json.dumps(
+                value.model_dump(by_alias=True) if hasattr(value, "model_dump") else value
+            )
+        )
         return kind, text
 
     # -- parsing -----------------------------------------------------------------------
@@ -227,24 +236,41 @@ def _structural_tag(
     triggers: set[str] = set()
     for t in tools:
         name = t.function.name
-        schema = {"type": "json_schema", "json_schema": t.function.parameters,
-                  "max_whitespace_cnt": 1}  # fmt: skip
+        schema = {
+            "type": "json_schema",
+            "json_schema": t.function.parameters,
+            "max_whitespace_cnt": 1,
+        }
         s = info(name)
         triggers.add(s.trigger)
         native.append({"type": "tag", "begin": s.begin, "content": schema, "end": s.end})
-        bare.append({"type": "tag", "begin": '{"name":"' + name + '", "arguments":',
-                     "content": schema, "end": "}"})  # fmt: skip
+        bare.append(
+            {
+                "type": "tag",
+                "begin": '{"name":"' + name + '", "arguments":',
+                "content": schema,
+                "end": "}",
+            }
+        )
     calls: dict[str, Any] = (
         {"type": "tags_with_separator", "tags": native, "separator": "\n", "at_least_one": True}
-        if parallel else {"type": "or", "elements": native}
-    )  # fmt: skip
+        if parallel
+        else {"type": "or", "elements": native}
+    )
     if calls_only:
         return {"type": "structural_tag", "format": calls}
-    text = {"type": "sequence", "elements": [
-        {"type": "regex", "pattern": _TEXT_START},
-        {"type": "triggered_tags", "triggers": sorted(triggers), "tags": native,
-         "stop_after_first": not parallel},
-    ]}  # fmt: skip
+    text = {
+        "type": "sequence",
+        "elements": [
+            {"type": "regex", "pattern": _TEXT_START},
+            {
+                "type": "triggered_tags",
+                "triggers": sorted(triggers),
+                "tags": native,
+                "stop_after_first": not parallel,
+            },
+        ],
+    }
     return {
         "type": "structural_tag",
         "format": {"type": "or", "elements": [calls, {"type": "or", "elements": bare}, text]},

@@ -54,19 +54,28 @@ class Turn:
 
     @classmethod
     def make(
-        cls, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
-        prompt_ids: list[int], output_ids: list[int], reply: dict[str, Any],
-    ) -> Turn:  # fmt: skip
+        cls,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None,
+        prompt_ids: list[int],
+        output_ids: list[int],
+        reply: dict[str, Any],
+    ) -> Turn:
         return cls(
-            digest([messages, tools]), len(messages), digest(reply),
-            array("i", prompt_ids + output_ids), len(output_ids),
-        )  # fmt: skip
+            digest([messages, tools]),
+            len(messages),
+            digest(reply),
+            array("i", prompt_ids + output_ids),
+            len(output_ids),
+        )
 
 
 def build_prompt(
-    renderer: Renderer, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
+    renderer: Renderer,
+    messages: list[dict[str, Any]],
+    tools: list[dict[str, Any]] | None,
     last: Turn | None,
-) -> tuple[list[int], bool]:  # fmt: skip
+) -> tuple[list[int], bool]:
     """(prompt ids, whether the last turn's ids were reused exactly)."""
     k = last.n_messages if last is not None else -1
     if last is not None and len(messages) > k + 1:

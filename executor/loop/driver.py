@@ -121,9 +121,11 @@ def check_task(
 
 
 async def generate_unless_lost(
-    replicas: ReplicaRegistry, dispatcher: Dispatcher, replica_id: str,
+    replicas: ReplicaRegistry,
+    dispatcher: Dispatcher,
+    replica_id: str,
     request: GenerateRequest | dict[str, Any],
-) -> GenerateResult:  # fmt: skip
+) -> GenerateResult:
     """One call on a replica, abandoned as soon as the replica is declared dead (by a
     health check, or by another call): a hung engine holds no task. The driver's calls
     and the gateway's go through it."""
@@ -148,9 +150,13 @@ async def generate_unless_lost(
 
 class TaskDriver:
     def __init__(
-        self, services: Services, agent: Agent, goal: str, task_id: str,
+        self,
+        services: Services,
+        agent: Agent,
+        goal: str,
+        task_id: str,
         record: TaskRecord | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         """A new task (journaled now), or, with ``record``, a journaled one to resume."""
         self.services = services
         self.agent = agent
@@ -201,10 +207,16 @@ class TaskDriver:
     def result(self, finish: Finish, latency_s: float) -> TaskResult:
         """The task's result as it stands, ended with ``finish``."""
         return TaskResult(
-            task_id=self.task_id, agent=self.agent.name, goal=self.goal, status=finish.status,
-            output=finish.output, error=finish.error, steps=list(self.machine.steps),
-            latency_s=latency_s, resumed=self.resumed,
-        )  # fmt: skip
+            task_id=self.task_id,
+            agent=self.agent.name,
+            goal=self.goal,
+            status=finish.status,
+            output=finish.output,
+            error=finish.error,
+            steps=list(self.machine.steps),
+            latency_s=latency_s,
+            resumed=self.resumed,
+        )
 
     async def _close(self, sandbox: Sandbox) -> None:
         try:
@@ -251,15 +263,20 @@ class TaskDriver:
         s = self.services
         sampling = self._sampling(action.tool_choice)
         grant = await s.dispatcher.ready(
-            self.task_id, self.agent.name, self.agent.max_steps, self._expected_history(),
+            self.task_id,
+            self.agent.name,
+            self.agent.max_steps,
+            self._expected_history(),
             prompt_tokens=self._first_prompt_tokens(action.input_ids),
         )
         waited = grant.waited_s
         while True:
             request = GenerateRequest(
-                input_ids=action.input_ids, sampling=sampling,
-                rid=_request_id(self.task_id, action.step), session_id=self.task_id,
-            )  # fmt: skip
+                input_ids=action.input_ids,
+                sampling=sampling,
+                rid=_request_id(self.task_id, action.step),
+                session_id=self.task_id,
+            )
             chat = s.telemetry.chat_span(model=s.model, task_id=self.task_id, step=action.step)
             with chat as span:
                 if grant.moved_from is not None:
@@ -269,30 +286,46 @@ class TaskDriver:
                 except (ReplicaUnavailableError, ReplicaUnreachableError) as exc:
                     # dead: the core places the task again; unreachable: it retries here
                     dead = isinstance(exc, ReplicaUnavailableError)
-                    s.telemetry.event(span, "replica_lost" if dead else "call_failed",
-                                      replica=grant.replica_id, reason=exc.reason)  # fmt: skip
+                    s.telemetry.event(
+                        span,
+                        "replica_lost" if dead else "call_failed",
+                        replica=grant.replica_id,
+                        reason=exc.reason,
+                    )
                     retry = s.dispatcher.after_replica_death if dead else s.dispatcher.call_failed
                     grant = await retry(self.task_id, grant.replica_id, exc.reason)
                     waited += grant.waited_s
                     continue
                 s.telemetry.record_call(
-                    span, replica_id=result.replica_id, input_tokens=result.prompt_tokens,
-                    output_tokens=result.completion_tokens, cached_tokens=result.cached_tokens,
-                    queue_wait_s=waited, latency_s=result.latency_s,
+                    span,
+                    replica_id=result.replica_id,
+                    input_tokens=result.prompt_tokens,
+                    output_tokens=result.completion_tokens,
+                    cached_tokens=result.cached_tokens,
+                    queue_wait_s=waited,
+                    latency_s=result.latency_s,
                     finish_reason=result.finish_reason,
-                )  # fmt: skip
+                )
             break
         s.dispatcher.call_finished(
-            self.task_id, result.replica_id, prompt_tokens=result.prompt_tokens,
-            cached_tokens=result.cached_tokens, output_tokens=len(result.output_ids),
+            self.task_id,
+            result.replica_id,
+            prompt_tokens=result.prompt_tokens,
+            cached_tokens=result.cached_tokens,
+            output_tokens=len(result.output_ids),
             latency_s=result.latency_s,
-        )  # fmt: skip
+        )
         info = CallStep(
-            step=action.step, replica_id=result.replica_id, prompt_tokens=result.prompt_tokens,
-            cached_tokens=result.cached_tokens, completion_tokens=result.completion_tokens,
-            latency_s=result.latency_s, queue_wait_s=waited, finish_reason=result.finish_reason,
+            step=action.step,
+            replica_id=result.replica_id,
+            prompt_tokens=result.prompt_tokens,
+            cached_tokens=result.cached_tokens,
+            completion_tokens=result.completion_tokens,
+            latency_s=result.latency_s,
+            queue_wait_s=waited,
+            finish_reason=result.finish_reason,
             reply=result.text,
-        )  # fmt: skip
+        )
         self._record(CallPayload(ids=result.output_ids, info=info))
 
     def _sampling(self, tool_choice: str) -> SamplingParams:

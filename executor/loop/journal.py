@@ -214,8 +214,7 @@ class Journal:
             return PAYLOADS[StepKind(kind)].model_validate_json(text)
         except (ValueError, ValidationError) as exc:  # an unknown kind, or a damaged row
             raise JournalError(
-                f"step {seq} of task {task_id} in {self.path} is not a valid {kind!r} step: "
-                f"{exc}"
+                f"step {seq} of task {task_id} in {self.path} is not a valid {kind!r} step: {exc}"
             ) from None
 
     def list(

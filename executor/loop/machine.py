@@ -192,11 +192,18 @@ class TaskMachine:
         if self.phase is Phase.TOOL and self._tool_started:
             action = self._action
             assert isinstance(action, RunTool)
-            self.steps.append(ToolStep(
-                step=action.step, call_id=action.call_id, tool=action.tool,
-                arguments=action.arguments, ok=False, output=INTERRUPTED, duration_s=0.0,
-                interrupted=True,
-            ))  # fmt: skip
+            self.steps.append(
+                ToolStep(
+                    step=action.step,
+                    call_id=action.call_id,
+                    tool=action.tool,
+                    arguments=action.arguments,
+                    ok=False,
+                    output=INTERRUPTED,
+                    duration_s=0.0,
+                    interrupted=True,
+                )
+            )
             self._observe(INTERRUPTED)
 
     def tool_result(
@@ -207,9 +214,14 @@ class TaskMachine:
         after it: ``_tool_finished``)."""
         ok, text = bool(result["ok"]), str(result["text"])
         step = ToolStep(
-            step=action.step, call_id=action.call_id, tool=action.tool,
-            arguments=action.arguments, ok=ok, output=text, duration_s=duration_s,
-        )  # fmt: skip
+            step=action.step,
+            call_id=action.call_id,
+            tool=action.tool,
+            arguments=action.arguments,
+            ok=ok,
+            output=text,
+            duration_s=duration_s,
+        )
         return ToolResultPayload(call_id=action.call_id, result=result, info=step)
 
     # -- transitions ----------------------------------------------------------------

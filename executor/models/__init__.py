@@ -17,6 +17,16 @@ from executor.models.registry import (
 from executor.models.resolve import describe, gguf_files, recipe, resolve
 
 __all__ = [
-    "PROVENANCE_FILE", "REGISTRY", "GGUFSource", "ModelError", "ModelSpec", "cache_dir",
-    "describe", "gguf_files", "read_provenance", "recipe", "resolve", "sha256_file",
+    "PROVENANCE_FILE",
+    "REGISTRY",
+    "GGUFSource",
+    "ModelError",
+    "ModelSpec",
+    "cache_dir",
+    "describe",
+    "gguf_files",
+    "read_provenance",
+    "recipe",
+    "resolve",
+    "sha256_file",
 ]

@@ -34,7 +34,6 @@ def convert_gguf(parts: list[Path], dest: Path) -> dict[str, object]:
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-
     scratch = dest / "_gguf"
     scratch.mkdir()
     try:

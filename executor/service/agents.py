@@ -40,8 +40,13 @@ def inline_agent(spec: InlineAgent, model: str) -> Agent:
             f"only {', '.join(builtins)})"
         )
     return Agent(
-        name=spec.name, instructions=spec.instructions, model=model,
-        tools=[builtins[n] for n in spec.tools], max_steps=spec.max_steps,
-        sampling=spec.sampling, tool_choice=spec.tool_choice,
-        max_answer_chars=spec.max_answer_chars, answer_hint=spec.answer_hint,
-    )  # fmt: skip
+        name=spec.name,
+        instructions=spec.instructions,
+        model=model,
+        tools=[builtins[n] for n in spec.tools],
+        max_steps=spec.max_steps,
+        sampling=spec.sampling,
+        tool_choice=spec.tool_choice,
+        max_answer_chars=spec.max_answer_chars,
+        answer_hint=spec.answer_hint,
+    )

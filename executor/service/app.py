@@ -47,8 +47,9 @@ RETRY_AFTER_S = 2
 COOKIE = "executor_token"  # the dashboard's: set from its link, good for GET only
 
 
-def create_app(service: TaskService, *, token: str | None = None,
-               max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:  # fmt: skip
+def create_app(
+    service: TaskService, *, token: str | None = None, max_body_bytes: int = MAX_BODY_BYTES
+) -> FastAPI:
     gateway = Gateway(lambda: service.executor.services, GatewayConfig.from_env())
     dashboard = Dashboard(service, gateway)
 
@@ -88,8 +89,9 @@ def create_app(service: TaskService, *, token: str | None = None,
             return
         if request.method == "GET" and executor_token and same_secret(executor_token, token):
             return  # the dashboard (a cookie never authorises a change: no CSRF)
-        raise HTTPException(401, "a valid bearer token is required",
-                            headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+        raise HTTPException(
+            401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"}
+        )
 
     guarded = [Depends(auth)]
     install_gateway(app, gateway, token)  # /v1/models, /v1/chat/completions, /v1/sessions
@@ -111,8 +113,13 @@ def create_app(service: TaskService, *, token: str | None = None,
             if not same_secret(link_token, token):
                 raise HTTPException(401, "wrong token")
             back = RedirectResponse("/", status_code=303)
-            back.set_cookie(COOKIE, link_token, httponly=True, samesite="strict",
-                            secure=request.url.scheme == "https")  # fmt: skip
+            back.set_cookie(
+                COOKIE,
+                link_token,
+                httponly=True,
+                samesite="strict",
+                secure=request.url.scheme == "https",
+            )
             return back
         if token is not None and not same_secret(executor_token, token):
             return HTMLResponse("<p>open <code>/?token=YOUR_TOKEN</code> once</p>", 401)
@@ -124,8 +131,11 @@ def create_app(service: TaskService, *, token: str | None = None,
 
     @app.get("/v1/dashboard/events", dependencies=guarded)
     async def dashboard_events() -> StreamingResponse:
-        return StreamingResponse(dashboard.events(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache"})  # fmt: skip
+        return StreamingResponse(
+            dashboard.events(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache"},
+        )
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -143,8 +153,7 @@ def create_app(service: TaskService, *, token: str | None = None,
         service.executor.refresh_gauges()
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
-    @app.post("/v1/tasks", status_code=202, response_model=SubmitResponse,
-              dependencies=guarded)  # fmt: skip
+    @app.post("/v1/tasks", status_code=202, response_model=SubmitResponse, dependencies=guarded)
     async def submit(
         request: Request,
         idempotency_key: Annotated[str | None, Header(max_length=MAX_KEY_CHARS)] = None,
@@ -162,8 +171,9 @@ def create_app(service: TaskService, *, token: str | None = None,
             raise HTTPException(409, "this Idempotency-Key was used with another body") from None
         except Busy as exc:
             retry = RETRY_AFTER_S if exc.retry_after_s is None else math.ceil(exc.retry_after_s)
-            raise HTTPException(429, str(exc),
-                                headers={"Retry-After": str(max(1, retry))}) from None  # fmt: skip
+            raise HTTPException(
+                429, str(exc), headers={"Retry-After": str(max(1, retry))}
+            ) from None
         except BadAgent as exc:
             raise HTTPException(422, [{"loc": ["body", "agent"], "msg": str(exc)}]) from None
         except UnknownAgent:
@@ -194,12 +204,12 @@ def create_app(service: TaskService, *, token: str | None = None,
         service.record(task_id)  # 404 before the stream starts
         start = after if after is not None else last_event_id if last_event_id is not None else -1
         return StreamingResponse(
-            task_events(service, task_id, start), media_type="text/event-stream",
+            task_events(service, task_id, start),
+            media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )  # fmt: skip
+        )
 
-    @app.post("/v1/tasks/{task_id}/cancel", response_model=SubmitResponse,
-              dependencies=guarded)  # fmt: skip
+    @app.post("/v1/tasks/{task_id}/cancel", response_model=SubmitResponse, dependencies=guarded)
     async def cancel(task_id: str) -> SubmitResponse:
         return SubmitResponse(task_id=task_id, status=service.cancel(task_id))
 

@@ -103,24 +103,39 @@ class Dashboard:
         for step in view.steps:
             if isinstance(step, CallStep):
                 timeline.append({"kind": "queue", "s": round(step.queue_wait_s, 3)})
-                timeline.append({
-                    "kind": "call", "s": round(step.latency_s, 3), "replica": step.replica_id,
-                    "cached": step.cached_tokens, "prompt": step.prompt_tokens,
-                })  # fmt: skip
+                timeline.append(
+                    {
+                        "kind": "call",
+                        "s": round(step.latency_s, 3),
+                        "replica": step.replica_id,
+                        "cached": step.cached_tokens,
+                        "prompt": step.prompt_tokens,
+                    }
+                )
                 replica = replica or step.replica_id
             elif isinstance(step, ToolStep):
-                timeline.append({"kind": "tool", "s": round(step.duration_s, 3),
-                                 "tool": step.tool, "ok": step.ok})  # fmt: skip
+                timeline.append(
+                    {
+                        "kind": "tool",
+                        "s": round(step.duration_s, 3),
+                        "tool": step.tool,
+                        "ok": step.ok,
+                    }
+                )
             else:
                 timeline.append({"kind": "failover", "s": 0.0, "replica": step.replica_id})
         if live is not None and live.replica_id is not None:
             replica = live.replica_id
         return {
-            "task_id": task_id, "agent": view.agent, "status": view.status,
-            "replica": replica, "calls": sum(1 for t in timeline if t["kind"] == "call"),
+            "task_id": task_id,
+            "agent": view.agent,
+            "status": view.status,
+            "replica": replica,
+            "calls": sum(1 for t in timeline if t["kind"] == "call"),
             "queue_wait_s": round(sum(t["s"] for t in timeline if t["kind"] == "queue"), 3),
-            "latency_s": round(view.latency_s, 3), "timeline": timeline,
-        }  # fmt: skip
+            "latency_s": round(view.latency_s, 3),
+            "timeline": timeline,
+        }
 
     async def events(self) -> AsyncIterator[str]:
         """A snapshot now and every ``PUSH_S`` after."""

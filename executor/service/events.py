@@ -18,8 +18,11 @@ KEEPALIVE_S = 15.0
 
 
 def step_event(step: JournalStep) -> dict[str, Any]:
-    return {"seq": step.seq, "kind": str(step.kind),
-            **step.payload.model_dump(mode="json", exclude={"ids"})}  # fmt: skip
+    return {
+        "seq": step.seq,
+        "kind": str(step.kind),
+        **step.payload.model_dump(mode="json", exclude={"ids"}),
+    }
 
 
 def sse(event: str, data: Any, event_id: int | None = None) -> str:

@@ -33,8 +33,7 @@ def body_hash(body: bytes) -> str:
 
 class IdempotencyStore:
     def __init__(self, path: Path | str) -> None:
-        self._db = sqlite3.connect(path, isolation_level=None, timeout=30,
-                                   check_same_thread=False)  # fmt: skip
+        self._db = sqlite3.connect(path, isolation_level=None, timeout=30, check_same_thread=False)
         self._lock = threading.Lock()
         self._db.executescript(SCHEMA)
 

@@ -20,8 +20,9 @@ class InlineAgent(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=64)
-    instructions: str = Field("You are a helpful assistant that solves tasks with tools.",
-                              max_length=8_000)  # fmt: skip
+    instructions: str = Field(
+        "You are a helpful assistant that solves tasks with tools.", max_length=8_000
+    )
     tools: list[str] = Field(default_factory=list, max_length=16)
     max_steps: int = Field(12, ge=1, le=200)
     sampling: dict[str, Any] = Field(default_factory=dict)

@@ -29,9 +29,13 @@ class ServiceOptions:
 
 
 def build_service(
-    config: ExecutorConfig, agents: dict[str, Agent], *, pool: ReplicaPool | None = None,
-    max_active: int = 256, telemetry: TelemetryExporter | None = None,
-) -> TaskService:  # fmt: skip
+    config: ExecutorConfig,
+    agents: dict[str, Agent],
+    *,
+    pool: ReplicaPool | None = None,
+    max_active: int = 256,
+    telemetry: TelemetryExporter | None = None,
+) -> TaskService:
     """The service's tasks on a new Executor whose metrics also go to ``/metrics``."""
     holder: list[TaskService] = []
 
@@ -53,7 +57,12 @@ def serve(service: TaskService, options: ServiceOptions) -> None:
 
     check_bind(options.host, options.token)
     app = create_app(service, token=options.token, max_body_bytes=options.max_body_bytes)
-    log.info("serving on http://%s:%d (agents: %s)", options.host, options.port,
-             ", ".join(service.agents) or "inline only")  # fmt: skip
-    uvicorn.run(app, host=options.host, port=options.port, log_level="warning",
-                timeout_graceful_shutdown=5)  # fmt: skip
+    log.info(
+        "serving on http://%s:%d (agents: %s)",
+        options.host,
+        options.port,
+        ", ".join(service.agents) or "inline only",
+    )
+    uvicorn.run(
+        app, host=options.host, port=options.port, log_level="warning", timeout_graceful_shutdown=5
+    )

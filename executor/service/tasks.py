@@ -59,8 +59,9 @@ class LastReplica(ExecutorError):
 
 
 class TaskService:
-    def __init__(self, executor: Executor, agents: dict[str, Agent], *,
-                 max_active: int = 256) -> None:  # fmt: skip
+    def __init__(
+        self, executor: Executor, agents: dict[str, Agent], *, max_active: int = 256
+    ) -> None:
         self.executor = executor
         self.agents = agents
         self.max_active = max_active
@@ -166,8 +167,10 @@ class TaskService:
         slo = self.executor.config.scheduler.shed_slo_s  # opt-in SLO-aware shedding
         wait = self.executor.dispatcher.core.predicted_wait_s() if slo is not None else None
         if slo is not None and wait is not None and wait > slo:
-            raise Busy(f"shed: predicted queue wait {wait:.1f} s exceeds the SLO ({slo:g} s)",
-                       retry_after_s=wait - slo)  # fmt: skip
+            raise Busy(
+                f"shed: predicted queue wait {wait:.1f} s exceeds the SLO ({slo:g} s)",
+                retry_after_s=wait - slo,
+            )
 
     def _track(self, handle: TaskHandle) -> None:
         self.handles[handle.task_id] = handle
@@ -229,11 +232,16 @@ class TaskService:
             info for p in record.payloads if (info := getattr(p, "info", None)) is not None
         ]
         return TaskView(
-            task_id=task_id, agent=str(record.agent.get("name")), goal=record.goal,
-            status=self.status(record), output=record.output, error=record.error,
-            steps=steps, latency_s=record.updated_at - record.created_at,
+            task_id=task_id,
+            agent=str(record.agent.get("name")),
+            goal=record.goal,
+            status=self.status(record),
+            output=record.output,
+            error=record.error,
+            steps=steps,
+            latency_s=record.updated_at - record.created_at,
             resumed=task_id in self.resumed,
-        )  # fmt: skip
+        )
 
     def page(self, status: str | None, limit: int, offset: int) -> list[TaskSummary]:
         journal_status = {"queued": "running", "cancelled": "failed"}.get(status or "", status)
@@ -268,7 +276,7 @@ class TaskService:
                 kv_capacity_tokens=v.kv_capacity_tokens,
                 kv_reserved_tokens=v.kv_reserved_tokens,
                 running_calls=v.running_calls,
-            )  # fmt: skip
+            )
             for v in self.executor.dispatcher.core.replicas()
         ]
 

@@ -20,7 +20,7 @@ view of the pool, attended to on its own and merged in; past 16 runs it is gathe
 once. Only the new tokens' K/V (n rows) are copied. The decode step reads the pool
 in place when the request's slots are one run. Idempotent; fails loudly when the code
 it expects is not there; greedy outputs checked identical warm vs cold
-(tests/test_warm_attention.py).
+(tests/unit/infra/test_warm_attention.py).
 """
 
 from __future__ import annotations

@@ -12,6 +12,10 @@ from scheduler.baselines.sticky import StickyRouter
 from scheduler.baselines.thunderagent import ThunderAgentScheduler
 
 __all__ = [
-    "CacheAwareRouter", "ContinuumScheduler", "PinKV", "RoundRobinRouter", "StickyRouter",
+    "CacheAwareRouter",
+    "ContinuumScheduler",
+    "PinKV",
+    "RoundRobinRouter",
+    "StickyRouter",
     "ThunderAgentScheduler",
 ]

@@ -199,8 +199,11 @@ class ThunderAgentScheduler:
         if self._resume:
             for tid in sorted(self._resume, key=lambda t: (-self._need(t), t)):
                 need = self._need(tid)
-                fits = [(r.budget - r.used, rid) for rid, r in open_reps.items()
-                        if r.budget - r.used >= need]  # fmt: skip
+                fits = [
+                    (r.budget - r.used, rid)
+                    for rid, r in open_reps.items()
+                    if r.budget - r.used >= need
+                ]
                 if fits:
                     self._resume.discard(tid)
                     self.resumes += 1
@@ -217,8 +220,14 @@ class ThunderAgentScheduler:
             room = [r for r, rep in open_reps.items() if rep.budget - rep.used >= need]
             if not room:
                 break
-            rid = min(room, key=lambda r: (len(open_reps[r].programs),
-                                           open_reps[r].used - open_reps[r].budget, r))  # fmt: skip
+            rid = min(
+                room,
+                key=lambda r: (
+                    len(open_reps[r].programs),
+                    open_reps[r].used - open_reps[r].budget,
+                    r,
+                ),
+            )
             self._new.popleft()
             self._place(self.programs[tid], rid, need, out)
 

@@ -13,8 +13,17 @@ from scheduler.policies.placement import PlacementPolicy, SpreadPlacement
 from scheduler.policies.retention import CostAwareRetention, RetentionPolicy
 
 __all__ = [
-    "AdmissionPolicy", "KVBudgetAdmission", "UsageAdmission", "FailoverPolicy",
+    "AdmissionPolicy",
+    "KVBudgetAdmission",
+    "UsageAdmission",
+    "FailoverPolicy",
     "MigrationLimitedFailover",
-    "OrderingPolicy", "LeastAttainedService", "EarliestDeadlineFirst", "ordering_by_name",
-    "PlacementPolicy", "SpreadPlacement", "RetentionPolicy", "CostAwareRetention",
+    "OrderingPolicy",
+    "LeastAttainedService",
+    "EarliestDeadlineFirst",
+    "ordering_by_name",
+    "PlacementPolicy",
+    "SpreadPlacement",
+    "RetentionPolicy",
+    "CostAwareRetention",
 ]

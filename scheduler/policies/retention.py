@@ -27,9 +27,7 @@ class RetentionPolicy(Protocol):
 
 
 class CostAwareRetention:
-    def __init__(
-        self, prefill_tokens_per_s: float, ratio: float = 8.0, cap: float = 0.9
-    ) -> None:
+    def __init__(self, prefill_tokens_per_s: float, ratio: float = 8.0, cap: float = 0.9) -> None:
         if prefill_tokens_per_s <= 0 or ratio < 0 or not 0 < cap <= 1:
             raise ValueError("need prefill_tokens_per_s > 0, ratio >= 0, 0 < cap <= 1")
         self.prefill_tokens_per_s = prefill_tokens_per_s

@@ -71,8 +71,10 @@ async def read_file(
 
     size, data = await _off_loop(read, path)
     if b"\0" in data[:8192]:
-        return ToolResult(text=f"[{path}: binary file, {size} bytes, not shown]",
-                          data={"bytes": size, "binary": True})  # fmt: skip
+        return ToolResult(
+            text=f"[{path}: binary file, {size} bytes, not shown]",
+            data={"bytes": size, "binary": True},
+        )
     partial = len(data) > MAX_READ_BYTES
     lines = data[:MAX_READ_BYTES].decode("utf-8", errors="replace").splitlines(keepends=True)
     end = len(lines) if max_lines is None else start_line - 1 + max_lines
@@ -175,8 +177,9 @@ def _walk(fd: int, prefix: str, recursive: bool, lines: list[str]) -> bool:
                 lines.append(f"{name}/")
                 if recursive:
                     try:
-                        sub = os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW,
-                                      dir_fd=fd)  # fmt: skip
+                        sub = os.open(
+                            entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd
+                        )
                     except OSError:
                         continue
                     if not _walk(sub, name + "/", recursive, lines):

@@ -38,5 +38,5 @@ async def web_fetch(ctx: ToolContext, url: Annotated[str, Field(min_length=1)]) 
             "url": page.url,
             "content_type": page.content_type,
             "bytes": page.bytes,
-        },  # fmt: skip
+        },
     )

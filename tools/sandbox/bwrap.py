@@ -178,11 +178,16 @@ class BwrapSandbox(Sandbox):
             "--disable-userns",
             "--die-with-parent",
             "--new-session",
-            "--cap-drop", "ALL",
-            "--hostname", "sandbox",
-            "--seccomp", _keep(fds, seccomp.open_filter()),
-            "--ro-bind", "/usr", "/usr",
-        ]  # fmt: skip
+            "--cap-drop",
+            "ALL",
+            "--hostname",
+            "sandbox",
+            "--seccomp",
+            _keep(fds, seccomp.open_filter()),
+            "--ro-bind",
+            "/usr",
+            "/usr",
+        ]
         for top in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
             host = Path("/") / top
             if host.is_symlink():
@@ -194,16 +199,30 @@ class BwrapSandbox(Sandbox):
         for name, data in b.etc_files.items():
             opts += ["--ro-bind-data", _keep(fds, _memfd(name, data)), f"/etc/{name}"]
         opts += [
-            "--proc", "/proc",
-            "--dev", "/dev",
-            "--size", str(self.limits.tmp_bytes), "--tmpfs", "/dev/shm",
-            "--remount-ro", "/dev",
-            "--size", str(self.limits.tmp_bytes), "--tmpfs", "/tmp",
-            "--bind", str(self.workspace), WORKDIR,
-            "--remount-ro", "/",
-            "--chdir", WORKDIR,
-            "--unsetenv", "PWD",
-        ]  # fmt: skip
+            "--proc",
+            "/proc",
+            "--dev",
+            "/dev",
+            "--size",
+            str(self.limits.tmp_bytes),
+            "--tmpfs",
+            "/dev/shm",
+            "--remount-ro",
+            "/dev",
+            "--size",
+            str(self.limits.tmp_bytes),
+            "--tmpfs",
+            "/tmp",
+            "--bind",
+            str(self.workspace),
+            WORKDIR,
+            "--remount-ro",
+            "/",
+            "--chdir",
+            WORKDIR,
+            "--unsetenv",
+            "PWD",
+        ]
         return [*cmd, str(b.bwrap)], opts
 
     def _kill_tree(self, pid: int) -> None:
@@ -228,9 +247,9 @@ class BwrapSandbox(Sandbox):
             fds: list[int] = []
             try:
                 bwrap, options = self._command(fds)
-                opts_fd = _keep(fds, _memfd("bwrap-args", b"".join(
-                    os.fsencode(o) + b"\0" for o in options
-                )))  # fmt: skip
+                opts_fd = _keep(
+                    fds, _memfd("bwrap-args", b"".join(os.fsencode(o) + b"\0" for o in options))
+                )
                 run = await supervise(
                     [*bwrap, "--args", opts_fd, "--", *args],
                     stdin=as_bytes(stdin),

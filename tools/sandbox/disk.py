@@ -61,9 +61,17 @@ def cap(base: Path, target: Path, size: int, owner: tuple[int, int]) -> None:
         fh.truncate(size)  # sparse: the host's disk is used only as the workspace fills
     uid, gid = owner
     _run(
-        "mkfs.ext4", "-q", "-F", "-m", "0", "-O", "^has_journal",
-        "-E", f"lazy_itable_init=1,nodiscard,root_owner={uid}:{gid}", str(image),
-    )  # fmt: skip
+        "mkfs.ext4",
+        "-q",
+        "-F",
+        "-m",
+        "0",
+        "-O",
+        "^has_journal",
+        "-E",
+        f"lazy_itable_init=1,nodiscard,root_owner={uid}:{gid}",
+        str(image),
+    )
     _run("mount", "-o", "loop,nosuid,nodev,noatime,noinit_itable", str(image), str(target))
     try:
         os.rmdir(target / "lost+found")

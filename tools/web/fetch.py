@@ -66,8 +66,9 @@ async def _fetch(url: str, policy: WebPolicy) -> Fetched:
                     continue
                 body = await _read_capped(response, policy.max_bytes)
                 ctype = response.headers.get("content-type", "").split(";")[0].strip().lower()
-                return Fetched(url, response.status_code, ctype, _decode(response, body, ctype),
-                               len(body))  # fmt: skip
+                return Fetched(
+                    url, response.status_code, ctype, _decode(response, body, ctype), len(body)
+                )
     raise FetchRefused(f"more than {policy.max_redirects} redirects")
 
 

@@ -7,10 +7,36 @@ from html.parser import HTMLParser
 
 SKIP = {"script", "style", "noscript", "template", "svg", "head", "iframe", "object"}
 BLOCK = {
-    "p", "div", "section", "article", "header", "footer", "nav", "aside", "main",
-    "ul", "ol", "table", "tr", "blockquote", "pre", "form", "dl", "dt", "dd",
-    "h1", "h2", "h3", "h4", "h5", "h6", "hr", "figure", "figcaption", "title",
-}  # fmt: skip
+    "p",
+    "div",
+    "section",
+    "article",
+    "header",
+    "footer",
+    "nav",
+    "aside",
+    "main",
+    "ul",
+    "ol",
+    "table",
+    "tr",
+    "blockquote",
+    "pre",
+    "form",
+    "dl",
+    "dt",
+    "dd",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "hr",
+    "figure",
+    "figcaption",
+    "title",
+}
 
 
 _NL, _SP = "\x00", "\x01"

@@ -74,10 +74,13 @@ def rootfs_tar() -> bytes:
                 add_symlink(top, os.readlink(host))
             elif host.is_dir():
                 add_dir(top)
-        add_file("etc/passwd", (
-            "root:x:0:0:root:/root:/usr/sbin/nologin\n"
-            f"sandbox:x:{SANDBOX_UID}:{SANDBOX_UID}:sandbox:{WORKDIR}:/bin/sh\n"
-        ).encode())  # fmt: skip
+        add_file(
+            "etc/passwd",
+            (
+                "root:x:0:0:root:/root:/usr/sbin/nologin\n"
+                f"sandbox:x:{SANDBOX_UID}:{SANDBOX_UID}:sandbox:{WORKDIR}:/bin/sh\n"
+            ).encode(),
+        )
         add_file("etc/group", f"root:x:0:\nsandbox:x:{SANDBOX_UID}:\n".encode())
         add_file("etc/hosts", b"127.0.0.1 localhost sandbox\n::1 localhost\n")
         add_file("etc/nsswitch.conf", b"passwd: files\ngroup: files\nhosts: files\n")
