@@ -24,6 +24,7 @@ from scheduler.decisions import (
     Replace,
     ReplicaDrained,
     RunCall,
+    WarmUp,
 )
 from scheduler.errors import InvalidEvent, SchedulerError
 from scheduler.events import (
@@ -40,6 +41,7 @@ from scheduler.events import (
     TaskFinished,
     ToolFinished,
     ToolStarted,
+    WarmedUp,
 )
 from scheduler.replica import ReplicaView
 from scheduler.states import ReplicaState, TaskState
@@ -63,6 +65,7 @@ __all__ = [
     "ReplicaDraining",
     "ReplicaDied",
     "ReplacementFailed",
+    "WarmedUp",
     "Decision",
     "ReleaseCause",
     "MoveCause",
@@ -73,6 +76,7 @@ __all__ = [
     "Reject",
     "Fail",
     "ReplicaDrained",
+    "WarmUp",
     "SchedulerError",
     "InvalidEvent",
     "TaskState",

@@ -100,6 +100,8 @@ class Book:
         self._drain_all = DrainRate(c.drain_window_s)  # any task leaving it
         self._waits = WaitBook(c.stats_ended_tasks)
         self._ready_calls = 0  # READY tasks over all replicas (calls waiting for a slot)
+        self._due: list[tuple[float, int, Task, float]] = []  # warm-ups (policies/warmup)
+        self._warm_on: dict[ReplicaId, dict[TaskId, Task]] = {}
 
     # -------------------------------------------------------------- helpers
 

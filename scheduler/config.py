@@ -70,6 +70,17 @@ class SchedulerConfig:
     KV-bound simulation the learned speed (batched calls: ~4.9K tokens/s against the
     engine's 11.3K alone) kept more KV through tools and p95 at 2.6 tasks/s went from
     406 s to 424 s."""
+    # warm before return
+    warm_up: bool = False
+    """A task whose KV was released re-prefills its history on a replica with KV room
+    and idle compute shortly before its tool is expected to end (``WarmUp``), when no
+    task waits for admission; the room is given back if one comes to wait first."""
+    warm_up_lead: float = 2.0
+    """A warm-up starts once the task's tool is expected to end within this many times
+    its re-prefill's time (at the learned prefill speed)."""
+    warm_up_slots: int = 1
+    """Warm-ups in flight per replica; a replica takes one only while its running calls
+    and warm-ups are under its ``max_running_calls`` and no call of its waits."""
     drain_window_s: float = 120.0
     """Time constant of the admission queue's learned drain rate."""
     # shedding
@@ -113,6 +124,8 @@ class SchedulerConfig:
             raise ValueError("drain_window_s must be > 0 and stats_ended_tasks >= 0")
         if self.shed_slo_s is not None and self.shed_slo_s <= 0:
             raise ValueError("shed_slo_s must be > 0 (or None: off)")
+        if self.warm_up_lead < 0 or self.warm_up_slots < 1:
+            raise ValueError("need warm_up_lead >= 0 and warm_up_slots >= 1")
         if self.max_migrations < 0 or self.max_call_retries < 0:
             raise ValueError("max_migrations and max_call_retries must be >= 0")
 

@@ -24,7 +24,7 @@ except ``ReplicaDied``, which is O(tasks on that replica).
 
 from __future__ import annotations
 
-from scheduler.book import Book, check_invariants
+from scheduler.book import check_invariants
 from scheduler.decisions import (
     Decision,
     MoveCause,
@@ -50,8 +50,10 @@ from scheduler.events import (
     TaskId,
     ToolFinished,
     ToolStarted,
+    WarmedUp,
 )
 from scheduler.policies.retention import CostAwareRetention
+from scheduler.policies.warmup import WarmUpBook
 from scheduler.replica import Replica, ReplicaView, replica_view
 from scheduler.run_queue import RunQueue
 from scheduler.states import (
@@ -66,7 +68,7 @@ from scheduler.stats import CoreStats
 from scheduler.task import Task, TaskView, task_view
 
 
-class SchedulerCore(Book):
+class SchedulerCore(WarmUpBook):
     """Events in, decisions out. See the module docstring."""
 
     # ------------------------------------------------------------------ API
@@ -98,6 +100,8 @@ class SchedulerCore(Book):
             self._admit(out)
         if self.config.work_conserving and len(self._queue):
             self._work_conserve(out)
+        if self.config.warm_up:
+            self._warm_up(out)
         waiting = len(self._queue) > 0 or self._ready_calls > 0
         self._waits.settle(
             waiting,
@@ -134,6 +138,8 @@ class SchedulerCore(Book):
                 self._on_replica_died(event, out)
             case ReplacementFailed():
                 self._on_replacement_failed(event, out)
+            case WarmedUp():
+                self._on_warmed_up(event, out)
 
     @property
     def now(self) -> float:
@@ -333,6 +339,7 @@ class SchedulerCore(Book):
             self._release(task, ReleaseCause.TOOL_WAIT, out)
         task.state = next_task_state(task.state, TaskTrigger.START_TOOL)
         if not task.kv_held:
+            self._warm_note(task)
             return
         r = self._home(task)
         r.push_waiting(task, self._next_seq())
@@ -435,6 +442,7 @@ class SchedulerCore(Book):
             task.lost_kv = MoveCause.REPLICA_DIED
             task.dead_replica = r.id
             task.migrations += 1
+            self._warm_note(task)
         for task in lost:
             if not self.failover.may_migrate(task):
                 self._terminate(
@@ -473,4 +481,5 @@ _EVENT_TYPES = (
     ReplicaDraining,
     ReplicaDied,
     ReplacementFailed,
+    WarmedUp,
 )

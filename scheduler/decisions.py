@@ -21,6 +21,7 @@ class ReleaseCause(enum.Enum):
     OVER_BUDGET = "replica over KV budget"
     DRAINING = "replica draining"
     MAKE_ROOM = "room for a waiting task (work-conserving admission)"
+    WARM_UP_CANCELLED = "warm-up cancelled: a waiting task needs the room"
 
 
 class MoveCause(enum.Enum):
@@ -100,4 +101,18 @@ class ReplicaDrained:
     replica_id: ReplicaId
 
 
-Decision = RunCall | Queue | ReleaseKV | Replace | Reject | Fail | ReplicaDrained
+@dataclass(frozen=True, slots=True)
+class WarmUp:
+    """Re-prefill the task's history (``tokens``: its prompt so far) on ``replica_id``
+    now, while its tool runs: a generate of that prompt with no output (``max_new_tokens``
+    0 or 1), so its next call finds it cached. The core counts the task's KV there from
+    now (its next call runs there); report the end with ``WarmedUp``. Optional: a driver
+    that ignores it is still correct (the next call prefills the history itself), and a
+    ``ReleaseKV`` of the task before the end cancels it (the generate may be aborted)."""
+
+    task_id: TaskId
+    replica_id: ReplicaId
+    tokens: int
+
+
+Decision = RunCall | Queue | ReleaseKV | Replace | Reject | Fail | ReplicaDrained | WarmUp

@@ -85,6 +85,18 @@ class NextCall:
 
 
 @dataclass(frozen=True, slots=True)
+class WarmedUp:
+    """A ``WarmUp``'s generate ended on ``replica_id``: its history is cached there
+    (``ok``) or not (it failed or was aborted). A report that no longer matches the
+    task (it returned, moved, ended) is ignored."""
+
+    time: float
+    task_id: TaskId
+    replica_id: ReplicaId
+    ok: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class TaskFinished:
     """The task's last call answered; the task is done."""
 
@@ -154,6 +166,7 @@ TaskEvent = (
     | NextCall
     | TaskFinished
     | TaskCancelled
+    | WarmedUp
 )
 ReplicaEvent = ReplicaJoined | ReplicaDraining | ReplicaDied | ReplacementFailed
 Event = TaskEvent | ReplicaEvent

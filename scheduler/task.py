@@ -40,6 +40,7 @@ class Task:
         "queued_since",
         "admission_wait_s",
         "slot_wait_s",
+        "warm_tool",
     )
 
     def __init__(
@@ -80,6 +81,7 @@ class Task:
         self.queued_since = 0.0  # when it last entered the admission queue
         self.admission_wait_s = 0.0  # time queued for admission (KV room), in all
         self.slot_wait_s = 0.0  # time ready on its replica waiting for a compute slot
+        self.warm_tool: float | None = None  # tool_started of the wait it was warmed in
 
     def __repr__(self) -> str:
         return (

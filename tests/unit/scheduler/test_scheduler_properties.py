@@ -7,7 +7,11 @@ decisions, and checks after every event that
 * admitted resident history never exceeds a replica's KV budget;
 * every call of a task runs on the replica holding its KV unless the task was
   re-placed (``Replace``), its KV released (``ReleaseKV``) or its replica died;
-* the core's own books balance (``check_invariants``).
+* the core's own books balance (``check_invariants``);
+* a warm-up (``WarmUp``) goes to a replica with a free compute slot and no call
+  waiting for one, for a task in its tool whose KV was released, only while no task
+  waits for admission, and a task that waits for admission never waits for room a
+  warmed task holds (its warm-up is cancelled first).
 
 Then, with arrivals stopped, every task must finish (no starvation), the same
 actions must give the same decisions (determinism), and random, possibly
@@ -44,6 +48,8 @@ from scheduler import (
     TaskFinished,
     ToolFinished,
     ToolStarted,
+    WarmedUp,
+    WarmUp,
 )
 from scheduler.policies import LeastAttainedService
 
@@ -70,6 +76,9 @@ configs = st.builds(
     learn_prefill_speed=st.booleans(),
     drain_window_s=st.sampled_from([1.0, 120.0]),
     shed_slo_s=st.sampled_from([None, 0.5, 50.0]),
+    warm_up=st.booleans(),
+    warm_up_lead=st.sampled_from([0.0, 2.0, 1e6]),
+    warm_up_slots=st.integers(1, 2),
 )
 PAUSES = (
     ReleaseCause.TOOL_WAIT,
@@ -97,6 +106,8 @@ class Driver:
     dead: list[str] = field(default_factory=list)
     log: list[Decision] = field(default_factory=list)
     pauses: dict[str, int] = field(default_factory=dict)
+    warming: dict[str, str] = field(default_factory=dict)  # task -> replica of its warm-up
+    warm_ups: int = 0
 
     def send(self, event: Event) -> list[Decision]:
         decisions = self.core.handle(event)
@@ -104,7 +115,27 @@ class Driver:
         for d in decisions:
             self.apply(d)
         self.check()
+        self.check_warm_ups(decisions)
         return decisions
+
+    def check_warm_ups(self, decisions: list[Decision]) -> None:
+        core = self.core
+        for d in decisions:
+            if isinstance(d, WarmUp):
+                self.warm_ups += 1
+                assert core.queued == 0, d  # never while an admission waits
+                r = core.replica(d.replica_id)
+                assert r is not None and r.ready_calls == 0, (d, r)
+                assert r.running_calls < r.max_running_calls, (d, r)
+        # a waiting admission never waits for room a warmed task holds
+        head = core._queue.head()
+        if head is not None:
+            need = core.admission.reservation(head)
+            for rid, warm in core._warm_on.items():
+                r = core._replicas[rid]
+                held = sum(t.reserved for t in warm.values() if core._warmed(t, rid))
+                if held and r.state.value == "active" and r.budget >= need:
+                    assert r.free + held < need, (rid, r.free, held, need)
 
     def apply(self, d: Decision) -> None:
         if isinstance(d, RunCall):
@@ -123,6 +154,12 @@ class Driver:
             self.holder[d.task_id] = d.to_replica
         elif isinstance(d, Reject | Fail):
             self.forget(d.task_id)
+        elif isinstance(d, WarmUp):
+            assert d.task_id in self.in_tool, d  # only while its tool runs
+            assert self.holder.get(d.task_id) in (None, d.replica_id), d  # it held no KV
+            assert d.tokens == self.history[d.task_id] > 0, d  # its prompt so far
+            self.holder[d.task_id] = d.replica_id
+            self.warming[d.task_id] = d.replica_id
 
     def forget(self, tid: str) -> None:
         self.live.discard(tid)
@@ -132,6 +169,7 @@ class Driver:
         if tid in self.in_tool:
             self.in_tool.remove(tid)
         self.holder.pop(tid, None)
+        self.warming.pop(tid, None)
 
     def check(self) -> None:
         core = self.core
@@ -226,6 +264,10 @@ class Driver:
             tid = sorted(self.running)[a % len(self.running)]
             rid = self.running.pop(tid)
             self.send(CallFailed(t, tid, rid, "boom"))
+        elif kind == 11 and self.warming:
+            tid = sorted(self.warming)[a % len(self.warming)]
+            rid = self.warming.pop(tid)
+            self.send(WarmedUp(t, tid, rid, ok=b % 5 != 0))  # (maybe stale: ignored)
         else:
             self.tick(1.0)
 
