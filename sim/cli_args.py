@@ -232,6 +232,13 @@ def add_scheduler_args(p: argparse.ArgumentParser) -> None:
         help=f"re-placements after replica deaths per task ({d.max_migrations})",
     )
     g.add_argument(
+        "--warm-up",
+        choices=("on", "off"),
+        default="on" if d.warm_up else "off",
+        help="re-prefill a paused task's history on an idle replica before its tool is "
+        f"expected to end ({'on' if d.warm_up else 'off'})",
+    )
+    g.add_argument(
         "--shed-slo",
         type=positive_float,
         default=None,
@@ -300,6 +307,7 @@ def scheduler_config(
             waiting_kv_cap=a.waiting_kv_cap,
             max_migrations=a.max_migrations,
             shed_slo_s=a.shed_slo,
+            warm_up=a.warm_up == "on",
         )
     except ValueError as exc:
         p.error(str(exc))

@@ -25,6 +25,13 @@ behaves exactly as above):
   re-prefilling it. Loads share the replica's host link and use no compute; the
   copy to the host is taken to be free (it overlaps the work, as HiCache's
   write-back does).
+
+Warm-ups (the core's ``WarmUp``): a call with ``warm`` set and no output prefills a
+task's history ahead of its next call. If the task's call comes while its warm-up
+still runs here, the warm-up stops and what it prefilled stays cached for the call
+(SGLang caches a chunked prefill chunk by chunk); ``abort_warm`` drops one (the core
+released the room). Re-prefill counted in ``reprefilled_tokens`` and ``reprefill_s``
+is the calls' own (on their tasks' critical path); warm-ups count apart.
 """
 
 from __future__ import annotations
@@ -55,6 +62,10 @@ class SimCall:
     finished: float = 0.0
     priority: float = 0.0  # program FCFS: its task's arrival
     load_left: float = 0.0  # seconds of host-tier load left
+    warm: bool = False  # a warm-up (no output): not a call of the task
+    prefill_total: float = 0.0  # seconds of prefill work alone, at its start
+    prefill_end: float = 0.0  # when its prefill ended
+    reprefilled: int = 0  # its task's history it prefilled again
 
 
 @dataclass(slots=True)
@@ -69,6 +80,11 @@ class EngineStats:
     calls: int = 0
     offloaded_tokens: int = 0  # written to the host tier
     reloaded_tokens: int = 0  # loaded back from it instead of re-prefilled
+    reprefill_s: float = 0.0  # calls' prefill time spent on re-prefilled history
+    warm_ups: int = 0
+    warm_prefilled_tokens: int = 0  # prefilled by warm-ups (off the critical path)
+    warm_cut: int = 0  # warm-ups stopped by their task's call (their prefix kept)
+    warm_aborted: int = 0
     extra: dict[str, float] = field(default_factory=dict)
 
 
@@ -104,6 +120,7 @@ class SimEngine:
         self.host: OrderedDict[str, int] = OrderedDict()  # task -> tokens (LRU first)
         self.host_used = 0
         self.host_capacity = int(spec.host_tier_bytes // spec.kv_bytes_per_token)
+        self.warm: dict[str, SimCall] = {}  # task -> its warm-up started or waiting here
 
     # ----------------------------------------------------------- accounting
 
@@ -311,9 +328,16 @@ class SimEngine:
         queued = max(0.0, ahead - self.spec.chunk_tokens)
         call.prefill_left = self.spec.prefill_seconds(uncached, call.prompt, queued)
         call.prefill_s_per_token = call.prefill_left / max(1, uncached)
+        call.prefill_total = call.prefill_left
+        call.prefill_end = now
         call.decode_left = float(call.output)
-        self.stats.prefilled_tokens += uncached
-        self.stats.reprefilled_tokens += max(0, call.history_before - cached)
+        if call.warm:
+            self.stats.warm_ups += 1
+            self.stats.warm_prefilled_tokens += uncached
+        else:
+            self.stats.prefilled_tokens += uncached
+            call.reprefilled = max(0, call.history_before - cached)
+            self.stats.reprefilled_tokens += call.reprefilled
         self._ref_agent(call.agent, +1)
         self.running_tasks.add(call.task_id)
         if call.load_left > 0:
@@ -330,6 +354,10 @@ class SimEngine:
 
     def submit(self, call: SimCall, now: float) -> None:
         self.advance(now)
+        if call.warm:
+            self.warm[call.task_id] = call
+        elif call.task_id in self.warm:
+            self._end_warm(call.task_id, keep=True)
         if self.program_fcfs:
             insort(self.waiting, call, key=lambda c: c.priority)
             while self.waiting and self._try_start(self.waiting[0], now):
@@ -356,6 +384,7 @@ class SimEngine:
             for c in self.prefill:
                 if c.prefill_left <= _EPS * max(1.0, c.prompt) / self.spec.prefill_tokens_per_s:
                     c.prefill_left = 0.0
+                    c.prefill_end = now
                     self.decode.append(c)
                 else:
                     still.append(c)
@@ -370,6 +399,11 @@ class SimEngine:
             self.decode = still
         for c in done:
             c.finished = now
+            if c.warm:
+                self.warm.pop(c.task_id, None)
+            elif c.reprefilled:
+                uncached = c.prompt - c.cached
+                self.stats.reprefill_s += (c.prefill_end - c.started) * c.reprefilled / uncached
             self.running_tasks.discard(c.task_id)
             self.stats.calls += 1
             self._ref_agent(c.agent, -1)
@@ -383,6 +417,42 @@ class SimEngine:
         self.version += 1
         return done
 
+    def abort_warm(self, task_id: str, now: float) -> bool:
+        """Stop the task's warm-up here, dropping what it prefilled; False if it had
+        none (else the caller wakes the engine again: its work changed)."""
+        if task_id not in self.warm:
+            return False
+        self.advance(now)
+        self._end_warm(task_id, keep=False)
+        self.stats.warm_aborted += 1
+        self.version += 1
+        return True
+
+    def _end_warm(self, task_id: str, keep: bool) -> None:
+        """Take the task's warm-up out; ``keep``: what it prefilled stays cached."""
+        w = self.warm.pop(task_id)
+        if any(c is w for c in self.waiting):
+            self.waiting = deque(c for c in self.waiting if c is not w)
+            return
+        self.loading = [c for c in self.loading if c is not w]
+        self.prefill = [c for c in self.prefill if c is not w]
+        self.decode = [c for c in self.decode if c is not w]
+        self.running_tasks.discard(task_id)
+        self.used -= w.alloc
+        self._ref_agent(w.agent, -1)
+        if not keep:
+            return
+        self.stats.warm_cut += 1
+        uncached = w.prompt - w.cached
+        share = 1.0 - w.prefill_left / w.prefill_total if w.prefill_total > 0 else 1.0
+        done = w.cached + int(uncached * min(1.0, max(0.0, share)))
+        if w.load_left > 0:
+            done = 0
+        if done > 0:
+            self.used += done
+            self.cache[task_id] = (done, w.agent)
+            self._ref_agent(w.agent, +1)
+
     def kill(self, now: float) -> list[SimCall]:
         """The replica dies: return the calls it was running or holding."""
         self.advance(now)
@@ -394,6 +464,7 @@ class SimEngine:
         self.host_used = 0
         self.agent_refs.clear()
         self.running_tasks.clear()
+        self.warm.clear()
         self.used = 0
         self.alive = False
         self.version += 1

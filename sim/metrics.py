@@ -67,6 +67,11 @@ class SimResult:
     idle_while_waiting_share: float | None = None  # ... over the core's observed time
     ledger_reserved_share: float | None = None
     """Replicas' reserved KV (the ledger's), time-averaged, over their budgets."""
+    reprefill_s: float = 0.0
+    """Calls' prefill time spent on their tasks' history again (on the critical path)."""
+    warm_ups: int = 0
+    warm_prefilled_tokens: int = 0
+    """Prefilled by warm-ups (``SchedulerConfig.warm_up``), off the critical path."""
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -178,6 +183,9 @@ def summarize(run: RunData, wall_s: float) -> SimResult:
         events=run.events,
         wall_s=wall_s,
         reject_reasons=dict(run.rejects),
+        reprefill_s=sum(e.reprefill_s for e in run.engines),
+        warm_ups=sum(e.warm_ups for e in run.engines),
+        warm_prefilled_tokens=sum(e.warm_prefilled_tokens for e in run.engines),
         **_core_figures(run),
     )
 

@@ -21,7 +21,7 @@ from scheduler.baselines import (
 )
 from scheduler.config import SchedulerConfig, v1
 from scheduler.core import SchedulerCore
-from scheduler.decisions import Decision, Fail, Reject, ReleaseCause, ReleaseKV, RunCall
+from scheduler.decisions import Decision, Fail, Reject, ReleaseCause, ReleaseKV, RunCall, WarmUp
 from scheduler.events import (
     CallFinished,
     Event,
@@ -31,6 +31,7 @@ from scheduler.events import (
     TaskFinished,
     ToolFinished,
     ToolStarted,
+    WarmedUp,
 )
 from scheduler.policies.ordering import ordering_by_name
 from sim.engine import SimCall, SimEngine
@@ -244,7 +245,18 @@ class Simulation:
             eng.submit(call, self._now)
             self._wake(eng)
         elif isinstance(d, ReleaseKV):
-            self.engines[d.replica_id].drop(d.task_id, self._now, offload=d.cause not in _ENDED)
+            eng = self.engines[d.replica_id]
+            if eng.abort_warm(d.task_id, self._now):  # its warm-up ran there
+                self._wake(eng)
+            eng.drop(d.task_id, self._now, offload=d.cause not in _ENDED)
+        elif isinstance(d, WarmUp):  # prefill its history there now, no output
+            st = self.tasks[d.task_id]
+            eng = self.engines[d.replica_id]
+            warm = SimCall(
+                d.task_id, st.plan.agent, st.history, 0, st.history, self._now, warm=True
+            )
+            eng.submit(warm, self._now)
+            self._wake(eng)
         elif isinstance(d, PinKV):
             eng = self.engines[d.replica_id]
             if eng.alive:
@@ -401,6 +413,9 @@ class Simulation:
         return {"t": t, "busy_s": busy, "prefill_busy_s": prefill, "kv_frac_s": kv}
 
     def _call_done(self, call: SimCall, rid: str) -> None:
+        if call.warm:
+            self._send(WarmedUp(self._now, call.task_id, rid))
+            return
         st = self.tasks[call.task_id]
         if st.in_flight != rid:  # pragma: no cover - a call of a re-placed task
             return
@@ -430,10 +445,11 @@ class Simulation:
             return
         lost = eng.kill(self._now)
         for call in lost:
-            self.tasks[call.task_id].in_flight = None
+            if not call.warm:
+                self.tasks[call.task_id].in_flight = None
         self._send(ReplicaDied(self._now, rid))
         reroute = getattr(self.sched, "reroute", None)
         if reroute is not None:  # a router resends the lost calls itself
             for call in lost:
-                for d in reroute(call.task_id):
+                for d in reroute(call.task_id) if not call.warm else ():
                     self._apply(d)
