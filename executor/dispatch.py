@@ -12,6 +12,12 @@ policy: whether a task waits or fails, where it goes, when it moves, is the
 core's decision. Replica deaths are queued for the fleet (:meth:`Dispatcher.deaths`),
 which discards the dead actor and starts a replacement.
 
+The task driver says what happened (its task arrived, its tool finished, its next
+call is ready, it finished): the dispatcher turns that into the core's event
+without reading the core's state to guess it. (``ready`` and ``next_call`` without
+``after_tool`` still guess, for callers that do not track it: the gateway.)
+Collaborators come with the constructor (``on_release``).
+
 All of it runs on one event loop thread: the core is never touched concurrently.
 """
 
@@ -83,6 +89,7 @@ class Dispatcher:
         replace_dead: bool = False,
         retry_after_s: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
+        on_release: Callable[[str, str], None] | None = None,
     ) -> None:
         """``replace_dead``: the fleet starts a replica in place of each one that dies
         (the core then lets their tasks wait for it instead of failing them).
@@ -101,7 +108,7 @@ class Dispatcher:
         self.stats = DispatchStats()
         self._deaths: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
         # (replica, task) of every KV release: the fleet closes the task's engine session
-        self.on_release: Callable[[str, str], None] | None = None
+        self.on_release = on_release
 
     def now(self) -> float:
         return max(self._clock(), self.core.now)
@@ -200,10 +207,13 @@ class Dispatcher:
             )
         return await self.next_call(task_id)
 
-    async def next_call(self, task_id: str) -> Grant:
-        """The task's next call is ready: after its tool (if one ran) or directly."""
-        view = self.core.task(task_id)
-        after_tool = view is not None and view.state is TaskState.TOOL
+    async def next_call(self, task_id: str, *, after_tool: bool | None = None) -> Grant:
+        """The task's next call is ready: ``after_tool``, its tool finished
+        (``ToolFinished``); else directly after its last call (``NextCall``). None: read
+        from the core whether a tool ran (for callers that do not track it)."""
+        if after_tool is None:
+            view = self.core.task(task_id)
+            after_tool = view is not None and view.state is TaskState.TOOL
         event = ToolFinished if after_tool else NextCall
         return await self._granted(task_id, lambda t: self.send(event(t, task_id)))
 
@@ -254,16 +264,22 @@ class Dispatcher:
             )
         )
 
-    def tool_started(self, task_id: str, tool: str) -> None:
-        """A resumed task is unknown to the core until its next call: nothing to report."""
-        if self.core.task(task_id) is not None:
+    def tool_started(self, task_id: str, tool: str, *, known: bool | None = None) -> None:
+        """The task's tool runs. ``known``: whether the core knows the task (the driver
+        says; a resumed task is unknown to it until its next call). None: ask the core."""
+        if known is None:
+            known = self.core.task(task_id) is not None
+        if known:
             self.send(ToolStarted(self.now(), task_id, tool))
 
-    def finished(self, task_id: str) -> None:
-        """The task ended after its last call (a no-op where the core holds no such call:
-        a resumed task that had nothing left to call)."""
-        view = self.core.task(task_id)
-        if view is not None and view.state is TaskState.AWAITING:
+    def finished(self, task_id: str, *, after_call: bool | None = None) -> None:
+        """The task ended. ``after_call``: its last event was a finished call (the driver
+        says; else, a resumed task that had nothing left to call, or one that ended at a
+        tool, there is no call to finish). None: ask the core."""
+        if after_call is None:
+            view = self.core.task(task_id)
+            after_call = view is not None and view.state is TaskState.AWAITING
+        if after_call:
             self.send(TaskFinished(self.now(), task_id))
 
     def cancelled(self, task_id: str, reason: str) -> None:

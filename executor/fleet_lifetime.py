@@ -12,6 +12,10 @@ replaced, drained.
   moves its tasks at their next tool wait, then stops the replica.
 - **Operator commands** (``python -m executor drain``) arrive through the
   journal file's control table (:mod:`executor.fleet.control`).
+
+Collaborators come with the constructors: the registry of live handles and the
+engine sessions (:class:`EngineSessions`, whose ``release`` the dispatcher is
+built with) are made first, then the dispatcher, then the fleet.
 """
 
 from __future__ import annotations
@@ -33,6 +37,34 @@ from executor.fleet.registry import ReplicaRegistry
 log = logging.getLogger(__name__)
 
 
+class EngineSessions:
+    """Closes a task's engine session when the core releases its KV, where the replica
+    tags KV by task (``release_in_engine``): the engine evicts that history first."""
+
+    def __init__(self, replicas: ReplicaRegistry) -> None:
+        self.replicas = replicas
+        self._jobs: set[asyncio.Task[Any]] = set()
+
+    def release(self, replica_id: str, task_id: str) -> None:
+        """The dispatcher's ``on_release``."""
+        handle = self.replicas.get(replica_id)
+        if handle is not None and handle.info.get("release_in_engine"):
+            job = asyncio.get_running_loop().create_task(self._close_session(handle, task_id))
+            self._jobs.add(job)
+            job.add_done_callback(self._jobs.discard)
+
+    async def _close_session(self, handle: ReplicaHandle, task_id: str) -> None:
+        try:
+            await handle.arelease(task_id)
+        except ExecutorError as exc:  # a replica that died took the session with it
+            log.debug("closing the session of %s on %s: %s", task_id, handle.replica_id, exc)
+
+    async def close(self) -> None:
+        for job in list(self._jobs):
+            job.cancel()
+        await asyncio.gather(*self._jobs, return_exceptions=True)
+
+
 class Fleet:
     def __init__(
         self,
@@ -42,10 +74,16 @@ class Fleet:
         heal: bool,
         health: HealthConfig | None,
         control: ControlChannel | None,
+        replicas: ReplicaRegistry | None = None,
+        sessions: EngineSessions | None = None,
     ) -> None:
-        """``heal`` must agree with the dispatcher's ``replace_dead``."""
+        """``heal`` must agree with the dispatcher's ``replace_dead``. ``replicas``: the
+        registry of live handles (only this class changes it; default: a new one);
+        ``sessions``: the engine sessions the dispatcher releases through (closed with
+        the fleet)."""
         self.pool = pool
-        self.replicas = ReplicaRegistry()  # the live handles: only this class changes it
+        self.replicas = replicas if replicas is not None else ReplicaRegistry()
+        self.sessions = sessions
         self.dispatcher = dispatcher
         self.heal = heal
         self.health = health
@@ -55,7 +93,6 @@ class Fleet:
         self._jobs: set[asyncio.Task[Any]] = set()
 
     def start(self) -> None:
-        self.dispatcher.on_release = self._release_in_engine
         self._spawn(self._watch_deaths())
         if self.health is not None:
             monitor = HealthMonitor(self.health, self.replicas, self.dispatcher.replica_died)
@@ -67,25 +104,14 @@ class Fleet:
         for job in list(self._jobs):
             job.cancel()
         await asyncio.gather(*self._jobs, return_exceptions=True)
+        if self.sessions is not None:
+            await self.sessions.close()
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         job = asyncio.get_running_loop().create_task(coro)
         self._jobs.add(job)
         job.add_done_callback(self._jobs.discard)
         return job
-
-    def _release_in_engine(self, replica_id: str, task_id: str) -> None:
-        """The core released the task's KV: where the replica tags KV by task, close
-        the task's session so the engine evicts that history first."""
-        handle = self.replicas.get(replica_id)
-        if handle is not None and handle.info.get("release_in_engine"):
-            self._spawn(self._close_session(handle, task_id))
-
-    async def _close_session(self, handle: ReplicaHandle, task_id: str) -> None:
-        try:
-            await handle.arelease(task_id)
-        except ExecutorError as exc:  # a replica that died took the session with it
-            log.debug("closing the session of %s on %s: %s", task_id, handle.replica_id, exc)
 
     def _note(self, message: str) -> None:
         self.events.append(message)

@@ -29,7 +29,8 @@ from executor.dispatch import Dispatcher
 from executor.errors import ExecutorError
 from executor.fleet.control import ControlChannel
 from executor.fleet.pool import ReplicaPool
-from executor.fleet_lifetime import Fleet
+from executor.fleet.registry import ReplicaRegistry
+from executor.fleet_lifetime import EngineSessions, Fleet
 from executor.loop.chat_format import ChatFormat
 from executor.loop.driver import Services, TaskDriver, run_driver
 from executor.loop.journal import Journal, JournalError
@@ -135,12 +136,23 @@ class Executor:
                 self.pool = pool
             control = ControlChannel(journal.path)
             opened.callback(control.close)
+            replicas = ReplicaRegistry()
+            sessions = EngineSessions(replicas)
             dispatcher = Dispatcher(
                 SchedulerCore(c.scheduler),
                 replace_dead=c.heal,
                 retry_after_s=c.health.retry_after_s if c.health is not None else 0.0,
+                on_release=sessions.release,
             )
-            fleet = Fleet(self.pool, dispatcher, heal=c.heal, health=c.health, control=control)
+            fleet = Fleet(
+                self.pool,
+                dispatcher,
+                heal=c.heal,
+                health=c.health,
+                control=control,
+                replicas=replicas,
+                sessions=sessions,
+            )
             opened.push_async_callback(fleet.close)
             for rid in c.replica_ids if c.replica_ids is not None else self.pool.ids:
                 fleet.join(rid)
@@ -243,6 +255,15 @@ class Executor:
         self._check(agent)
         task_id = task_id or f"task-{uuid.uuid4().hex[:12]}"
         driver = TaskDriver(self.services, agent, goal, task_id)
+        return self._spawn(task_id, driver)
+
+    async def asubmit(self, agent: Agent, goal: str, *, task_id: str | None = None) -> TaskHandle:
+        """``submit`` off the event loop: the first prompt is rendered on the chat
+        format's thread and the task journaled by the journal's writer thread (a
+        service submits here: its other requests are not held up meanwhile)."""
+        self._check(agent)
+        task_id = task_id or f"task-{uuid.uuid4().hex[:12]}"
+        driver = await TaskDriver.open(self.services, agent, goal, task_id)
         return self._spawn(task_id, driver)
 
     def _spawn(self, task_id: str, driver: TaskDriver) -> TaskHandle:

@@ -24,6 +24,7 @@ import psutil
 
 from executor.errors import InvalidRequestError, ReplicaUnavailableError
 from executor.fleet.config import ReplicaConfig
+from executor.fleet.fit import call_limit, check_fits
 from executor.fleet.generation import Capacity, GenerateRequest, GenerateResult
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,7 @@ class ReplicaActor:
             "replica_id": self.replica_id,
             "start_s": self.start_s,
             "max_total_num_tokens": self.max_total_num_tokens,
+            "max_req_input_len": self.max_req_input_len,
             "vocab_size": self.vocab_size,
             "pid": os.getpid(),
             "engine_pids": self.engine_pids,
@@ -131,14 +133,13 @@ class ReplicaActor:
         return ids
 
     def _check_fits(self, n_prompt: int, max_new_tokens: int) -> None:
-        limit = min(self.max_total_num_tokens, self.max_req_input_len)
-        if n_prompt + max_new_tokens > limit:
-            raise InvalidRequestError(
-                f"prompt of {n_prompt} tokens + max_new_tokens {max_new_tokens} does not fit "
-                f"this replica (KV pool max_total_num_tokens={self.max_total_num_tokens}, "
-                f"max input {self.max_req_input_len}); shorten the prompt or start replicas "
-                "with a larger max_total_tokens"
-            )
+        """The defensive check (the driver checked first, with the same rule)."""
+        limit = call_limit(self.max_total_num_tokens, self.max_req_input_len)
+        where = (
+            f"this replica (KV pool max_total_num_tokens={self.max_total_num_tokens}, "
+            f"max input {self.max_req_input_len})"
+        )
+        check_fits(n_prompt, max_new_tokens, limit, where)
 
     async def generate(self, request: GenerateRequest | dict[str, Any]) -> GenerateResult:
         req = GenerateRequest.parse(request)

@@ -17,6 +17,7 @@ import ray
 from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError, RayTaskError
 
 from executor.errors import ExecutorError, ReplicaUnavailableError, ReplicaUnreachableError
+from executor.fleet.fit import call_limit
 from executor.fleet.generation import Capacity, GenerateRequest, GenerateResult
 
 T = TypeVar("T")
@@ -44,8 +45,12 @@ class ReplicaHandle:
 
     @property
     def context_tokens(self) -> int:
-        """The longest prompt plus reply one call may have here (its KV pool)."""
-        return int(self.info["max_total_num_tokens"])
+        """The longest prompt plus reply one call may have here (its KV pool, and the
+        engine's input limit where the replica reports it: :mod:`executor.fleet.fit`)."""
+        limit = self.info.get("max_req_input_len")
+        return call_limit(
+            int(self.info["max_total_num_tokens"]), None if limit is None else int(limit)
+        )
 
     def _get(self, ref: Any, timeout: float | None) -> Any:
         try:

@@ -12,11 +12,18 @@ end-of-turn marker, the tool/user header, and the next assistant header). The
 latter is found by rendering a conversation with placeholder texts and cutting
 around them, so any template of the ChatML family (Qwen, SmolLM2, the test
 model) works without special cases.
+
+Off the event loop: :meth:`ChatFormat.aprompt` and :meth:`ChatFormat.aobservation`
+render and tokenize on the format's own thread (one: the tokenizer is never used
+by two threads at once), so a long template render does not stall the loop that
+serves every task.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +44,7 @@ class ChatFormat:
         self.tokenizer = tokenizer
         self.name = name
         self._tool_turn_pre, self._tool_turn_post = self._tool_turn()
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="chat-format")
 
     @classmethod
     def load(cls, model_path: str | Path) -> ChatFormat:
@@ -87,3 +95,19 @@ class ChatFormat:
                 pre = pre[len(last) :]
         text = pre + content + self._tool_turn_post
         return text, self.encode(text)
+
+    async def aprompt(
+        self, system: str, goal: str, tools: list[dict[str, Any]]
+    ) -> tuple[str, list[int]]:
+        """:meth:`prompt` on the format's thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, self.prompt, system, goal, tools)
+
+    async def aobservation(self, output_ids: list[int], content: str) -> tuple[str, list[int]]:
+        """:meth:`observation` on the format's thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, self.observation, output_ids, content)
+
+    async def run(self, fn: Any, *args: Any) -> Any:
+        """``fn(*args)`` on the format's thread (whatever uses the tokenizer)."""
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)

@@ -17,6 +17,13 @@ open, a tool backend raises, a bug here) ends the task ``failed``, journaled
 with the reason (the exception's type and message), its KV released, its
 traceback logged at ERROR, and its result says so; :func:`run_driver` does not
 raise. Only cancellation propagates (journaled as ``failed``: ``cancelled``).
+
+Off the event loop: the journal's commits go to its writer thread (``aappend``:
+the driver awaits its step on disk before the next), and the chat format renders
+and tokenizes on its own thread. The driver tells the dispatcher what happened
+(arrived, tool started, tool finished or next call, finished); the fit of every
+call is checked here, against the live replicas' KV pools (:mod:`executor.fleet.fit`),
+before the scheduler is asked for a place.
 """
 
 from __future__ import annotations
@@ -31,13 +38,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from executor.agent import Agent
-from executor.dispatch import Dispatcher, TaskRefused
+from executor.dispatch import Dispatcher, Grant, TaskRefused
 from executor.errors import (
     ExecutorError,
     InvalidRequestError,
     ReplicaUnavailableError,
     ReplicaUnreachableError,
 )
+from executor.fleet.fit import check_fits, shortfall
 from executor.fleet.generation import GenerateRequest, GenerateResult
 from executor.fleet.registry import ReplicaRegistry
 from executor.loop.chat_format import ChatFormat
@@ -110,7 +118,7 @@ def check_task(
         raise ExecutorError("the goal is empty: say what the agent should do")
     ids = first_prompt(agent, goal, chat)
     need = len(ids) + agent.sampling.max_new_tokens
-    if context_tokens is not None and need > context_tokens:
+    if shortfall(len(ids), agent.sampling.max_new_tokens, context_tokens):
         raise ExecutorError(
             f"the task's first call needs {need} tokens (a prompt of {len(ids)}: the agent's "
             f"instructions and tools and the goal, plus {agent.sampling.max_new_tokens} for "
@@ -118,6 +126,11 @@ def check_task(
             "replicas a larger max_total_tokens"
         )
     return ids
+
+
+def context_tokens(replicas: ReplicaRegistry) -> int | None:
+    """The most tokens one call may have on every live replica (None: none has joined)."""
+    return min((h.context_tokens for h in replicas), default=None)
 
 
 async def generate_unless_lost(
@@ -156,8 +169,12 @@ class TaskDriver:
         goal: str,
         task_id: str,
         record: TaskRecord | None = None,
+        *,
+        prompt_ids: list[int] | None = None,
     ) -> None:
-        """A new task (journaled now), or, with ``record``, a journaled one to resume."""
+        """A new task (checked and journaled now), or, with ``record``, a journaled one to
+        resume, or, with ``prompt_ids``, a new one already checked and journaled
+        (:meth:`open`, off the event loop)."""
         self.services = services
         self.agent = agent
         self.goal = goal
@@ -165,15 +182,27 @@ class TaskDriver:
         self.toolbox = Toolbox(agent.tools)
         self._samplings: dict[str, SamplingParams] = {}
         self.resumed = record is not None
-        if record is None:
-            context = min((h.context_tokens for h in services.replicas), default=None)
-            ids = check_task(agent, goal, services.chat, context)
+        self._in_core = False  # the core knows the task (it arrived in this run)
+        self._tool_ran = False  # a tool ran since the task's last call
+        if prompt_ids is not None:
+            self.machine = TaskMachine(agent, task_id, prompt_ids)
+        elif record is None:
+            ids = check_task(agent, goal, services.chat, context_tokens(services.replicas))
             services.journal.create_task(task_id, agent.describe(), goal, ids)
             self.machine = TaskMachine(agent, task_id, ids)
         else:
             self.machine = TaskMachine.replay(agent, task_id, record.prompt_ids, record.payloads)
         self._emitted = len(self.machine.steps)  # journaled steps are not announced again
         self.machine.resumed()
+
+    @classmethod
+    async def open(cls, services: Services, agent: Agent, goal: str, task_id: str) -> TaskDriver:
+        """A new task, checked (its first prompt rendered on the chat format's thread)
+        and journaled (by the journal's writer thread): the event loop is not blocked."""
+        context = context_tokens(services.replicas)
+        ids = await services.chat.run(check_task, agent, goal, services.chat, context)
+        await services.journal.acreate_task(task_id, agent.describe(), goal, ids)
+        return cls(services, agent, goal, task_id, prompt_ids=ids)
 
     async def run(self) -> TaskResult:
         s = self.services
@@ -201,7 +230,9 @@ class TaskDriver:
                 span.set_attribute("error.type", finish.status)
         latency = time.perf_counter() - started
         s.telemetry.record_task(agent=self.agent.name, latency_s=latency, status=finish.status)
-        s.journal.finish(self.task_id, finish.status, output=finish.output, error=finish.error)
+        await s.journal.afinish(
+            self.task_id, finish.status, output=finish.output, error=finish.error
+        )
         return self.result(finish, latency)
 
     def result(self, finish: Finish, latency_s: float) -> TaskResult:
@@ -230,19 +261,21 @@ class TaskDriver:
             action = self.machine.next_action()
             match action:
                 case Finish():
-                    self.services.dispatcher.finished(self.task_id)
+                    after_call = self._in_core and not self._tool_ran
+                    self.services.dispatcher.finished(self.task_id, after_call=after_call)
                     return action
                 case Call():
                     await self._call(action)
                 case RunTool():
                     await self._tool(action, ctx)
                 case Observe():
-                    text, ids = self.services.chat.observation(action.after_ids, action.text)
-                    self._record(ObservationPayload(ids=ids, text=text))
+                    chat = self.services.chat
+                    text, ids = await chat.aobservation(action.after_ids, action.text)
+                    await self._record(ObservationPayload(ids=ids, text=text))
 
-    def _record(self, payload: Payload) -> None:
+    async def _record(self, payload: Payload) -> None:
         """Commit a step, then give it to the machine: the journal is never behind."""
-        self.services.journal.append(self.task_id, payload)
+        await self.services.journal.aappend(self.task_id, payload)
         self.machine.apply(payload)
         self._announce()
 
@@ -262,13 +295,9 @@ class TaskDriver:
         transient failure is retried where it was, up to the retry limit."""
         s = self.services
         sampling = self._sampling(action.tool_choice)
-        grant = await s.dispatcher.ready(
-            self.task_id,
-            self.agent.name,
-            self.agent.max_steps,
-            self._expected_history(),
-            prompt_tokens=self._first_prompt_tokens(action.input_ids),
-        )
+        limit = context_tokens(s.replicas)
+        check_fits(len(action.input_ids), sampling.max_new_tokens, limit, "the replicas")
+        grant = await self._ready(action)
         waited = grant.waited_s
         while True:
             request = GenerateRequest(
@@ -280,7 +309,7 @@ class TaskDriver:
             chat = s.telemetry.chat_span(model=s.model, task_id=self.task_id, step=action.step)
             with chat as span:
                 if grant.moved_from is not None:
-                    self._failover(span, action.step, grant.moved_from)
+                    await self._failover(span, action.step, grant.moved_from)
                 try:
                     result = await self._generate(grant.replica_id, request)
                 except (ReplicaUnavailableError, ReplicaUnreachableError) as exc:
@@ -326,7 +355,25 @@ class TaskDriver:
             finish_reason=result.finish_reason,
             reply=result.text,
         )
-        self._record(CallPayload(ids=result.output_ids, info=info))
+        await self._record(CallPayload(ids=result.output_ids, info=info))
+
+    async def _ready(self, action: Call) -> Grant:
+        """Tell the dispatcher what happened: the task arrived (its first call in this
+        run), its tool finished, or its next call follows its last one directly."""
+        s = self.services
+        if not self._in_core:
+            grant = await s.dispatcher.arrive(
+                self.task_id,
+                self.agent.name,
+                self.agent.max_steps,
+                self._expected_history(),
+                prompt_tokens=self._first_prompt_tokens(action.input_ids),
+            )
+            self._in_core = True
+        else:
+            grant = await s.dispatcher.next_call(self.task_id, after_tool=self._tool_ran)
+        self._tool_ran = False
+        return grant
 
     def _sampling(self, tool_choice: str) -> SamplingParams:
         """The agent's sampling under its reply grammar for ``tool_choice`` (built once
@@ -350,12 +397,12 @@ class TaskDriver:
             return self.services.kv_reserve_tokens
         return self.machine.expected_peak_tokens(OBSERVATION_TOKENS)
 
-    def _failover(self, span: Any, step: int, dead: str) -> None:
+    async def _failover(self, span: Any, step: int, dead: str) -> None:
         """Say (journal, trace, result) that the task's replica died and it moved."""
         s = self.services
         failover = FailoverStep(step=step, replica_id=dead, reason=s.dispatcher.death_reason(dead))
         s.telemetry.event(span, "failover", replica=dead, reason=failover.reason)
-        self._record(FailoverPayload(info=failover))
+        await self._record(FailoverPayload(info=failover))
 
     async def _generate(self, replica_id: str, request: GenerateRequest) -> GenerateResult:
         s = self.services
@@ -365,14 +412,17 @@ class TaskDriver:
 
     async def _tool(self, action: RunTool, ctx: ToolContext) -> None:
         s = self.services
-        self._record(
+        await self._record(
             ToolStartPayload(call_id=action.call_id, tool=action.tool, arguments=action.arguments)
         )
-        s.dispatcher.tool_started(self.task_id, action.tool)
+        s.dispatcher.tool_started(self.task_id, action.tool, known=self._in_core)
+        self._tool_ran = self._in_core
         t0 = time.perf_counter()
         with s.telemetry.tool_span(tool=action.tool, call_id=action.call_id):
             result = await self.toolbox.call(action.tool, action.arguments, ctx)
-        self._record(self.machine.tool_result(action, result.to_dict(), time.perf_counter() - t0))
+        await self._record(
+            self.machine.tool_result(action, result.to_dict(), time.perf_counter() - t0)
+        )
 
 
 def _request_id(task_id: str, step: int) -> str:

@@ -15,6 +15,12 @@ output ids and every observation's ids: replaying it on any replica rebuilds the
 exact prompt of the next call. A ``tool_start`` without its ``tool_result`` is a
 tool whose effects are unknown (the driver died while it ran): it is never run
 again silently; the resume reports it.
+
+Off the event loop: the ``a``-prefixed writes (``acreate_task``, ``aappend``,
+``afinish``) are committed by a writer thread (:mod:`executor.loop.journal_writer`,
+group commits), and reads go through a connection of their own, so a reader never
+waits for a commit's fsync (WAL: readers see every committed step). The plain
+writes commit in the caller's thread (scripts, the CLI, shutdown paths).
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from executor.errors import ExecutorError
+from executor.loop.journal_writer import CommitThread
 from executor.loop.steps import (
     PAYLOADS,
     CallPayload,
@@ -125,8 +132,9 @@ class Journal:
     def __init__(self, path: Path | str | None = None) -> None:
         self.path = Path(path) if path is not None else default_journal_path()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        # One connection shared by the executor's loop thread and its callers' threads,
-        # serialized by a lock (sqlite3 objects are thread-bound unless told otherwise).
+        # One write connection shared by the writer thread, the executor's loop thread and
+        # its callers' threads, serialized by a lock (sqlite3 objects are thread-bound
+        # unless told otherwise); reads have their own connection and lock.
         self._db = sqlite3.connect(
             self.path, isolation_level=None, timeout=30, check_same_thread=False
         )
@@ -134,10 +142,18 @@ class Journal:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # a step is on disk before the next starts
         self._db.executescript(SCHEMA)
+        self._reader = sqlite3.connect(
+            self.path, isolation_level=None, timeout=30, check_same_thread=False
+        )
+        self._read_lock = threading.RLock()
+        self.writer = CommitThread(self._db, self._lock, name=f"journal-{self.path.name}")
 
     def close(self) -> None:
+        self.writer.close()
         with self._lock:
             self._db.close()
+        with self._read_lock:
+            self._reader.close()
 
     def __enter__(self) -> Journal:
         return self
@@ -145,54 +161,98 @@ class Journal:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _write(self, sql: str, args: tuple[Any, ...]) -> None:
-        with self._lock, self._db:  # one transaction, committed on exit
+    def _now(self, write: Any) -> Any:
+        """Commit ``write(db)`` in the caller's thread (one transaction)."""
+        with self._lock, self._db:  # committed on exit
             self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute(sql, args)
+            return write(self._db)
+
+    # -- writes: each as a function of the connection, run now or by the writer ------
+
+    def _create_write(
+        self, task_id: str, agent: dict[str, Any], goal: str, prompt_ids: list[int]
+    ) -> Any:
+        now = time.time()
+        row = (task_id, json.dumps(agent), goal, json.dumps(prompt_ids), now, now)
+        path = self.path
+
+        def write(db: sqlite3.Connection) -> None:
+            try:
+                db.execute(
+                    "INSERT INTO tasks VALUES (?, ?, ?, ?, 'running', NULL, NULL, ?, ?)", row
+                )
+            except sqlite3.IntegrityError:
+                raise JournalError(f"task {task_id} already exists in {path}") from None
+
+        return write
+
+    @staticmethod
+    def _append_write(task_id: str, payload: Payload) -> Any:
+        now, kind, text = time.time(), payload.kind.value, payload.model_dump_json()
+
+        def write(db: sqlite3.Connection) -> int:
+            (seq,) = db.execute(
+                "SELECT COALESCE(MAX(seq), -1) + 1 FROM steps WHERE task_id = ?", (task_id,)
+            ).fetchone()
+            db.execute("INSERT INTO steps VALUES (?, ?, ?, ?, ?)", (task_id, seq, kind, text, now))
+            db.execute("UPDATE tasks SET updated_at = ? WHERE task_id = ?", (now, task_id))
+            return int(seq)
+
+        return write
+
+    @staticmethod
+    def _finish_write(task_id: str, status: str, output: str | None, error: str | None) -> Any:
+        if status not in FINISHED_STATUSES:
+            raise JournalError(f"not a terminal status: {status}")
+        args = (status, output, error, time.time(), task_id)
+
+        def write(db: sqlite3.Connection) -> None:
+            db.execute(
+                "UPDATE tasks SET status = ?, output = ?, error = ?, updated_at = ? "
+                "WHERE task_id = ?",
+                args,
+            )
+
+        return write
 
     def create_task(
         self, task_id: str, agent: dict[str, Any], goal: str, prompt_ids: list[int]
     ) -> None:
-        now = time.time()
-        try:
-            self._write(
-                "INSERT INTO tasks VALUES (?, ?, ?, ?, 'running', NULL, NULL, ?, ?)",
-                (task_id, json.dumps(agent), goal, json.dumps(prompt_ids), now, now),
-            )
-        except sqlite3.IntegrityError:
-            raise JournalError(f"task {task_id} already exists in {self.path}") from None
+        self._now(self._create_write(task_id, agent, goal, prompt_ids))
 
     def append(self, task_id: str, payload: Payload) -> int:
         """Commit one step; returns its sequence number."""
-        now = time.time()
-        with self._lock, self._db:
-            self._db.execute("BEGIN IMMEDIATE")
-            (seq,) = self._db.execute(
-                "SELECT COALESCE(MAX(seq), -1) + 1 FROM steps WHERE task_id = ?", (task_id,)
-            ).fetchone()
-            self._db.execute(
-                "INSERT INTO steps VALUES (?, ?, ?, ?, ?)",
-                (task_id, seq, payload.kind.value, payload.model_dump_json(), now),
-            )
-            self._db.execute("UPDATE tasks SET updated_at = ? WHERE task_id = ?", (now, task_id))
-        return int(seq)
+        return int(self._now(self._append_write(task_id, payload)))
 
     def finish(
         self, task_id: str, status: str, output: str | None = None, error: str | None = None
     ) -> None:
-        if status not in FINISHED_STATUSES:
-            raise JournalError(f"not a terminal status: {status}")
-        self._write(
-            "UPDATE tasks SET status = ?, output = ?, error = ?, updated_at = ? WHERE task_id = ?",
-            (status, output, error, time.time(), task_id),
-        )
+        self._now(self._finish_write(task_id, status, output, error))
+
+    async def acreate_task(
+        self, task_id: str, agent: dict[str, Any], goal: str, prompt_ids: list[int]
+    ) -> None:
+        """``create_task``, committed by the writer thread (the loop is not blocked)."""
+        await self.writer.submit(self._create_write(task_id, agent, goal, prompt_ids))
+
+    async def aappend(self, task_id: str, payload: Payload) -> int:
+        """``append``, committed by the writer thread: returns once the step is on disk."""
+        return int(await self.writer.submit(self._append_write(task_id, payload)))
+
+    async def afinish(
+        self, task_id: str, status: str, output: str | None = None, error: str | None = None
+    ) -> None:
+        """``finish``, committed by the writer thread."""
+        await self.writer.submit(self._finish_write(task_id, status, output, error))
+
+    # -- reads (their own connection: never behind a commit) -------------------------
 
     def get(self, task_id: str) -> TaskRecord:
-        with self._lock:
+        with self._read_lock:
             return self._get(task_id)
 
     def _get(self, task_id: str) -> TaskRecord:
-        row = self._db.execute(
+        row = self._reader.execute(
             "SELECT task_id, agent, goal, prompt_ids, status, output, error, created_at, "
             "updated_at FROM tasks WHERE task_id = ?",
             (task_id,),
@@ -202,7 +262,7 @@ class Journal:
         record = TaskRecord(row[0], json.loads(row[1]), row[2], json.loads(row[3]), *row[4:])
         record.steps = [
             JournalStep(seq, self._payload(task_id, seq, kind, payload), created)
-            for seq, kind, payload, created in self._db.execute(
+            for seq, kind, payload, created in self._reader.execute(
                 "SELECT seq, kind, payload, created_at FROM steps WHERE task_id = ? ORDER BY seq",
                 (task_id,),
             )
@@ -221,11 +281,11 @@ class Journal:
         self, limit: int = 50, *, status: str | None = None, offset: int = 0
     ) -> builtins.list[dict[str, Any]]:
         """Tasks newest first (``status``: only those in it; ``offset``: skip as many)."""
-        with self._lock:
+        with self._read_lock:
             return self._list(limit, status, offset)
 
     def _list(self, limit: int, status: str | None, offset: int) -> builtins.list[dict[str, Any]]:
-        rows = self._db.execute(
+        rows = self._reader.execute(
             "SELECT t.task_id, json_extract(t.agent, '$.name'), t.goal, t.status, t.created_at, "
             "t.updated_at, (SELECT COUNT(*) FROM steps s "
             "WHERE s.task_id = t.task_id AND s.kind = 'call') "
@@ -239,8 +299,8 @@ class Journal:
     def unfinished(self) -> builtins.list[str]:
         """The ids of the tasks still ``running`` (a driver that died left them so), oldest
         first: what a restarted service resumes."""
-        with self._lock:
-            rows = self._db.execute(
+        with self._read_lock:
+            rows = self._reader.execute(
                 "SELECT task_id FROM tasks WHERE status = 'running' ORDER BY created_at"
             ).fetchall()
         return [r[0] for r in rows]

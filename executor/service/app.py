@@ -166,7 +166,7 @@ def create_app(
         except ValidationError as exc:
             raise HTTPException(422, _problems(exc)) from None
         try:
-            task_id, _new = service.submit(req, idempotency_key, body_hash(body))
+            task_id, _new = await service.asubmit(req, idempotency_key, body_hash(body))
         except KeyReused:
             raise HTTPException(409, "this Idempotency-Key was used with another body") from None
         except Busy as exc:

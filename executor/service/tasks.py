@@ -73,6 +73,7 @@ class TaskService:
         self.drained: set[str] = set()  # replicas this service drained (the core: dead)
         self._changed: dict[str, set[asyncio.Event]] = {}
         self.idempotency: IdempotencyStore | None = None
+        self._preparing = 0  # submits being prepared off the loop (they hold a slot)
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -137,7 +138,7 @@ class TaskService:
         return agent
 
     def active(self) -> int:
-        return sum(1 for h in self.handles.values() if not h.done())
+        return self._preparing + sum(1 for h in self.handles.values() if not h.done())
 
     def submit(self, req: SubmitRequest, key: str | None, digest: str) -> tuple[str, bool]:
         """(task id, whether it is new). Raises ``KeyReused``, ``Busy``, ``UnknownAgent``,
@@ -155,6 +156,31 @@ class TaskService:
         except (ExecutorError, KeyReused):
             if key is not None and self.idempotency is not None:
                 self.idempotency.release(key, task_id)
+            raise
+        return task_id, True
+
+    async def asubmit(self, req: SubmitRequest, key: str | None, digest: str) -> tuple[str, bool]:
+        """``submit`` off the event loop: the key's claim (a commit) in a thread, the task
+        through ``Executor.asubmit``; a slot is held while it is prepared."""
+        agent = self.agent_for(req)
+        task_id = f"task-{uuid.uuid4().hex[:12]}"
+        store = self.idempotency
+        if key is not None:
+            assert store is not None
+            first = await asyncio.to_thread(store.claim, key, digest, task_id)
+            if first != task_id:
+                return first, False
+        try:
+            self._admit()
+            self._preparing += 1
+            try:
+                handle = await self.executor.asubmit(agent, req.goal, task_id=task_id)
+            finally:
+                self._preparing -= 1
+            self._track(handle)
+        except (ExecutorError, KeyReused):
+            if key is not None and store is not None:
+                await asyncio.to_thread(store.release, key, task_id)
             raise
         return task_id, True
 
