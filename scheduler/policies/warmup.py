@@ -12,11 +12,14 @@ Never at the expense of other work:
 
 * a warm-up starts only while no task waits for admission, on an active replica
   whose free budget covers the task's reservation (the ledger never goes over), with
-  a free compute slot (running calls + warm-ups in flight < its ``max_running``,
-  warm-ups in flight < ``warm_up_slots``) and no call waiting for one;
-* a task that comes to wait for admission takes the room back: warmed tasks still in
-  their tool are released (``ReleaseKV``, ``WARM_UP_CANCELLED``) on the replica where
-  that lets the queue's head fit, and the head is placed;
+  idle compute (at most ``warm_up_max_running`` calls running, 0 by default, a free
+  slot: running calls + warm-ups in flight < its ``max_running``, warm-ups in flight <
+  ``warm_up_slots``) and no call waiting for a slot;
+* a call whose history grows past its replica's budget takes the room back first
+  (warmed tasks there are released before any task is paused), and so does a task
+  that comes to wait for admission: warmed tasks still in their tool are released
+  (``ReleaseKV``, ``WARM_UP_CANCELLED``) on the replica where that lets the queue's
+  head fit, and the head is placed;
 * one warm-up per tool wait: a cancelled one is not retried (no thrash).
 
 A task that comes back first runs where it was warmed (its call finds whatever the
@@ -50,6 +53,17 @@ class WarmUpBook(Book):
     def _release(self, task: Task, cause: ReleaseCause, out: list[Decision]) -> None:
         super()._release(task, cause, out)
         self._warm_note(task)
+
+    def _relieve(self, r: Replica, out: list[Decision]) -> None:
+        """A call's growth pushed ``r`` over its budget: cancel warm-ups there first (the
+        largest first), before any task is paused."""
+        if r.reserved > r.budget and r.id in self._warm_on:
+            for t in sorted(self._warm_tasks(r).values(), key=lambda t: (-t.reserved, t.id)):
+                if r.reserved <= r.budget:
+                    break
+                self._waits.count("warm_up_cancelled")
+                self._release(t, ReleaseCause.WARM_UP_CANCELLED, out)
+        super()._relieve(r, out)
 
     def _warm_note(self, task: Task) -> None:
         """A tool-waiting task holds no KV: its warm-up is due ``warm_up_lead`` x its
@@ -107,8 +121,9 @@ class WarmUpBook(Book):
         return on
 
     def _warm_idle(self, r: Replica) -> bool:
-        """Idle compute: no call waits for a slot, and a slot is free for a warm-up."""
-        if r.run_queue.live:
+        """Idle compute: no call waits for a slot, at most ``warm_up_max_running`` run,
+        and a slot is free for a warm-up."""
+        if r.run_queue.live or r.running > self.config.warm_up_max_running:
             return False
         flying = sum(1 for t in self._warm_tasks(r).values() if t.cold)
         return flying < self.config.warm_up_slots and r.running + flying < r.max_running

@@ -79,6 +79,7 @@ configs = st.builds(
     warm_up=st.booleans(),
     warm_up_lead=st.sampled_from([0.0, 2.0, 1e6]),
     warm_up_slots=st.integers(1, 2),
+    warm_up_max_running=st.sampled_from([0, 8]),
 )
 PAUSES = (
     ReleaseCause.TOOL_WAIT,

@@ -28,18 +28,24 @@ from scheduler import (
 )
 
 warm_configs = st.builds(
-    lambda cfg, lead, slots: replace(
+    lambda cfg, lead, slots, busy: replace(
         cfg,
         warm_up=True,
         warm_up_lead=lead,
         warm_up_slots=slots,
+        warm_up_max_running=busy,
         retention_ratio=0.0,
         admission_queue_limit=100,
         shed_slo_s=None,
+        # no pause cap: under this pressure a call outgrowing its replica with no task
+        # left to pause releases itself past the cap, warm-ups on or off (book.py,
+        # CallFinished); the anti-thrash check would find that, not the warm-ups
+        max_pauses=None,
     ),
     configs,
     st.sampled_from([2.0, 1e6]),
     st.integers(1, 2),
+    st.sampled_from([0, 1, 8]),
 )
 # mostly arrivals, calls, tools and warm-up reports: tasks pile up, tools release
 warm_actions = st.lists(
@@ -152,8 +158,14 @@ def test_a_waiting_admission_takes_the_room_back_and_no_second_warm_up() -> None
     assert core.stats().counters["warm_up_cancelled"] == 1
 
 
-def test_warm_up_only_on_a_replica_with_a_free_slot_and_only_when_on() -> None:
-    for kw, warmed in (({}, True), ({"max_running_calls": 1}, False), ({"warm_up": False}, False)):
+def test_warm_up_only_on_an_idle_enough_replica_with_a_free_slot_and_only_when_on() -> None:
+    busy = {"warm_up_max_running": 1}  # r1 may take a warm-up beside one running call
+    for kw, warmed in (
+        (busy, True),
+        ({}, False),  # idle replicas only
+        ({**busy, "max_running_calls": 1}, False),  # no free slot
+        ({**busy, "warm_up": False}, False),
+    ):
         core = _core(**kw)
         _paused(core)  # r0 has no room for a (b holds 12K of 20K)
         core.handle(ReplicaJoined(2.5, "r1", 100_000))
