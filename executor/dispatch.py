@@ -151,6 +151,10 @@ class Dispatcher:
             fut = self._drained.get(d.replica_id)
             if fut is not None and not fut.done():
                 fut.set_result(None)
+        else:  # WarmUp: optional (ignored, the task's next call runs cold); executor/warmup.py
+            warm_up = getattr(self, "on_warm_up", None)
+            if warm_up is not None:
+                warm_up(d)
 
     async def _granted(self, task_id: str, report: Callable[[float], object]) -> Grant:
         """Await the task's next ``RunCall`` after ``report(now)`` has told the core why
