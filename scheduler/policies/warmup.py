@@ -15,8 +15,8 @@ Never at the expense of other work:
   idle compute (at most ``warm_up_max_running`` calls running, 0 by default, a free
   slot: running calls + warm-ups in flight < its ``max_running``, warm-ups in flight <
   ``warm_up_slots``) and no call waiting for a slot;
-* a call whose history grows past its replica's budget takes the room back first
-  (warmed tasks there are released before any task is paused), and so does a task
+* a call whose history grows past its replica's budget takes the room back (warmed
+  tasks there are released before the call's own task would be), and so does a task
   that comes to wait for admission: warmed tasks still in their tool are released
   (``ReleaseKV``, ``WARM_UP_CANCELLED``) on the replica where that lets the queue's
   head fit, and the head is placed;
@@ -55,15 +55,17 @@ class WarmUpBook(Book):
         self._warm_note(task)
 
     def _relieve(self, r: Replica, out: list[Decision]) -> None:
-        """A call's growth pushed ``r`` over its budget: cancel warm-ups there first (the
-        largest first), before any task is paused."""
+        """A call's growth pushed ``r`` over its budget: tool-waiting tasks are paused as
+        the book's order says (warmed ones are expected back soon: last); if that is not
+        enough, warm-ups there are cancelled (the largest first) before the call's own
+        task would have to give its KV up."""
+        super()._relieve(r, out)
         if r.reserved > r.budget and r.id in self._warm_on:
             for t in sorted(self._warm_tasks(r).values(), key=lambda t: (-t.reserved, t.id)):
                 if r.reserved <= r.budget:
                     break
                 self._waits.count("warm_up_cancelled")
                 self._release(t, ReleaseCause.WARM_UP_CANCELLED, out)
-        super()._relieve(r, out)
 
     def _warm_note(self, task: Task) -> None:
         """A tool-waiting task holds no KV: its warm-up is due ``warm_up_lead`` x its
