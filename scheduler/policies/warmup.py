@@ -80,6 +80,20 @@ class WarmUpBook(Book):
         ):
             at = task.expected_return - c.warm_up_lead * self._prefill.seconds(task.history)
             heapq.heappush(self._due, (at, self._next_seq(), task, task.tool_started))
+            if len(self._due) > 2 * len(self._tasks) + 64:  # stale entries: drop them
+                self._due = [e for e in self._due if self._warm_wanted(e)]
+                heapq.heapify(self._due)
+
+    def _warm_wanted(self, entry: tuple[float, int, Task, float]) -> bool:
+        """A due-heap entry still stands for a released task in the same tool wait."""
+        task = entry[2]
+        return (
+            self._tasks.get(task.id) is task
+            and task.state is TaskState.TOOL
+            and not task.kv_held
+            and task.tool_started == entry[3]
+            and task.warm_tool != task.tool_started
+        )
 
     def _warm_up(self, out: list[Decision]) -> None:
         """After every event: give the room back to waiting tasks, else start the warm-ups
@@ -97,6 +111,7 @@ class WarmUpBook(Book):
             task.cold = False
             self._waits.count("warm_up_done")
         else:
+            self._waits.count("warm_up_failed")
             self._release(task, ReleaseCause.WARM_UP_CANCELLED, out)
 
     # -------------------------------------------------------------- moves
@@ -144,15 +159,9 @@ class WarmUpBook(Book):
         tried = 0
         while heap and heap[0][0] <= now and tried < _TRIES:
             entry = heapq.heappop(heap)
-            task = entry[2]
-            if (
-                self._tasks.get(task.id) is not task
-                or task.state is not TaskState.TOOL
-                or task.kv_held
-                or task.tool_started != entry[3]
-                or task.warm_tool == task.tool_started
-            ):
+            if not self._warm_wanted(entry):
                 continue  # stale
+            task = entry[2]
             tried += 1
             need = self.admission.reservation(task)
             r = self._warm_replica(task, need)
@@ -161,7 +170,7 @@ class WarmUpBook(Book):
                 continue
             self._warm(task, r, need, out)
         for entry in back:
-            heapq.heappush(heap, entry)
+            heapq.heappush(self._due, entry)
 
     def _warm(self, task: Task, r: Replica, need: int, out: list[Decision]) -> None:
         last = task.last_replica
