@@ -258,9 +258,9 @@ class Executor:
         return self._spawn(task_id, driver)
 
     async def asubmit(self, agent: Agent, goal: str, *, task_id: str | None = None) -> TaskHandle:
-        """``submit`` off the event loop: the first prompt is rendered on the chat
-        format's thread and the task journaled by the journal's writer thread (a
-        service submits here: its other requests are not held up meanwhile)."""
+        """``submit`` off the event loop: the first prompt is rendered and the task
+        journaled on the chat format's thread (a service submits here: its other
+        requests are not held up meanwhile)."""
         self._check(agent)
         task_id = task_id or f"task-{uuid.uuid4().hex[:12]}"
         driver = await TaskDriver.open(self.services, agent, goal, task_id)

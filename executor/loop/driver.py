@@ -197,11 +197,16 @@ class TaskDriver:
 
     @classmethod
     async def open(cls, services: Services, agent: Agent, goal: str, task_id: str) -> TaskDriver:
-        """A new task, checked (its first prompt rendered on the chat format's thread)
-        and journaled (by the journal's writer thread): the event loop is not blocked."""
+        """A new task, checked (its first prompt rendered) and journaled, both on the chat
+        format's thread: the event loop is not blocked."""
         context = context_tokens(services.replicas)
-        ids = await services.chat.run(check_task, agent, goal, services.chat, context)
-        await services.journal.acreate_task(task_id, agent.describe(), goal, ids)
+
+        def prepare() -> list[int]:  # one hop off the loop: a busy loop makes each costly
+            ids = check_task(agent, goal, services.chat, context)
+            services.journal.create_task(task_id, agent.describe(), goal, ids)
+            return ids
+
+        ids = await services.chat.run(prepare)
         return cls(services, agent, goal, task_id, prompt_ids=ids)
 
     async def run(self) -> TaskResult:

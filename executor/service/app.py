@@ -188,7 +188,7 @@ def create_app(
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
         offset: Annotated[int, Query(ge=0)] = 0,
     ) -> TaskPage:
-        tasks = service.page(status, limit, offset)
+        tasks = await service.apage(status, limit, offset)
         return TaskPage(tasks=tasks, next_offset=offset + limit if len(tasks) == limit else None)
 
     @app.get("/v1/tasks/{task_id}", response_model=TaskView, dependencies=guarded)

@@ -270,11 +270,25 @@ class TaskService:
         )
 
     def page(self, status: str | None, limit: int, offset: int) -> list[TaskSummary]:
+        return self._summaries(status, self._records(status, limit, offset))
+
+    async def apage(self, status: str | None, limit: int, offset: int) -> list[TaskSummary]:
+        """``page`` with the journal's reads (a record per row) in a thread, off the loop."""
+        records = await asyncio.to_thread(self._records, status, limit, offset)
+        return self._summaries(status, records)
+
+    def _records(
+        self, status: str | None, limit: int, offset: int
+    ) -> list[tuple[dict[str, Any], TaskRecord]]:
         journal_status = {"queued": "running", "cancelled": "failed"}.get(status or "", status)
         rows = self.executor.journal.list(limit, status=journal_status, offset=offset)
+        return [(row, self.executor.journal.get(row["task_id"])) for row in rows]
+
+    def _summaries(
+        self, status: str | None, records: list[tuple[dict[str, Any], TaskRecord]]
+    ) -> list[TaskSummary]:
         out = []
-        for row in rows:
-            record = self.executor.journal.get(row["task_id"])
+        for row, record in records:
             s = self.status(record)
             if status is None or s == status:
                 out.append(TaskSummary(**{**row, "status": s}))
