@@ -17,6 +17,9 @@ How a driver uses it:
   ``ToolStarted`` -> ``ToolFinished`` -> (``RunCall``) -> ... ->
   ``CallFinished`` -> ``TaskFinished``. ``NextCall`` replaces a tool when a
   call follows a call directly. See :mod:`scheduler.states`.
+* ``WarmUp`` is optional: prefill the task's history there now, with no output, and
+  report ``WarmedUp``; a driver that ignores it stays correct (the next call runs
+  cold). See :mod:`scheduler.policies.warmup`.
 
 Cost: every event is O(log n) in tasks and replicas (heaps with lazy deletion),
 except ``ReplicaDied``, which is O(tasks on that replica).
