@@ -41,7 +41,7 @@ from scheduler.task import Task
 
 _TRIES = 4  # due tasks tried per event (more wait for the next event)
 _CANDIDATES = 8  # replicas with the most free KV looked at, besides the task's last one
-_RETRY_S = 0.05  # least wait before a due task that found no replica is tried again
+_RETRY_S = 0.01  # least wait before a due task that found no replica is tried again
 
 
 class WarmUpBook(Book):
@@ -166,9 +166,9 @@ class WarmUpBook(Book):
             tried += 1
             need = self.admission.reservation(task)
             r = self._warm_replica(task, need)
-            if r is None:  # tried again a tenth of its lead later (not every event)
+            if r is None:  # tried again 2% of its lead later (not every event)
                 lead = self.config.warm_up_lead * self._prefill.seconds(task.history)
-                back.append((now + max(_RETRY_S, 0.1 * lead), entry[1], task, entry[3]))
+                back.append((now + max(_RETRY_S, 0.02 * lead), entry[1], task, entry[3]))
                 continue
             self._warm(task, r, need, out)
         for entry in back:
