@@ -75,9 +75,10 @@ class SchedulerConfig:
     """A task whose KV was released re-prefills its history on a replica with KV room
     and idle compute shortly before its tool is expected to end (``WarmUp``), when no
     task waits for admission; the room is given back if one comes to wait first. On: in
-    the 16-replica KV-bound simulation (8 s tools) at 2.6 tasks/s it took 52-69% of the
-    re-prefilled tokens off the calls' critical path and p95 from 214/243 s to 200/219 s
-    (seeds 0/1); at 2.8, p95 -2%/+0.2%, tasks/hour +2%; no KV pressure: no change."""
+    the 16-replica KV-bound simulation (8 s tools; docs/benchmarks.md) it took 39-65% of
+    the re-prefilled tokens off the calls' critical path at 2.6 tasks/s and p95 from
+    214/243 s to 200/223 s (seeds 0/1); at 2.8, p95 -5%/-0.2% and tasks/hour +2.4%/+2.5%;
+    without KV pressure it does nothing."""
     warm_up_lead: float = 2.0
     """A warm-up starts once the task's tool is expected to end within this many times
     its re-prefill's time (at the learned prefill speed)."""
@@ -86,9 +87,9 @@ class SchedulerConfig:
     and warm-ups are under its ``max_running_calls`` and no call of its waits."""
     warm_up_max_running: int = 0
     """...and while it runs at most this many calls (0: idle replicas only; in the
-    16-replica KV-bound simulation, any free slot (8) made p95 at 2.6 tasks/s worse,
-    243 -> 281 s with seed 1, where idle-only made it better, 243 -> 220 s: a warm-up's
-    prefill slows the decode steps of the calls beside it)."""
+    16-replica KV-bound simulation at 2.6 tasks/s, seed 1, this feature's first version
+    with any free slot (8) made p95 worse, 243 -> 281 s, where idle-only made it better,
+    243 -> 220 s: a warm-up's prefill slows the decode steps of the calls beside it)."""
     drain_window_s: float = 120.0
     """Time constant of the admission queue's learned drain rate."""
     # shedding
