@@ -92,7 +92,8 @@ class FakeActor:
         self._death = asyncio.Event()
         self.entered = asyncio.Event()  # a call reached the actor (cleared by the test)
         self.on_call: Callable[[Attempt], None] | None = None  # runs as a call arrives
-        self.before_answer: Callable[[Attempt], None] | None = None  # runs as it answers
+        # runs once an answer is on its way back, before the caller wakes to read it
+        self.on_answer: Callable[[Attempt], None] | None = None
         self.jobs: list[asyncio.Task[GenerateResult]] = []
         self.generate = SimpleNamespace(remote=self._remote_generate)
         self.release = SimpleNamespace(remote=self._release)
@@ -134,13 +135,18 @@ class FakeActor:
     def _remote_generate(self, request: GenerateRequest) -> asyncio.Future[GenerateResult]:
         """As Ray's: the call runs in the actor whether or not its caller still waits
         (a caller that stops waiting does not stop the engine's answer)."""
-        job = asyncio.get_running_loop().create_task(self._generate(request))
+        attempt = Attempt(request)
+        job = asyncio.get_running_loop().create_task(self._generate(attempt))
         job.add_done_callback(lambda j: j.cancelled() or j.exception())
         self.jobs.append(job)
-        return asyncio.shield(job)
+        reply = asyncio.shield(job)
+        if self.on_answer is not None:
+            hook = self.on_answer
+            reply.add_done_callback(lambda r: attempt.outcome == "answered" and hook(attempt))
+        return reply
 
-    async def _generate(self, request: GenerateRequest) -> GenerateResult:
-        attempt = Attempt(request)
+    async def _generate(self, attempt: Attempt) -> GenerateResult:
+        request = attempt.request
         self.attempts.append(attempt)
         self.entered.set()
         if self.on_call is not None:
@@ -156,8 +162,6 @@ class FakeActor:
         ids = request.input_ids or []
         text = self.brain.reply(ids)
         out = self.brain.chat.encode(text)
-        if self.before_answer is not None:
-            self.before_answer(attempt)
         attempt.outcome = "answered"
         return GenerateResult(
             replica_id=self.replica_id,

@@ -258,12 +258,13 @@ def test_a_call_in_flight_when_its_replica_is_declared_lost_moves_once(
 def test_an_answer_that_arrives_as_its_replica_is_declared_lost_is_not_applied(
     chat: ChatFormat, tmp_path: Path
 ) -> None:
-    """The tightest race: the replica's answer and its loss complete in the same turn
-    of the event loop. The loss wins: the task moves once, the answer is dropped."""
+    """The tightest race: the replica's answer has come back, and its loss is declared
+    before the driver wakes to read it. The loss wins: the task moves once, the answer
+    is dropped."""
     s = services(chat, tmp_path, ["r0", "r1"])
 
     def lose_while_answering(f: FakeActor) -> None:
-        f.before_answer = lambda _: s.dispatcher.replica_died(f.replica_id, "lost")
+        f.on_answer = lambda _: s.dispatcher.replica_died(f.replica_id, "lost")
 
     hit = kill_after_first_call(s, lose_while_answering)
     result = asyncio.run(drive(s))
