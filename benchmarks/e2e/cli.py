@@ -22,7 +22,7 @@ from rich.console import Console
 
 from benchmarks.e2e import CONTESTANTS, EVERY_LOAD, OPEN_LOOP
 from benchmarks.e2e import __doc__ as package_doc
-from benchmarks.e2e.openloop import QUICK_RATES, RATES, SLO_FLOOR_MULTIPLE
+from benchmarks.e2e.openloop import FRACTIONS, QUICK_FRACTIONS, SLO_FLOOR_MULTIPLE
 from benchmarks.e2e.plan import build_workload, middle, schedule, workload_spec
 from benchmarks.e2e.workload import SCENARIOS
 
@@ -47,8 +47,6 @@ QUICK = {
     "contestants": ["ours", "ours_core", "sticky_router", "round_robin"],
     "probe_repeats": 1,
 }
-#: --quick --open-loop: the same few short tasks, the open loop's contestants, three rates
-QUICK_OPEN = {"contestants": list(OPEN_LOOP), "open_rates": list(QUICK_RATES)}
 
 
 def _names(text: str) -> list[str]:
@@ -124,10 +122,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     o.add_argument(
         "--open-loop",
         action="store_true",
-        help="a rate sweep on a fixed grid of rates (--rates; default "
-        f"{','.join(map(str, RATES))} tasks/hour, --quick "
-        f"{','.join(map(str, QUICK_RATES))}): per contestant the highest rate "
-        "with task p95 <= the SLO and no task unfinished (and every lower rate)",
+        help="a rate sweep on a grid of rates (default: "
+        f"{','.join(map(str, FRACTIONS))} x the workload's ceiling, --quick "
+        f"{','.join(map(str, QUICK_FRACTIONS))} x; --rates: a fixed grid): per contestant "
+        "the highest rate with task p95 <= the SLO and no task unfinished (and every "
+        "lower rate)",
     )
     o.add_argument(
         "--arrival-rate",
@@ -136,7 +135,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="R",
         help="one open-loop run of each contestant at R tasks/hour",
     )
-    o.add_argument("--rates", type=_rates, default=None, help="the open loop's grid, tasks/hour")
+    o.add_argument(
+        "--rates", type=_rates, default=None, help="the open loop's fixed grid, tasks/hour"
+    )
     o.add_argument(
         "--slo-s",
         type=float,
@@ -217,15 +218,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                 key,
                 value if key != "contestants" or args.contestants is None else args.contestants,
             )
-    args.open_rates = None
+    args.open_rates, args.open_fractions = None, None
     if args.arrival_rate is not None or args.open_loop or args.rates:
         if args.arrival_rate is not None and args.arrival_rate < 1:
             p.error("--arrival-rate must be >= 1 task/hour")
-        args.open_rates = (
-            [args.arrival_rate]
-            if args.arrival_rate is not None
-            else args.rates or list(QUICK_RATES if args.quick else RATES)
-        )
+        args.open_rates = [args.arrival_rate] if args.arrival_rate is not None else args.rates
+        if args.open_rates is None:  # the grid relative to the ceiling, once probed
+            args.open_fractions = list(QUICK_FRACTIONS if args.quick else FRACTIONS)
         if args.contestants is None or args.quick and args.contestants == QUICK["contestants"]:
             args.contestants = list(OPEN_LOOP)
     if args.contestants is None:

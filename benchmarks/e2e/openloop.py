@@ -12,10 +12,30 @@ done, as users send them; per contestant, the knee of a rate sweep.
   the offered rate x the share of offered tasks finished within the SLO (tasks
   finished within the SLO per hour of offered load); tasks shed (refused: 429,
   rejected) counted apart, never good.
-- **The knee** (:func:`knee`): on a fixed grid of rates (:data:`RATES`, or
-  ``--rates``), the highest rate at which p95 <= SLO with no task unfinished, and
-  every lower rate of the grid too (the first miss ends the search: a run is one
-  draw, and a later lucky point is not a knee).
+- **The grid** (:func:`grid`): by default relative to the workload's ceiling
+  (:mod:`benchmarks.e2e.ceiling`, its engine-time bound at the probes' engine
+  speed, computed before the runs): :data:`FRACTIONS` of it (``--quick``:
+  :data:`QUICK_FRACTIONS`), rounded to 10 tasks/hour, so the grid brackets every
+  knee (a fixed grid found every knee above it); ``--rates`` gives a fixed grid
+  instead. The report says which (``open_loop.grid``).
+- **The knee** (:func:`knee`): the highest rate of the grid at which p95 <= SLO with
+  no task unfinished, and every lower rate of the grid too (the first miss ends the
+  search: a run is one draw, and a later lucky point is not a knee).
+- **The time budget**: a run lasts its arrivals (``n x 3600 / rate`` s on average)
+  plus at most the SLO (its cut). On the relative grid, with ``C`` the ceiling,
+  the arrivals of one contestant's sweep take ``n x 3600 / C x sum(1/f)`` =
+  ``n x 3600 / C x 8.8`` s for :data:`FRACTIONS`: with the default 12 tasks and
+  the default scenario's ceiling on 2 CPU replicas (C ~ 600-850 tasks/hour),
+  450-630 s, plus up to 5 SLOs (~5 x 25 s) of tails: <= ~13 minutes a contestant,
+  ~40 minutes for the 3 of :data:`benchmarks.e2e.OPEN_LOOP`, plus the engines'
+  starts and probes (~5 minutes, once per phase): under 60 minutes. 16 tasks a
+  point (p95 not just the max) would take ~17 minutes a contestant, ~55 with the
+  starts: too close to the hour, so a point keeps ``--tasks`` (12: its p95 is
+  interpolated between the two slowest). ``--quick``: 4 short tasks (6 calls) at
+  :data:`QUICK_FRACTIONS` of their ceiling (several thousand tasks/hour): seconds
+  of arrivals a run, the engines' starts take most of its 5 minutes. The gateway
+  contestants are not in the default sweep's list for that reason
+  (``--contestants`` adds them).
 - **The SLO**: ``--slo-s``, or :data:`SLO_FLOOR_MULTIPLE` x the workload's median
   task floor (:mod:`benchmarks.e2e.ceiling`) at the probes' engine speed,
   computed before the runs.
@@ -29,15 +49,26 @@ from typing import Any
 from benchmarks.e2e.replay import RunTrace
 from sim.metrics import percentile
 
-#: --open-loop's rate grid, tasks/hour (the default scenario on 2 CPU replicas: closed
-#: loop did 350-680 tasks/hour; the engine-time ceiling was ~600-850). 12 tasks arrive
-#: over 12/R hours: 4 minutes at 180/h, ~15 minutes a contestant for the grid
-RATES = (180, 300, 420, 540, 660)
-#: --quick --open-loop: the quick run's 4 short tasks at two rates (its engines' start
-#: takes most of its 5 minutes; 4 tasks never queue much: a smoke test, not a knee)
-QUICK_RATES = (1800, 7200)
+#: --open-loop's default grid: these fractions of the workload's ceiling (tasks/hour)
+FRACTIONS = (0.3, 0.5, 0.7, 0.9, 1.1)
+#: --quick --open-loop: the quick run's 4 short tasks at two fractions of their ceiling
+#: (its engines' start takes most of its 5 minutes; 4 tasks never queue much: a smoke
+#: test, not a knee)
+QUICK_FRACTIONS = (0.5, 1.1)
+#: the grid's rates are rounded to this many tasks/hour
+ROUND_TO = 10
 #: the default SLO: this many times the workload's median task floor
 SLO_FLOOR_MULTIPLE = 3.0
+
+
+def grid(ceiling_per_hour: float, fractions: tuple[float, ...] = FRACTIONS) -> list[int]:
+    """The relative grid: ``fractions`` of ``ceiling_per_hour``, each rounded to
+    :data:`ROUND_TO` tasks/hour (at least that), without repeats, lowest first."""
+    if ceiling_per_hour <= 0:
+        raise ValueError("the ceiling must be > 0 tasks/hour for a relative grid")
+    return sorted(
+        {max(ROUND_TO, int(round(f * ceiling_per_hour / ROUND_TO)) * ROUND_TO) for f in fractions}
+    )
 
 
 def arrivals(n: int, rate_per_hour: float, seed: int) -> list[float]:

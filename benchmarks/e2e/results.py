@@ -57,7 +57,7 @@ def report_open(b: Any) -> dict[str, Any]:
             "rates_per_hour": b.open_rates,
             "slo_s": b.slo_s,
             "slo_basis": b.slo_basis,
-            "grid": "fixed (--rates, or the default)",
+            "grid": b.grid,
             "knee": openloop.knee.__doc__,
         },
         "workload": {
@@ -188,7 +188,7 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def report(b: Any) -> dict[str, Any]:
-    if b.open_rates:
+    if b.open_loop:
         return report_open(b)
     args, mid = b.args, middle(b.args.concurrency)
     summaries = {key: summarize(run) for key, run in b.runs.items()}

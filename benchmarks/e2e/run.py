@@ -74,13 +74,21 @@ class Bench:
         self.texts: ObservationText | None = None  # the model's text of a given length
         self.sizing: dict[str, Any] = {}
         self._work: Path | None = None
-        #: open loop: the rates (tasks/hour) of the sweep, each run one of them
+        #: open loop: the rates (tasks/hour) of the sweep, each run one of them; with
+        #: ``open_fractions`` (no --rates), set from the ceiling once the engines are probed
         self.open_rates: list[int] = list(getattr(args, "open_rates", None) or [])
+        self.open_fractions: list[float] = list(getattr(args, "open_fractions", None) or [])
+        self.open_loop = bool(self.open_rates or self.open_fractions)
+        self.grid = (
+            f"relative: {self.open_fractions} x the ceiling (probes' engine speed)"
+            if self.open_fractions
+            else "fixed (--rates)"
+        )
         self.slo_s: float | None = getattr(args, "slo_s", None)
         self.slo_basis = "given (--slo-s)" if self.slo_s is not None else ""
         self.todo = (
             open_schedule(args.contestants, self.open_rates)
-            if self.open_rates
+            if self.open_loop
             else schedule(args.contestants, args.concurrency)
         )
 
@@ -137,11 +145,11 @@ class Bench:
             await asyncio.sleep(0.5)
 
     def label(self, load: int) -> str:
-        return f"{load} tasks/hour (open loop)" if self.open_rates else f"{load} tasks at once"
+        return f"{load} tasks/hour (open loop)" if self.open_loop else f"{load} tasks at once"
 
     def open_args(self, rate: int) -> dict[str, Any]:
         """Open loop at ``rate``: the arrival times and the cut (empty: closed loop)."""
-        if not self.open_rates:
+        if not self.open_loop:
             return {}
         if self.slo_s is None:
             raise ValueError("the open loop's SLO is not known: the engines were not probed")
@@ -152,7 +160,7 @@ class Bench:
         """The replayed workload through ``contestant``: ``load`` tasks at once, or
         (open loop) arriving at ``load`` tasks/hour."""
         on_task = self.progress(contestant.name, load)
-        if self.open_rates:
+        if self.open_loop:
             o = self.open_args(load)
             return await replay_open(
                 self.replayed, contestant, self.sandboxes, o["times"], o["cut_at"], kv, on_task
@@ -190,9 +198,15 @@ class Bench:
         self.probes[when] = {r: m["probes"] for r, m in zip(handles, per, strict=True)}
         self.measured.extend(per)
         self.rates.update(calib.mean_rates(self.measured))
-        if self.open_rates and self.slo_s is None:  # before the runs: their cut needs it
-            engine = calib.engine_spec({**self.rates, "host_contention": 0.0}, 1)
-            floor = ceiling.ceiling(self.workload, engine, self.args.replicas)["task_floor_s"]
+        engine = calib.engine_spec({**self.rates, "host_contention": 0.0}, 1)
+        ceil = ceiling.ceiling(self.workload, engine, self.args.replicas)
+        if self.open_fractions and not self.open_rates:  # the grid: before the runs
+            self.open_rates = openloop.grid(ceil["ceiling_per_hour"], tuple(self.open_fractions))
+            self.grid += f" = {ceil['ceiling_per_hour']:g} tasks/hour"
+            self.todo = open_schedule(self.args.contestants, self.open_rates)
+            self.save({"open_rates": self.open_rates, "grid": self.grid})
+        if self.open_loop and self.slo_s is None:  # before the runs: their cut needs it
+            floor = ceil["task_floor_s"]
             self.slo_s = round(openloop.SLO_FLOOR_MULTIPLE * floor["p50"], 1)
             self.slo_basis = (
                 f"{openloop.SLO_FLOOR_MULTIPLE:g} x the median task floor "
@@ -208,8 +222,7 @@ async def pool_phase(b: Bench, cfg: Any, names: tuple[str, ...], probe: bool) ->
     from executor.fleet.pool import ReplicaPool
     from executor.models import resolve
 
-    todo = [(n, load) for n, load in b.todo if n in names]
-    if not todo and not probe:
+    if not probe and not any(n in names for n, _ in b.todo):
         return
     texts = b.texts or ObservationText(
         await asyncio.to_thread(AutoTokenizer.from_pretrained, str(resolve(cfg.model)))
@@ -220,6 +233,7 @@ async def pool_phase(b: Bench, cfg: Any, names: tuple[str, ...], probe: bool) ->
         handles = dict(pool.handles)
         if probe:
             await b.measure(handles, "before")
+        todo = [(n, load) for n, load in b.todo if n in names]  # the grid set by the probes
 
         async def kv() -> list[tuple[str, int, int]]:
             caps = await asyncio.gather(*(h.acapacity() for h in handles.values()))
@@ -407,6 +421,8 @@ def finish(args: argparse.Namespace, console: Console, partial: Path) -> dict[st
         elif "probes" in line:
             b.probes.update(line["probes"])
             b.rates = dict(line["engine_rates"])
+        elif "open_rates" in line:
+            b.open_rates, b.grid = [int(r) for r in line["open_rates"]], str(line["grid"])
         elif "slo_s" in line:
             b.slo_s, b.slo_basis = float(line["slo_s"]), str(line["slo_basis"])
         else:

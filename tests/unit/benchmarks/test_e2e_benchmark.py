@@ -395,7 +395,8 @@ def test_replay_tool_returns_text_of_the_recorded_length() -> None:
         assert result.ok, result.text
         assert texts.count(result.text) == len(w.new_ids[k + 1])  # the next observation's size
         assert sandbox.argv[k] == w.tool_argv(k)  # the recorded sleep, in the task's sandbox
-    bad = asyncio.run(tool_.invoke({}, ToolContext(sandbox=sandbox, task_id="nobody")))
+    nobody = ToolContext(sandbox=sandbox, task_id="nobody")  # type: ignore[arg-type]
+    bad = asyncio.run(tool_.invoke({}, nobody))
     assert not bad.ok
     a = agents_for(workload, "tiny", texts, tool_, {x.task_id: x.calls for x in workload})
     agent = next(iter(a.values()))

@@ -14,15 +14,17 @@ import pytest
 from rich.console import Console
 
 from benchmarks.e2e import OPEN_LOOP
+from benchmarks.e2e import calibration as calib
 from benchmarks.e2e import cli as e2e_cli
 from benchmarks.e2e import run as e2e_run
 from benchmarks.e2e.ceiling import call_floors, ceiling, shares, task_floor
 from benchmarks.e2e.contestants import CallResult
 from benchmarks.e2e.openloop import (
-    QUICK_RATES,
-    RATES,
+    FRACTIONS,
+    QUICK_FRACTIONS,
     arrivals,
     deadline,
+    grid,
     knee,
     knees,
     open_summary,
@@ -217,11 +219,14 @@ def test_the_ceiling_by_hand() -> None:
 
 
 def test_open_loop_arguments() -> None:
-    a = e2e_cli.parse_args(["--open-loop"])
-    assert a.open_rates == list(RATES) and a.contestants == list(OPEN_LOOP)
+    a = e2e_cli.parse_args(["--open-loop"])  # the grid: fractions of the ceiling
+    assert a.open_rates is None and a.open_fractions == list(FRACTIONS)
+    assert a.contestants == list(OPEN_LOOP)
     q = e2e_cli.parse_args(["--quick", "--open-loop"])
-    assert q.open_rates == list(QUICK_RATES) and q.contestants == list(OPEN_LOOP)
-    assert q.tasks <= 6 and len(q.open_rates) <= 3
+    assert q.open_fractions == list(QUICK_FRACTIONS) and q.contestants == list(OPEN_LOOP)
+    assert q.tasks <= 6 and len(q.open_fractions) <= 3
+    fixed = e2e_cli.parse_args(["--open-loop", "--rates", "100,200"])
+    assert fixed.open_rates == [100, 200] and fixed.open_fractions is None
     one = e2e_cli.parse_args(["--arrival-rate", "300", "--slo-s", "45"])
     assert one.open_rates == [300] and one.slo_s == 45.0
     assert e2e_cli.parse_args([]).open_rates is None
@@ -230,6 +235,31 @@ def test_open_loop_arguments() -> None:
             e2e_cli.parse_args(bad)
     b = e2e_run.Bench(e2e_cli.parse_args([*SMALL, "--rates", "600,300"]), Console(quiet=True))
     assert b.todo == [(n, r) for r in (300, 600) for n in OPEN_LOOP]  # lowest rate first
+
+
+def test_the_default_grid_brackets_the_ceiling() -> None:
+    """The default grid: fractions of the ceiling, rounded to 10 tasks/hour, lowest
+    first, below and above the ceiling; the Bench sets it (and its schedule) from the
+    probes, and the report says it was relative."""
+    assert grid(700.0) == [210, 350, 490, 630, 770]
+    assert grid(40.0, (0.1, 0.11, 1.1)) == [10, 40]  # at least 10, no repeats
+    with pytest.raises(ValueError):
+        grid(0.0)
+    b = e2e_run.Bench(e2e_cli.parse_args([*SMALL, "--open-loop"]), Console(quiet=True))
+    assert b.open_loop and b.todo == []  # nothing to run before the probes
+
+    async def probe(*_: Any, **__: Any) -> dict[str, Any]:
+        return {"probes": [], **RATES_}
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(calib, "measure_engine", probe)
+        m.setattr(calib, "mean_rates", lambda _: dict(RATES_))
+        asyncio.run(b.measure({"r0": None}, "before"))
+    engine = calib.engine_spec({**RATES_, "host_contention": 0.0}, 1)
+    top = ceiling(b.workload, engine, b.args.replicas)["ceiling_per_hour"]
+    assert b.open_rates == grid(top) and min(b.open_rates) < top < max(b.open_rates)
+    assert b.todo == [(n, r) for r in b.open_rates for n in OPEN_LOOP]
+    assert "relative" in b.grid and b.slo_s is not None
 
 
 def _fake_run(name: str, b: Any, latency: float, cut: int = 0) -> RunTrace:
