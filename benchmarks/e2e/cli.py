@@ -313,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         print(report["knees_table"])
     else:
         print(json.dumps(brief(report), indent=2))
+    print(report.get("waits_table", ""))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")

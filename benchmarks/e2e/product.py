@@ -37,6 +37,7 @@ from benchmarks.e2e.replay import (
     gather_sampling_kv,
     until_deadline,
 )
+from benchmarks.e2e.report import core_summary
 from benchmarks.e2e.workload import ReplayTask
 from executor import Agent, Executor
 from executor.fleet.pool import ReplicaPool
@@ -229,6 +230,7 @@ async def run_product(
 
     try:
         [(traces, cut)] = await gather_sampling_kv([all_of()], kv_probe, clock, kv)
+        core = core_summary(ex.dispatcher.core.stats())
     finally:
         await ex.close()
     if failures:
@@ -242,6 +244,7 @@ async def run_product(
         path="executor",
         rejected=len(rejected),
         unfinished_arrivals=[times[i] for i in cut] if times else [],
+        core=core,
     )
     return run, journal
 

@@ -53,6 +53,8 @@ class RunTrace:
     rejected: int = 0  # tasks the contestant refused (shed)
     #: open loop: the arrival times of the tasks the run's cut left unfinished
     unfinished_arrivals: list[float] = field(default_factory=list)
+    #: ours: the scheduler core's figures at the run's end (report.core_summary)
+    core: dict[str, Any] = field(default_factory=dict)
 
     @property
     def unfinished(self) -> int:
@@ -83,6 +85,7 @@ class RunTrace:
             data.get("path", "replay"),
             data.get("rejected", 0),
             list(data.get("unfinished_arrivals", [])),
+            dict(data.get("core", {})),
         )
 
 

@@ -51,6 +51,113 @@ def replica_moves(run: RunTrace) -> int:
     return moves
 
 
+def idle_while_waiting(run: RunTrace) -> tuple[float, float]:
+    """From the client-side trace: (seconds during which some replica had no call in
+    flight while some task's call waited, seconds during which some call waited).
+    A call waits from its ``submitted`` to its ``started`` (its grant: ours; the
+    router contestants send at once, so theirs never wait and both are 0: calls
+    that queue inside SGLang are in flight here). The replicas: those that served
+    a call or were sampled for KV."""
+    replicas = {c.replica_id for t in run.tasks for c in t.calls} | {r for _, r, _, _ in run.kv}
+    replicas.discard("?")
+    edges: list[tuple[float, str, int]] = []  # (t, replica or "" for a wait, +1/-1)
+    for t in run.tasks:
+        for c in t.calls:
+            if c.started > c.submitted:
+                edges += [(c.submitted, "", 1), (c.started, "", -1)]
+            if c.replica_id in replicas and c.ended > c.started:
+                edges += [(c.started, c.replica_id, 1), (c.ended, c.replica_id, -1)]
+    edges.sort(key=lambda e: (e[0], e[2]))
+    busy = dict.fromkeys(replicas, 0)
+    waits, last, idle_s, waiting_s = 0, 0.0, 0.0, 0.0
+    for when, rid, d in edges:
+        if waits > 0:
+            waiting_s += when - last
+            if any(n == 0 for n in busy.values()):
+                idle_s += when - last
+        last = when
+        if rid:
+            busy[rid] += d
+        else:
+            waits += d
+    return round(idle_s, 2), round(waiting_s, 2)
+
+
+def kv_locked(run: RunTrace) -> dict[str, dict[str, float]]:
+    """Each replica's KV held by running requests (SGLang's ``num_used_tokens``, as
+    sampled during the run): mean and peak tokens."""
+    by: dict[str, list[int]] = {}
+    for _, rid, used, _ in run.kv:
+        by.setdefault(rid, []).append(used)
+    return {
+        r: {"mean_tokens": round(statistics.mean(v), 1), "peak_tokens": max(v)}
+        for r, v in sorted(by.items())
+    }
+
+
+def core_summary(stats: Any) -> dict[str, Any]:
+    """Ours: the scheduler core's own figures (``SchedulerCore.stats()``): idle while
+    waiting, time some task waited, the tasks' grant waits, each replica's KV as the
+    ledger reserved it (now, mean, peak, budget; tokens)."""
+    waits = list(stats.tasks.values())
+    return {
+        "idle_while_waiting_s": round(stats.idle_while_waiting_s, 2),
+        "waiting_s": round(stats.waiting_s, 2),
+        "observed_s": round(stats.observed_s, 2),
+        "queued_s": round(stats.queued_s, 2),
+        "task_wait_s_max": round(max((w.total_s for w in waits), default=0.0), 2),
+        "admission_s": round(sum(w.admission_s for w in waits), 2),
+        "slot_s": round(sum(w.slot_s for w in waits), 2),
+        "kv_reserved": {
+            str(r): {
+                "now_tokens": kv.reserved_tokens,
+                "mean_tokens": round(kv.mean_reserved_tokens, 1),
+                "peak_tokens": kv.peak_reserved_tokens,
+                "budget_tokens": kv.budget_tokens,
+            }
+            for r, kv in sorted(stats.replicas.items())
+        },
+        "counters": dict(stats.counters),
+    }
+
+
+#: where the cached (evictable radix cache) KV would come from, and why it is absent
+KV_CACHED_SOURCE = (
+    "not measured: SGLang's load snapshot (/v1/loads, tokenizer_manager.get_loads(): "
+    "what the actors and servers are sampled with) has no evictable-cache figure; it is "
+    "kv_evictable_tokens in its Prometheus /metrics (--enable-metrics) alone, which the "
+    "Ray actors do not serve"
+)
+
+
+def wait_figures(run: RunTrace) -> dict[str, Any]:
+    """Issue 29's figures of one run: queued share, idle while waiting (the core's for
+    ours, else the client trace's), KV per replica as reserved (ours), locked and
+    cached, time in calls, re-prefilled tokens."""
+    idle, waiting = idle_while_waiting(run)
+    calls_s = sum(c.ended - c.started for t in run.tasks for c in t.calls)
+    out: dict[str, Any] = {
+        "idle_while_waiting_s": idle,
+        "waiting_s": waiting,
+        "idle_while_waiting_source": "client trace (a replica with no call in flight "
+        "while some call waited for its grant)",
+        "trace_idle_while_waiting_s": idle,
+        "call_s_total": round(calls_s, 1),
+        "kv_locked": kv_locked(run),
+        "kv_cached": None,
+        "kv_cached_source": KV_CACHED_SOURCE,
+    }
+    if run.core:
+        out.update(
+            idle_while_waiting_s=run.core["idle_while_waiting_s"],
+            waiting_s=run.core["waiting_s"],
+            idle_while_waiting_source="SchedulerCore.stats() (the core's events)",
+            kv_reserved=run.core["kv_reserved"],
+            core=run.core,
+        )
+    return out
+
+
 def summarize(run: RunTrace) -> dict[str, Any]:
     lat = [t.latency_s for t in run.tasks]
     calls = [c for t in run.tasks for c in t.calls]
@@ -91,6 +198,7 @@ def summarize(run: RunTrace) -> dict[str, Any]:
             r: round(statistics.mean(v), 3) for r, v in sorted(kv_by_replica.items())
         },
         "kv_occupancy": [[round(t, 1), r, u, c] for t, r, u, c in run.kv],
+        **wait_figures(run),
     }
 
 
@@ -134,6 +242,30 @@ def sweep_rows(summaries: dict[tuple[str, int], dict[str, Any]]) -> list[dict[st
         {"concurrency": load, "contestant": name, **{k: s[k] for k in ROW_KEYS if k in s}}
         for (name, load), s in sorted(summaries.items(), key=lambda kv: (kv[0][1], kv[0][0]))
     ]
+
+
+def waits_table(summaries: dict[tuple[str, int], dict[str, Any]], unit: str) -> str:
+    """Issue 29's figures per (contestant, load or rate) as a Markdown table."""
+
+    def kv(s: dict[str, Any], key: str) -> str:
+        return " / ".join(
+            f"{r}: {v['mean_tokens']:.0f} ({v['peak_tokens']})" for r, v in s.get(key, {}).items()
+        )
+
+    lines = [
+        f"| {unit} | contestant | queued share | idle while waiting | time in calls | "
+        "re-prefilled | KV reserved mean (peak) | KV locked mean (peak) | KV cached |",
+        "|---:|---|---:|---:|---:|---:|---|---|---|",
+    ]
+    for (name, load), s in sorted(summaries.items(), key=lambda kv_: (kv_[0][1], kv_[0][0])):
+        if "p50_s" not in s:
+            continue
+        lines.append(
+            f"| {load} | {name} | {s['queued_share']:.3f} | {s['idle_while_waiting_s']} s | "
+            f"{s['call_s_total']} s ({s['time_in_calls']:.0%}) | {s['reprefilled_tokens']:,} | "
+            f"{kv(s, 'kv_reserved') or 'n/a'} | {kv(s, 'kv_locked')} | n/a |"
+        )
+    return "\n".join(lines)
 
 
 def table(rows: list[dict[str, Any]]) -> str:

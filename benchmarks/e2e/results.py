@@ -14,7 +14,7 @@ from benchmarks.e2e import calibration as calib
 from benchmarks.e2e import ceiling, openloop
 from benchmarks.e2e.plan import build_workload, middle, workload_spec
 from benchmarks.e2e.replay import RunTrace
-from benchmarks.e2e.report import TURN_METRIC, summarize, sweep_rows, targets
+from benchmarks.e2e.report import TURN_METRIC, summarize, sweep_rows, targets, waits_table
 from benchmarks.e2e.workload import ReplayTask, plans_from_json, plans_to_json, shape
 from scheduler import SchedulerConfig
 from sim.metrics import percentile
@@ -73,6 +73,7 @@ def report_open(b: Any) -> dict[str, Any]:
         "knees": knees,
         "targets": openloop.open_targets(knees, summaries),
         "knees_table": openloop.table(knees, top),
+        "waits_table": waits_table(summaries, "tasks/h"),
         "points": [
             {"contestant": n, **{k: v for k, v in s.items() if k != "kv_occupancy"}}
             for (n, _), s in sorted(summaries.items(), key=lambda x: (x[0][1], x[0][0]))
@@ -219,6 +220,7 @@ def report(b: Any) -> dict[str, Any]:
         "contestants": at_mid,
         "sweep": sweep_rows({k: s for k, s in summaries.items() if k[1] != mid}),
         "sweep_all": sweep_rows(summaries),
+        "waits_table": waits_table(summaries, "load"),
     }
     out["targets"] = {
         str(load): targets({n: s for (n, lo), s in summaries.items() if lo == load})

@@ -22,7 +22,7 @@ from benchmarks.e2e.contestants import Ours, RoundRobin, SGLangRouter
 from benchmarks.e2e.plan import build_workload, open_schedule, schedule
 from benchmarks.e2e.product import ObservationText, journal_records, replay_schema, run_product
 from benchmarks.e2e.replay import KvProbe, RunTrace, TaskTrace, replay, replay_open
-from benchmarks.e2e.report import summarize
+from benchmarks.e2e.report import core_summary, summarize
 from benchmarks.e2e.results import recalibrate, report
 from benchmarks.e2e.workload import (
     ReplayTask,
@@ -286,6 +286,8 @@ async def pool_phase(b: Bench, cfg: Any, names: tuple[str, ...], probe: bool) ->
                     else Ours(handles, SchedulerConfig(), name=name)
                 )
                 run = await b.drive(contestant, load, kv)
+                if isinstance(contestant, Ours):  # the core's own figures
+                    run.core = core_summary(contestant.dispatcher.core.stats())
             b.record(name, load, run)
         if probe and todo and not b.args.quick:  # again: the machine's speed drifts
             await b.measure(handles, "after")
