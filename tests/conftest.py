@@ -48,11 +48,25 @@ def counter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 #: fixtures that start SGLang engines (directly or through the ones they use)
 ENGINE_FIXTURES = frozenset({"pool"})
+#: fixtures that start (or need) the private Docker daemon
+DOCKER_FIXTURES = frozenset({"docker_host", "docker_backend"})
+
+
+def _uses_docker(item: pytest.Item) -> bool:
+    """A test of the Docker daemon: it asks for its fixtures, or it is the ``docker``
+    case of the sandbox tests' ``backend`` (every isolating backend in turn)."""
+    if DOCKER_FIXTURES & set(getattr(item, "fixturenames", ())):
+        return True
+    callspec = getattr(item, "callspec", None)
+    return callspec is not None and callspec.params.get("backend") == "docker"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """A test that uses an engine fixture is an engine test whether or not it says so,
-    so ``-m "not engine and not docker"`` (the fast command) starts no engine."""
+    """A test that uses an engine fixture is an engine test, and one that uses the
+    Docker daemon a docker test, whether or not it says so: the fast command
+    (``-m "not engine and not docker and not slow"``) starts no engine and no daemon."""
     for item in items:
         if ENGINE_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.engine)
+        if _uses_docker(item):
+            item.add_marker(pytest.mark.docker)

@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[3]
 
 
@@ -62,6 +64,7 @@ def test_run_without_bwrap_says_how_to_install_it(tmp_path: Path) -> None:
     assert_one_line(proc, "bubblewrap (bwrap) is not installed", "infra/install.sh")
 
 
+@pytest.mark.slow  # a CLI subprocess that imports the whole service (~5 s)
 def test_serve_without_bwrap_says_how_to_install_it(tmp_path: Path) -> None:
     proc = run_cli("serve", "--model", "tiny", env={"PATH": path_without(tmp_path, "bwrap")})
     assert_one_line(proc, "bubblewrap (bwrap) is not installed")

@@ -84,6 +84,7 @@ def test_replica_resources_accepted() -> None:
     assert ReplicaConfig().resources == {}
 
 
+@pytest.mark.slow  # starts a local Ray cluster of three nodes (~15 s)
 def test_cluster_of_three_nodes_kill_restart_stop() -> None:
     """Each node is a session of its own: killing one takes all of its processes and
     none of the others'; stop leaves no process and no directory behind."""

@@ -208,6 +208,7 @@ def test_close_removes_a_tree_too_deep_for_a_recursive_walk(backend: SandboxBack
     assert not workspace.exists()
 
 
+@pytest.mark.slow  # builds and sweeps a tree deeper than PATH_MAX (~10 s)
 def test_the_startup_sweep_removes_a_dead_process_s_deep_tree(tmp_path: Path) -> None:
     """The next executor's start must not fail on what a crashed one left behind."""
     base = sandbox_root() / "crashed-task-0000"
