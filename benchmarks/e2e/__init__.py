@@ -16,7 +16,10 @@ bubblewrap sandbox between calls, through:
 - ``sticky_router``: SGLang's router, ``--policy manual --assignment-mode
   min_load``, ``x-smg-routing-key`` = the task id, over SGLang HTTP servers;
 - ``sglang_router``: SGLang's router, ``cache_aware``, over the same servers;
-- ``no_cache``: the core on replicas with the radix cache disabled.
+- ``no_cache``: the core on replicas with the radix cache disabled;
+- ``gateway`` / ``gateway_keyless``: the service's ``/v1/chat/completions`` on the
+  same Ray replicas through the official ``openai`` client, the task's transcript
+  as messages, one ``X-Session-ID`` per task / no identity at all.
 
 ``ours``, ``sticky_router`` and ``round_robin`` run at every load, the others at
 the middle one. Every contestant replays the executor's journal of ``ours``
@@ -38,6 +41,8 @@ CONTESTANTS = (
     "sglang_router",
     "round_robin",
     "no_cache",
+    "gateway",
+    "gateway_keyless",
 )
 #: the contestants run at every load of the sweep
 EVERY_LOAD = ("ours", "sticky_router", "round_robin")

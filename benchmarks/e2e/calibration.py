@@ -50,6 +50,8 @@ SIM_POLICY = {
     "round_robin": ("round_robin", True),
     "sglang_router": ("cache_aware", True),
     "no_cache": ("ours", False),
+    "gateway": ("ours", True),  # the gateway's calls go through the same core
+    "gateway_keyless": ("ours", True),
 }
 
 

@@ -8,7 +8,11 @@
   HTTP servers on loopback (:mod:`benchmarks.sglang_http`);
 - ``sticky_router``: the same router with ``--policy manual --assignment-mode
   min_load``, each call carrying ``x-smg-routing-key: <task id>`` (sticky per task);
-- ``no_cache``: ours on replicas started with SGLang's radix cache disabled.
+- ``no_cache``: ours on replicas started with SGLang's radix cache disabled;
+- ``gateway`` / ``gateway_keyless``: the service's OpenAI-compatible
+  ``/v1/chat/completions`` (one scheduler core, the same Ray replicas as ours)
+  through the official ``openai`` client, the task's transcript as messages; one
+  ``X-Session-ID`` per task, or no identity at all (:class:`Gateway`).
 
 Each answers ``call(task, k, ids, out)`` with SGLang's own token counts, and
 hears of the task's tool waits and end (only ``ours`` uses them).
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import uuid
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -25,7 +30,7 @@ from typing import Any, Protocol
 import httpx
 
 from benchmarks.e2e.workload import ReplayTask
-from executor.dispatch import Dispatcher
+from executor.dispatch import Dispatcher, TaskRefused
 from executor.fleet.generation import GenerateResult
 from executor.fleet.handle import ReplicaHandle
 from scheduler import SchedulerConfig, SchedulerCore
@@ -202,3 +207,88 @@ class SGLangRouter:
 
     async def close(self) -> None:
         await self._client.aclose()
+
+
+#: the gateway: the session header, the last call's header ending the session
+SESSION_HEADER, FINAL_HEADER = "X-Session-ID", "X-Session-Final"
+
+
+class Gateway:
+    """The service's ``/v1/chat/completions`` with the official ``openai`` client: each
+    call sends the task's transcript so far (its system prompt and first message, then
+    per call the reply and the next observation as a user message: text the model's
+    tokenizer encodes to the plan's lengths, :class:`ObservationText`), greedy, under
+    the task's reply grammar (``response_format``: the same reply, the same length) or
+    else ``max_tokens`` = the plan's output (the gateway has no ``ignore_eos``: a reply
+    may end sooner). ``keyed``: ``X-Session-ID: <task id>`` and ``X-Session-Final`` on
+    the last call; else no identity at all (the gateway matches the prefix)."""
+
+    def __init__(self, client: Any, model: str, texts: Any, keyed: bool, name: str) -> None:
+        self.client, self.model, self.texts = client, model, texts
+        self.keyed, self.name = keyed, name
+        self.messages: dict[str, list[dict[str, Any]]] = {}
+
+    def request(self, task: ReplayTask, k: int, out: int) -> dict[str, Any]:
+        """The keyword arguments of call ``k``'s ``chat.completions.create`` (its
+        messages grown by :meth:`replied`)."""
+        if k == 0:
+            self.messages[task.task_id] = [
+                {"role": "system", "content": self.texts.text(task.system_ids)},
+                {"role": "user", "content": self.texts.text(task.new_ids[0])},
+            ]
+        else:
+            self.messages[task.task_id].append(
+                {"role": "user", "content": self.texts.text(task.new_ids[k])}
+            )
+        kw: dict[str, Any] = {
+            "model": self.model,
+            "messages": list(self.messages[task.task_id]),
+            "temperature": 0.0,
+            "max_tokens": out,
+        }
+        if task.reply_schema is not None:
+            kw["max_tokens"] = max(out, MAX_REPLY_TOKENS)
+            kw["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "reply", "schema": json.loads(task.reply_schema)},
+            }
+        if self.keyed:
+            last = k == task.calls - 1
+            kw["extra_headers"] = {
+                SESSION_HEADER: task.task_id,
+                **({FINAL_HEADER: "true"} if last else {}),
+            }
+        return kw
+
+    def replied(self, task: ReplayTask, content: str) -> None:
+        self.messages[task.task_id].append({"role": "assistant", "content": content})
+
+    async def call(self, task: ReplayTask, k: int, ids: list[int], out: int) -> CallResult:
+        import openai
+
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        try:
+            raw = await self.client.chat.completions.with_raw_response.create(
+                **self.request(task, k, out)
+            )
+        except openai.RateLimitError as exc:  # 429: shed (a first call) or failed
+            raise TaskRefused(str(exc)) from None
+        latency = loop.time() - t0
+        resp = raw.parse()
+        self.replied(task, resp.choices[0].message.content or "")
+        usage = resp.usage
+        details = getattr(usage, "prompt_tokens_details", None)
+        return CallResult(
+            replica_id=raw.headers.get("x-replica-id", "?"),
+            output_ids=[0] * (usage.completion_tokens if usage else 0),
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            cached_tokens=int(getattr(details, "cached_tokens", 0) or 0),
+            latency_s=latency,
+        )
+
+    def tool_started(self, task_id: str) -> None:
+        pass
+
+    def finished(self, task_id: str) -> None:
+        self.messages.pop(task_id, None)

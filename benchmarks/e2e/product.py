@@ -269,3 +269,62 @@ def journal_records(
         observations = [list(p.ids) for p in record.payloads if isinstance(p, ObservationPayload)]
         out[w.task_id] = (list(record.prompt_ids), replies, observations)
     return out
+
+
+#: the gateway contestants: their name -> whether each task sends its session id
+GATEWAYS = {"gateway": True, "gateway_keyless": False}
+#: the in-process service's bearer token (loopback only, for this run)
+GATEWAY_TOKEN = "e2e-bench"
+
+
+async def run_gateway(b: Any, name: str, pool: ReplicaPool, load: int, kv: KvProbe) -> RunTrace:
+    """One run of a gateway contestant: the service (its own Executor and scheduler
+    core on ``pool``'s replicas, the FastAPI app of :mod:`executor.service.app`) served
+    by uvicorn in this process on 127.0.0.1 and a free port, the replayed tasks through
+    the official ``openai`` client (:class:`~benchmarks.e2e.contestants.Gateway`); the
+    run's ``core``: that service's ``SchedulerCore.stats()``."""
+    import openai
+    import uvicorn
+
+    from benchmarks.e2e.contestants import Gateway
+    from executor.config import ExecutorConfig
+    from executor.fleet.actor import free_port
+    from executor.service.app import create_app
+    from executor.service.server import build_service
+
+    service = build_service(
+        ExecutorConfig(
+            model=pool.config.model,
+            journal=b.work / f"journal-{name}-{load}.sqlite",
+            sandbox=b.args.sandbox,
+        ),
+        {},
+        pool=pool,
+    )
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(service, token=GATEWAY_TOKEN),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+        )
+    )
+    serving = asyncio.create_task(server.serve())
+    client = openai.AsyncOpenAI(
+        base_url=f"http://127.0.0.1:{port}/v1", api_key=GATEWAY_TOKEN, max_retries=0, timeout=None
+    )
+    try:
+        while not server.started:
+            if serving.done():
+                raise RuntimeError(f"{name}: the service did not start: {serving.exception()}")
+            await asyncio.sleep(0.05)
+        gateway = Gateway(client, pool.config.model, b.texts, GATEWAYS[name], name)
+        run: RunTrace = await b.drive(gateway, load, kv)
+        run.core = core_summary(service.executor.dispatcher.core.stats())
+        run.path = "gateway"
+        return run
+    finally:
+        await client.close()
+        server.should_exit = True
+        await serving

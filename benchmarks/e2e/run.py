@@ -20,7 +20,14 @@ from benchmarks.e2e import calibration as calib
 from benchmarks.e2e import ceiling, openloop, sizing
 from benchmarks.e2e.contestants import Ours, RoundRobin, SGLangRouter
 from benchmarks.e2e.plan import build_workload, open_schedule, schedule
-from benchmarks.e2e.product import ObservationText, journal_records, replay_schema, run_product
+from benchmarks.e2e.product import (
+    GATEWAYS,
+    ObservationText,
+    journal_records,
+    replay_schema,
+    run_gateway,
+    run_product,
+)
 from benchmarks.e2e.replay import KvProbe, RunTrace, TaskTrace, replay, replay_open
 from benchmarks.e2e.report import core_summary, summarize
 from benchmarks.e2e.results import recalibrate, report
@@ -36,8 +43,9 @@ from scheduler.config import v1
 
 __all__ = ["Bench", "finish", "recalibrate", "report", "run_all"]
 
-#: contestants on the Ray replicas with the radix cache on (the executor's first)
-POOL = ("ours", "ours_v1", "ours_core", "round_robin")
+#: contestants on the Ray replicas with the radix cache on (the executor's first); the
+#: gateway's service runs on the same replicas (its own Executor and core, a run each)
+POOL = ("ours", "ours_v1", "ours_core", "round_robin", *GATEWAYS)
 #: the contestants that run through the Executor, and their scheduler settings
 PRODUCT = {
     "ours": SchedulerConfig(),
@@ -279,6 +287,9 @@ async def pool_phase(b: Bench, cfg: Any, names: tuple[str, ...], probe: bool) ->
                     )
                 same = sum(f.plan == g.plan for f, g in zip(followed, b.followed, strict=True))
                 b.journal_matches[f"{name}@{load}"] = round(same / len(followed), 3)
+            elif name in GATEWAYS:
+                b.texts = texts
+                run = await run_gateway(b, name, pool, load, kv)
             else:
                 contestant = (
                     RoundRobin(handles)
