@@ -9,12 +9,14 @@ Covered: a call that failed is retried on its replica (and the task fails, sayin
 so, past the retry limit); a task whose replica died moves to another and replays
 its history there; and the lost-replica race: a call in flight when its replica is
 declared lost is abandoned, its late answer never applied, the task moved exactly
-once, no tool run twice.
+once, no tool run twice (also when the answer is already back, and when the call
+waits to be retried on a replica that did not answer).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -58,12 +60,17 @@ def services(
     replica_ids: list[str],
     *,
     config: SchedulerConfig | None = None,
+    retry_after_s: float = 0.0,
     on_step: Callable[[str, Step], None] | None = None,
 ) -> Services:
     brain = Brain(chat)
     replicas = ReplicaRegistry()
     sessions = EngineSessions(replicas)
-    dispatcher = Dispatcher(SchedulerCore(config or SchedulerConfig()), on_release=sessions.release)
+    dispatcher = Dispatcher(
+        SchedulerCore(config or SchedulerConfig()),
+        retry_after_s=retry_after_s,
+        on_release=sessions.release,
+    )
     for rid in replica_ids:
         replicas.add(handle(rid, brain))
         dispatcher.replica_joined(rid, KV)
@@ -165,9 +172,11 @@ def test_a_call_that_keeps_failing_fails_the_task_past_the_retry_limit(
 # -- a task moves when its replica dies ------------------------------------------------
 
 
-def kill_after_first_call(s: Services, command: Callable[[FakeActor], None]) -> list[str]:
-    """Run ``command`` on the replica that served the task's first call, once it is
-    journaled; the list gets that replica's id."""
+def kill_after_first_call(
+    s: Services, command: Callable[[FakeActor], None]
+) -> tuple[Services, list[str]]:
+    """The services, but running ``command`` on the replica that served the task's
+    first call once that call is journaled; the list gets that replica's id."""
     hit: list[str] = []
 
     def on_step(task_id: str, step: Step) -> None:
@@ -175,8 +184,7 @@ def kill_after_first_call(s: Services, command: Callable[[FakeActor], None]) -> 
             hit.append(step.replica_id)
             command(fake(s, step.replica_id))
 
-    object.__setattr__(s, "on_step", on_step)  # (Services is frozen; set before the run)
-    return hit
+    return dataclasses.replace(s, on_step=on_step), hit
 
 
 def other(s: Services, replica_id: str) -> str:
@@ -188,7 +196,7 @@ def test_a_task_moves_to_another_replica_when_its_replica_dies(
     chat: ChatFormat, tmp_path: Path
 ) -> None:
     s = services(chat, tmp_path, ["r0", "r1"])
-    hit = kill_after_first_call(s, FakeActor.die)
+    s, hit = kill_after_first_call(s, FakeActor.die)
     result = asyncio.run(drive(s))
     assert_done_once(s, result)
     dead = hit[0]
@@ -209,7 +217,7 @@ def test_a_task_fails_saying_why_when_its_last_replica_dies(
     chat: ChatFormat, tmp_path: Path
 ) -> None:
     s = services(chat, tmp_path, ["r0"])
-    kill_after_first_call(s, FakeActor.die)
+    s, _ = kill_after_first_call(s, FakeActor.die)
     result = asyncio.run(drive(s))
     assert result.status == "failed" and result.error is not None
     assert "t1" in result.error and "r0" in result.error, result.error
@@ -233,7 +241,7 @@ def test_a_call_in_flight_when_its_replica_is_declared_lost_moves_once(
     dead while the call is in flight. The call is abandoned, the task moves once, and
     the hung replica's late answer (it does answer, later) is never applied."""
     s = services(chat, tmp_path, ["r0", "r1"])
-    hit = kill_after_first_call(s, FakeActor.hang)
+    s, hit = kill_after_first_call(s, FakeActor.hang)
 
     async def go() -> TaskResult:
         task = asyncio.ensure_future(drive(s))
@@ -255,6 +263,33 @@ def test_a_call_in_flight_when_its_replica_is_declared_lost_moves_once(
     assert len(moves(s, "t1")) == 1
 
 
+def test_a_call_waiting_to_retry_when_its_replica_is_declared_lost_moves_instead(
+    chat: ChatFormat, tmp_path: Path
+) -> None:
+    """The replica did not answer the task's second call (unreachable: a retry is due
+    there after ``retry_after_s``); it is declared dead meanwhile: the task moves at
+    once, once, and no retry reaches the dead replica."""
+    s = services(chat, tmp_path, ["r0", "r1"], retry_after_s=30.0)
+    s, hit = kill_after_first_call(s, FakeActor.fail_next)
+
+    async def go() -> TaskResult:
+        task = asyncio.ensure_future(drive(s))
+        await until(lambda: bool(hit) and len(fake(s, hit[0]).attempts) == 2)
+        await asyncio.sleep(0.05)  # the driver now waits to retry there
+        assert s.dispatcher.replica_died(hit[0], "node lost")
+        async with asyncio.timeout(10):  # (not the 30 s retry wait)
+            return await task
+
+    result = asyncio.run(go())
+    dead = hit[0]
+    assert [a.outcome for a in fake(s, dead).attempts] == ["answered", "unavailable"]
+    assert_done_once(s, result)
+    (failover,) = failovers(result)
+    assert (failover.replica_id, failover.reason) == (dead, "node lost")
+    assert [c.replica_id for c in calls(result)] == [dead, other(s, dead), other(s, dead)]
+    assert len(moves(s, "t1")) == 1
+
+
 def test_an_answer_that_arrives_as_its_replica_is_declared_lost_is_not_applied(
     chat: ChatFormat, tmp_path: Path
 ) -> None:
@@ -266,7 +301,7 @@ def test_an_answer_that_arrives_as_its_replica_is_declared_lost_is_not_applied(
     def lose_while_answering(f: FakeActor) -> None:
         f.on_answer = lambda _: s.dispatcher.replica_died(f.replica_id, "lost")
 
-    hit = kill_after_first_call(s, lose_while_answering)
+    s, hit = kill_after_first_call(s, lose_while_answering)
     result = asyncio.run(drive(s))
     dead = hit[0]
     assert [a.outcome for a in fake(s, dead).attempts] == ["answered", "answered"]
