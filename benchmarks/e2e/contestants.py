@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import uuid
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -217,10 +216,14 @@ class Gateway:
     """The service's ``/v1/chat/completions`` with the official ``openai`` client: each
     call sends the task's transcript so far (its system prompt and first message, then
     per call the reply and the next observation as a user message: text the model's
-    tokenizer encodes to the plan's lengths, :class:`ObservationText`), greedy, under
-    the task's reply grammar (``response_format``: the same reply, the same length) or
-    else ``max_tokens`` = the plan's output (the gateway has no ``ignore_eos``: a reply
-    may end sooner). ``keyed``: ``X-Session-ID: <task id>`` and ``X-Session-Final`` on
+    tokenizer encodes to the plan's lengths, :class:`ObservationText`), greedy free
+    text with ``max_tokens`` = the plan's output (the executor's reply's length). Not
+    under the executor's reply grammar: the gateway has no ``ignore_eos``, and its
+    prompt (rendered from text) differs from the executor's, so the grammar's greedy
+    reply need not have the executor's length; free text runs to ``max_tokens``
+    unless the model ends it (``output_tokens`` in the report says: the quick run's
+    503 of 503). It skips the grammar's cost per call, which ours pays.
+    ``keyed``: ``X-Session-ID: <task id>`` and ``X-Session-Final`` on
     the last call; else no identity at all (the gateway matches the prefix)."""
 
     def __init__(self, client: Any, model: str, texts: Any, keyed: bool, name: str) -> None:
@@ -246,12 +249,6 @@ class Gateway:
             "temperature": 0.0,
             "max_tokens": out,
         }
-        if task.reply_schema is not None:
-            kw["max_tokens"] = max(out, MAX_REPLY_TOKENS)
-            kw["response_format"] = {
-                "type": "json_schema",
-                "json_schema": {"name": "reply", "schema": json.loads(task.reply_schema)},
-            }
         if self.keyed:
             last = k == task.calls - 1
             kw["extra_headers"] = {

@@ -155,6 +155,7 @@ class StepClock:
                     now,
                     step.prompt_tokens,
                     step.cached_tokens,
+                    step.completion_tokens,
                 )
             )
         elif isinstance(step, ToolStep):

@@ -27,6 +27,7 @@ class CallTrace:
     ended: float
     prompt_tokens: int
     cached_tokens: int
+    output_tokens: int = 0  # what the call generated (0: not recorded)
 
 
 @dataclass
@@ -112,7 +113,14 @@ async def replay_task(
             started = min(ended, submitted + r.queued_s)
             trace.calls.append(
                 CallTrace(
-                    k, r.replica_id, submitted, started, ended, r.prompt_tokens, r.cached_tokens
+                    k,
+                    r.replica_id,
+                    submitted,
+                    started,
+                    ended,
+                    r.prompt_tokens,
+                    r.cached_tokens,
+                    len(r.output_ids),
                 )
             )
             out = r.output_ids

@@ -184,6 +184,7 @@ def summarize(run: RunTrace) -> dict[str, Any]:
         "makespan_s": round(run.ended, 1),
         "calls": len(calls),
         "prefill_tokens": prompt - cached,
+        "output_tokens": sum(c.output_tokens for c in calls),
         "reprefilled_tokens": reprefilled(run),
         "cache_hit_ratio": round(cached / prompt, 3) if prompt else 0.0,
         "queued_s_total": round(queued, 1),
