@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel
 from sglang.srt.entrypoints.openai.protocol import (
     ChatCompletionResponse,
     ChatCompletionResponseChoice,
@@ -32,9 +33,68 @@ from sglang.srt.entrypoints.openai.protocol import (
 
 from executor.gateway.errors import GatewayError, bad_request
 from executor.gateway.gateway import Gateway, Reply
-from executor.service.auth import authorized
 
 PATHS = ("/v1/chat/completions",)  # bodies bounded by the gateway's own limit
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorBody(BaseModel):
+    """OpenAI's error shape, declared on every route for the codes it can answer."""
+
+    error: ErrorDetail
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": ErrorBody} for code in codes}
+
+
+_MESSAGE = {
+    "type": "object",
+    "properties": {
+        "role": {"type": "string", "enum": ["system", "user", "assistant", "tool", "developer"]},
+        "content": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+    },
+    "required": ["role"],
+}
+# The chat request's main fields (SGLang's ChatCompletionRequest validates the rest);
+# declared so that the schema describes the body and a fuzzer generates it.
+CHAT_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "model": {"type": "string"},
+                    "messages": {"type": "array", "items": _MESSAGE},
+                    "max_tokens": {"type": "integer"},
+                    "max_completion_tokens": {"type": "integer"},
+                    "temperature": {"type": "number"},
+                    "top_p": {"type": "number"},
+                    "n": {"type": "integer"},
+                    "seed": {"type": "integer"},
+                    "stop": {
+                        "anyOf": [
+                            {"type": "string"},
+                            {"type": "array", "items": {"type": "string"}},
+                        ]
+                    },
+                    "stream": {"type": "boolean"},
+                    "tools": {"type": "array", "items": {"type": "object"}},
+                    "tool_choice": {"anyOf": [{"type": "string"}, {"type": "object"}]},
+                    "response_format": {"type": "object"},
+                },
+                "required": ["model", "messages"],
+            }
+        }
+    },
+}
 
 
 def _calls(reply: Reply) -> list[ToolCall] | None:
@@ -102,6 +162,9 @@ async def _stream(lines: list[str]) -> AsyncIterator[str]:
 
 def install(app: FastAPI, gateway: Gateway, token: str | None) -> None:
     """Mount the routes and the OpenAI-shaped error handler on ``app``."""
+    # (here, not at the top: executor.service imports this module, and the gateway's
+    # routes can be mounted on an app of their own, as the schema fuzz test does)
+    from executor.service.auth import authorized
 
     async def on_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, GatewayError)
@@ -118,9 +181,9 @@ def install(app: FastAPI, gateway: Gateway, token: str | None) -> None:
                 headers={"WWW-Authenticate": "Bearer"},
             )
 
-    router = APIRouter(dependencies=[Depends(auth)])
+    router = APIRouter(dependencies=[Depends(auth)], responses=_errors(401))
 
-    @router.get("/v1/models")
+    @router.get("/v1/models", responses=_errors(503))
     async def models() -> dict[str, Any]:
         card = ModelCard(
             id=gateway.model, owned_by="agent-executor", max_model_len=gateway.context_tokens()
@@ -128,7 +191,14 @@ def install(app: FastAPI, gateway: Gateway, token: str | None) -> None:
         listing: dict[str, Any] = ModelList(data=[card]).model_dump(mode="json")
         return listing
 
-    @router.post("/v1/chat/completions")
+    @router.post(
+        "/v1/chat/completions",
+        responses={
+            200: {"content": {"text/event-stream": {}}},  # (with "stream": true)
+            **_errors(400, 404, 413, 429, 503),
+        },
+        openapi_extra={"requestBody": CHAT_BODY},
+    )
     async def chat(request: Request) -> Response:
         limit = gateway.config.max_body_bytes
         length = request.headers.get("content-length", "")
@@ -160,7 +230,7 @@ def install(app: FastAPI, gateway: Gateway, token: str | None) -> None:
             "matched": gateway.sessions.matched,
         }
 
-    @router.delete("/v1/sessions/{session_id}")
+    @router.delete("/v1/sessions/{session_id}", responses=_errors(404))
     async def end(session_id: str) -> dict[str, Any]:
         if not gateway.end_session(session_id):
             raise GatewayError(
