@@ -14,8 +14,14 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import Cookie, Depends, FastAPI, Header, HTTPException, Query, Request, Response
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, StreamingResponse
-from pydantic import ValidationError
+from fastapi.responses import (
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    StreamingResponse,
+)
+from pydantic import BaseModel, ValidationError
 
 from executor.errors import ExecutorError
 from executor.gateway import Gateway, GatewayConfig
@@ -45,6 +51,17 @@ from executor.service.tasks import (
 MAX_BODY_BYTES = 64 * 1024
 RETRY_AFTER_S = 2
 COOKIE = "executor_token"  # the dashboard's: set from its link, good for GET only
+
+
+class Problem(BaseModel):
+    """FastAPI's error body: a message, or (422) where in the body and what."""
+
+    detail: str | list[dict[str, Any]]
+
+
+def _problems_at(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The error codes a route answers, declared in its schema (with 401: the token)."""
+    return {code: {"model": Problem} for code in (401, *codes)}
 
 
 def create_app(
@@ -125,11 +142,11 @@ def create_app(
             return HTMLResponse("<p>open <code>/?token=YOUR_TOKEN</code> once</p>", 401)
         return HTMLResponse(page())
 
-    @app.get("/v1/dashboard", dependencies=guarded)
+    @app.get("/v1/dashboard", dependencies=guarded, responses=_problems_at())
     async def dashboard_snapshot() -> dict[str, Any]:
         return dashboard.snapshot()
 
-    @app.get("/v1/dashboard/events", dependencies=guarded)
+    @app.get("/v1/dashboard/events", dependencies=guarded, responses=_problems_at())
     async def dashboard_events() -> StreamingResponse:
         return StreamingResponse(
             dashboard.events(),
@@ -141,19 +158,31 @@ def create_app(
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", dependencies=guarded)
+    @app.get(
+        "/readyz",
+        dependencies=guarded,
+        responses={**_problems_at(), 503: {"description": 'not ready: {"ready": false}'}},
+    )
     async def readyz() -> JSONResponse:
         ready = service.ready()
         return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
 
-    @app.get("/metrics", dependencies=guarded)
+    @app.get(
+        "/metrics", dependencies=guarded, response_class=PlainTextResponse, responses=_problems_at()
+    )
     async def metrics() -> Response:
         from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
         service.executor.refresh_gauges()
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
-    @app.post("/v1/tasks", status_code=202, response_model=SubmitResponse, dependencies=guarded)
+    @app.post(
+        "/v1/tasks",
+        status_code=202,
+        response_model=SubmitResponse,
+        dependencies=guarded,
+        responses=_problems_at(404, 409, 413, 429),
+    )
     async def submit(
         request: Request,
         idempotency_key: Annotated[str | None, Header(max_length=MAX_KEY_CHARS)] = None,
@@ -182,7 +211,7 @@ def create_app(
             raise HTTPException(422, [{"loc": ["body", "goal"], "msg": str(exc)}]) from None
         return SubmitResponse(task_id=task_id, status=service.status(service.record(task_id)))
 
-    @app.get("/v1/tasks", response_model=TaskPage, dependencies=guarded)
+    @app.get("/v1/tasks", response_model=TaskPage, dependencies=guarded, responses=_problems_at())
     async def list_tasks(
         status: ServiceStatus | None = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
@@ -191,11 +220,16 @@ def create_app(
         tasks = await service.apage(status, limit, offset)
         return TaskPage(tasks=tasks, next_offset=offset + limit if len(tasks) == limit else None)
 
-    @app.get("/v1/tasks/{task_id}", response_model=TaskView, dependencies=guarded)
+    @app.get(
+        "/v1/tasks/{task_id}",
+        response_model=TaskView,
+        dependencies=guarded,
+        responses=_problems_at(404),
+    )
     async def get_task(task_id: str) -> TaskView:
         return service.view(task_id)
 
-    @app.get("/v1/tasks/{task_id}/events", dependencies=guarded)
+    @app.get("/v1/tasks/{task_id}/events", dependencies=guarded, responses=_problems_at(404))
     async def events(
         task_id: str,
         last_event_id: Annotated[int | None, Header()] = None,
@@ -209,15 +243,30 @@ def create_app(
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
-    @app.post("/v1/tasks/{task_id}/cancel", response_model=SubmitResponse, dependencies=guarded)
+    @app.post(
+        "/v1/tasks/{task_id}/cancel",
+        response_model=SubmitResponse,
+        dependencies=guarded,
+        responses=_problems_at(404),
+    )
     async def cancel(task_id: str) -> SubmitResponse:
         return SubmitResponse(task_id=task_id, status=service.cancel(task_id))
 
-    @app.get("/v1/replicas", response_model=list[ReplicaView], dependencies=guarded)
+    @app.get(
+        "/v1/replicas",
+        response_model=list[ReplicaView],
+        dependencies=guarded,
+        responses=_problems_at(),
+    )
     async def replicas() -> list[ReplicaView]:
         return service.replicas()
 
-    @app.post("/v1/replicas/{replica_id}/drain", status_code=202, dependencies=guarded)
+    @app.post(
+        "/v1/replicas/{replica_id}/drain",
+        status_code=202,
+        dependencies=guarded,
+        responses=_problems_at(404, 409),
+    )
     async def drain(replica_id: str) -> dict[str, str]:
         if replica_id not in {r.replica_id for r in service.replicas()}:
             raise HTTPException(404, f"no replica {replica_id!r}")
