@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
-from sglang.srt.entrypoints.openai.protocol import ChatCompletionRequest
+from sglang.srt.entrypoints.openai.protocol import ChatCompletionRequest, CompletionRequest
 
 from executor.dispatch import Grant, TaskRefused
 from executor.errors import InvalidRequestError, ReplicaUnavailableError, ReplicaUnreachableError
@@ -220,7 +220,7 @@ class Gateway:
         return req
 
     def sampling(
-        self, req: ChatCompletionRequest, body: dict[str, Any], prompt: int
+        self, req: ChatCompletionRequest | CompletionRequest, body: dict[str, Any], prompt: int
     ) -> SamplingParams:
         context = self.context_tokens()
         asked = body.get("max_completion_tokens") or body.get("max_tokens")
@@ -288,7 +288,6 @@ class Gateway:
         tools: list[dict[str, Any]] | None,
         exact: bool = True,
     ) -> Reply:
-        s = self.services
         last = session.last if exact else None
         ids, reused = build_prompt(self.renderer, messages, tools, last)
         sampling = self.sampling(req, body, len(ids))
@@ -297,6 +296,43 @@ class Gateway:
             constraint = _response_format(req)
         if constraint is not None:
             sampling = sampling.model_copy(update={constraint[0]: constraint[1]})
+        result = await self.run_call(session, ids, sampling)
+        if reused:
+            self.exact_reuses += 1
+        else:
+            self.rendered += 1
+        parsed = self.tools.parse(result.text, req.tools, req.tool_choice)
+        session.last = Turn.make(
+            messages, tools, ids, result.output_ids, reply_form(parsed.content, parsed.calls)
+        )
+        finish = (
+            "tool_calls"
+            if parsed.calls
+            else ("length" if result.finish_reason == "length" else "stop")
+        )
+        out_headers = {
+            "X-Session-ID": session.key,
+            "X-Prefix-Reuse": "exact" if reused else "rendered",
+            "X-Replica-ID": result.replica_id,
+        }
+        if req.tools and req.tool_choice != "none":
+            out_headers["X-Tool-Call-Parser"] = self.tools.label
+        return Reply(
+            f"chatcmpl-{uuid.uuid4().hex[:24]}",
+            self.model,
+            int(time.time()),
+            parsed,
+            finish,
+            result,
+            out_headers,
+        )
+
+    async def run_call(
+        self, session: Session, ids: list[int], sampling: SamplingParams
+    ) -> GenerateResult:
+        """One call of ``session`` through the core (admission, the replica, failover,
+        telemetry); after it, the session is in a tool wait (the client's turn)."""
+        s = self.services
         grant = await self._admit(session, len(ids), sampling.max_new_tokens)
         request = {
             "input_ids": ids,
@@ -328,35 +364,7 @@ class Gateway:
         )
         s.dispatcher.tool_started(session.task_id, "client")  # the client's turn: a tool wait
         session.note_call(result.replica_id, result.cached_tokens, result.prompt_tokens, waited)
-        if reused:
-            self.exact_reuses += 1
-        else:
-            self.rendered += 1
-        parsed = self.tools.parse(result.text, req.tools, req.tool_choice)
-        session.last = Turn.make(
-            messages, tools, ids, result.output_ids, reply_form(parsed.content, parsed.calls)
-        )
-        finish = (
-            "tool_calls"
-            if parsed.calls
-            else ("length" if result.finish_reason == "length" else "stop")
-        )
-        out_headers = {
-            "X-Session-ID": session.key,
-            "X-Prefix-Reuse": "exact" if reused else "rendered",
-            "X-Replica-ID": result.replica_id,
-        }
-        if req.tools and req.tool_choice != "none":
-            out_headers["X-Tool-Call-Parser"] = self.tools.label
-        return Reply(
-            f"chatcmpl-{uuid.uuid4().hex[:24]}",
-            self.model,
-            int(time.time()),
-            parsed,
-            finish,
-            result,
-            out_headers,
-        )
+        return result
 
     async def _admit(self, session: Session, prompt: int, max_new: int) -> Grant:
         """The core's permission for this call, waited for at most ``queue_wait_s``."""

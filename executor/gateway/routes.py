@@ -2,6 +2,7 @@
 
     GET    /v1/models                 the served model
     POST   /v1/chat/completions       OpenAI chat completions (``stream`` as SSE chunks)
+    POST   /v1/completions            OpenAI completions (a text or token-id prompt)
     GET    /v1/sessions               the live sessions (calls, replica, cached tokens)
     DELETE /v1/sessions/{id}          end a session now (its KV is released)
 
@@ -31,10 +32,11 @@ from sglang.srt.entrypoints.openai.protocol import (
     UsageInfo,
 )
 
+from executor.gateway.completions import complete
 from executor.gateway.errors import GatewayError, bad_request
 from executor.gateway.gateway import Gateway, Reply
 
-PATHS = ("/v1/chat/completions",)  # bodies bounded by the gateway's own limit
+PATHS = ("/v1/chat/completions", "/v1/completions")  # bodies bounded by the gateway's own limit
 
 
 class ErrorDetail(BaseModel):
@@ -61,6 +63,37 @@ _MESSAGE = {
         "content": {"anyOf": [{"type": "string"}, {"type": "null"}]},
     },
     "required": ["role"],
+}
+COMPLETION_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "model": {"type": "string"},
+                    "prompt": {
+                        "anyOf": [
+                            {"type": "string"},
+                            {"type": "array", "items": {"type": "integer"}},
+                        ]
+                    },
+                    "max_tokens": {"type": "integer"},
+                    "temperature": {"type": "number"},
+                    "top_p": {"type": "number"},
+                    "seed": {"type": "integer"},
+                    "stop": {
+                        "anyOf": [
+                            {"type": "string"},
+                            {"type": "array", "items": {"type": "string"}},
+                        ]
+                    },
+                    "stream": {"type": "boolean"},
+                },
+                "required": ["model", "prompt"],
+            }
+        }
+    },
 }
 # The chat request's main fields (SGLang's ChatCompletionRequest validates the rest);
 # declared so that the schema describes the body and a fuzzer generates it.
@@ -221,6 +254,40 @@ def install(app: FastAPI, gateway: Gateway, token: str | None) -> None:
                 headers={**reply.headers, "Cache-Control": "no-cache"},
             )
         return JSONResponse(response_body(reply), headers=reply.headers)
+
+    async def json_body(request: Request) -> Any:
+        limit = gateway.config.max_body_bytes
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > limit:  # before reading it
+            raise GatewayError(413, f"the body is over {limit} bytes")
+        raw = await request.body()
+        if len(raw) > limit:  # (a chunked body has no content-length)
+            raise GatewayError(413, f"the body is over {limit} bytes")
+        try:
+            return json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise bad_request(f"the body is not valid JSON ({exc})") from None
+
+    @router.post(
+        "/v1/completions",
+        responses={
+            200: {"content": {"text/event-stream": {}}},  # (with "stream": true)
+            **_errors(400, 404, 413, 429, 503),
+        },
+        openapi_extra={"requestBody": COMPLETION_BODY},
+    )
+    async def completions(request: Request) -> Response:
+        body = await json_body(request)
+        done = await complete(gateway, body, request.headers)
+        if body.get("stream"):
+            options = body.get("stream_options") or {}
+            usage = bool(isinstance(options, dict) and options.get("include_usage"))
+            return StreamingResponse(
+                _stream(done.chunks(usage)),
+                media_type="text/event-stream",
+                headers={**done.headers, "Cache-Control": "no-cache"},
+            )
+        return JSONResponse(done.body(), headers=done.headers)
 
     @router.get("/v1/sessions")
     async def sessions() -> dict[str, Any]:
