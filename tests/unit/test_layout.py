@@ -200,3 +200,12 @@ def test_the_checker_sees_a_circle(tmp_path: Path) -> None:
     found = list(imports("a", a, {"a", "b"}))
     assert ("b", []) in found
     assert layer("executor.loop.machine") > layer("executor.fleet.registry") > layer("scheduler")
+
+
+def test_test_modules_have_unique_names() -> None:
+    """pytest imports test files by basename (rootdir-relative, no packages):
+    two test files of one name anywhere under tests/ stop the whole run at collection."""
+    seen: dict[str, list[str]] = {}
+    for p in (ROOT / "tests").rglob("test_*.py"):
+        seen.setdefault(p.name, []).append(str(p.relative_to(ROOT)))
+    assert not {n: ps for n, ps in seen.items() if len(ps) > 1}
