@@ -55,6 +55,7 @@ from scheduler import (
     TaskFinished,
     ToolFinished,
     ToolStarted,
+    WarmUp,
 )
 from scheduler.states import TERMINAL, TaskState
 
@@ -109,6 +110,9 @@ class Dispatcher:
         self._deaths: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
         # (replica, task) of every KV release: the fleet closes the task's engine session
         self.on_release = on_release
+        # a WarmUp decision: a Warmer (executor/warmup.py) prefills the task ahead of its
+        # next call; with none, WarmUp is ignored and that call prefills its history itself
+        self.on_warm_up: Callable[[WarmUp], None] | None = None
 
     def now(self) -> float:
         return max(self._clock(), self.core.now)
@@ -151,10 +155,8 @@ class Dispatcher:
             fut = self._drained.get(d.replica_id)
             if fut is not None and not fut.done():
                 fut.set_result(None)
-        else:  # WarmUp: optional (ignored, the task's next call runs cold); executor/warmup.py
-            warm_up = getattr(self, "on_warm_up", None)
-            if warm_up is not None:
-                warm_up(d)
+        elif isinstance(d, WarmUp) and self.on_warm_up is not None:
+            self.on_warm_up(d)
 
     async def _granted(self, task_id: str, report: Callable[[float], object]) -> Grant:
         """Await the task's next ``RunCall`` after ``report(now)`` has told the core why

@@ -38,6 +38,7 @@ from executor.loop.machine import Finish
 from executor.models import resolve
 from executor.result import Step, TaskResult
 from executor.telemetry import Telemetry
+from executor.warmup import Warmer
 from scheduler import SchedulerCore
 from tools.builtin import BUILTIN_TOOLS
 from tools.sandbox import SandboxBackend, create_backend
@@ -98,6 +99,7 @@ class Executor:
         self.pool: ReplicaPool | None = pool
         self._owns_pool = pool is None
         self._fleet: Fleet | None = None
+        self._warmer: Warmer | None = None
         self._services: Services | None = None
         self._tasks: set[asyncio.Task[TaskResult]] = set()
 
@@ -154,6 +156,8 @@ class Executor:
                 sessions=sessions,
             )
             opened.push_async_callback(fleet.close)
+            warmer = Warmer(replicas, dispatcher)  # the core's WarmUp decisions, applied
+            warmer.attach()
             for rid in c.replica_ids if c.replica_ids is not None else self.pool.ids:
                 fleet.join(rid)
             fleet.start()
@@ -171,6 +175,7 @@ class Executor:
             kv_reserve_tokens=c.kv_reserve_tokens,
         )
         self._fleet = fleet
+        self._warmer = warmer
         return self
 
     async def _stop_pool(self, pool: ReplicaPool) -> None:
@@ -183,7 +188,7 @@ class Executor:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        fleet, self._fleet = self._fleet, None
+        fleet, self._fleet, self._warmer = self._fleet, None, None
         if fleet is not None:
             await fleet.close()
             if fleet.control is not None:
@@ -270,6 +275,10 @@ class Executor:
         task = asyncio.get_running_loop().create_task(run_driver(driver), name=task_id)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        warmer = self._warmer
+        if warmer is not None:
+            warmer.remember(task_id, driver.prompt_so_far)
+            task.add_done_callback(lambda _: warmer.forget(task_id))
         return TaskHandle(task_id, task, driver)
 
     async def run(self, agent: Agent, goal: str, *, task_id: str | None = None) -> TaskResult:

@@ -51,7 +51,7 @@ class Warmer:
     def attach(self) -> None:
         """Apply the dispatcher's ``WarmUp`` decisions here, and cancel a warm-up when
         the core releases its task (the dispatcher's ``on_release`` still runs)."""
-        setattr(self.dispatcher, "on_warm_up", self.apply)  # noqa: B010 (the hook is optional)
+        self.dispatcher.on_warm_up = self.apply
         before = self.dispatcher.on_release
 
         def on_release(replica_id: str, task_id: str) -> None:

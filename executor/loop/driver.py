@@ -209,6 +209,11 @@ class TaskDriver:
         ids = await services.chat.run(prepare)
         return cls(services, agent, goal, task_id, prompt_ids=ids)
 
+    def prompt_so_far(self) -> list[int]:
+        """The task's transcript now (its last prompt and reply, and any observation
+        since): what a warm-up prefills ahead of its next call."""
+        return list(self.machine.ids)
+
     async def run(self) -> TaskResult:
         s = self.services
         started = time.perf_counter()

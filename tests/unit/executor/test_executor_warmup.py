@@ -5,11 +5,15 @@ release; a task whose prompt is unknown gives its room back."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
+from executor.agent import Agent
 from executor.dispatch import Dispatcher
 from executor.fleet.generation import GenerateRequest
+from executor.fleet.pool import ReplicaPool
 from executor.fleet.registry import ReplicaRegistry
+from executor.runtime import Executor
 from executor.warmup import Warmer
 from scheduler import (
     CallFinished,
@@ -121,5 +125,30 @@ def test_an_unknown_prompt_gives_the_room_back() -> None:
         await _settle()
         assert not fake.requests and w.failed == 1
         assert ReleaseKV("a", "r0", 10_000, ReleaseCause.WARM_UP_CANCELLED) in log
+
+    asyncio.run(main())
+
+
+def test_an_executor_applies_warm_ups_with_each_task_s_transcript(tmp_path: Path) -> None:
+    """The real executor attaches a warmer: the dispatcher's WarmUp goes to it, each
+    task's transcript so far is known while it runs (its first prompt before its first
+    call) and forgotten when it ends."""
+    pool = ReplicaPool(0)  # no replica: the task waits at admission, never calls
+
+    async def main() -> None:
+        ex = Executor("tiny", pool=pool, sandbox="local", journal=tmp_path / "j.sqlite")
+        await ex.start()
+        try:
+            warmer = ex._warmer
+            assert warmer is not None and ex.dispatcher.on_warm_up == warmer.apply
+            handle = ex.submit(Agent(name="a", model="tiny", tools=[]), "goal", task_id="t1")
+            await asyncio.sleep(0.05)
+            prompt = warmer._prompts["t1"]()
+            assert prompt and prompt == ex.journal.get("t1").prompt_ids
+            handle.future.cancel()
+            assert (await handle.result()).error == "cancelled"
+            assert "t1" not in warmer._prompts
+        finally:
+            await ex.close()
 
     asyncio.run(main())
