@@ -228,6 +228,11 @@ class Executor:
         return self.services.dispatcher
 
     @property
+    def warmer(self) -> Warmer | None:
+        """The one applying the core's ``WarmUp`` decisions (None until started)."""
+        return self._warmer
+
+    @property
     def fleet(self) -> Fleet:
         if self._fleet is None:
             raise ExecutorError("the executor is not started (await executor.start())")

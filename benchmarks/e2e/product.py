@@ -232,6 +232,9 @@ async def run_product(
     try:
         [(traces, cut)] = await gather_sampling_kv([all_of()], kv_probe, clock, kv)
         core = core_summary(ex.dispatcher.core.stats())
+        if ex.warmer is not None:  # warm before return: started, warmed, failed or unknown
+            w = ex.warmer
+            core["warm_ups"] = {"started": w.started, "warmed": w.warmed, "failed": w.failed}
     finally:
         await ex.close()
     if failures:

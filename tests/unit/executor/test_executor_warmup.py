@@ -139,7 +139,7 @@ def test_an_executor_applies_warm_ups_with_each_task_s_transcript(tmp_path: Path
         ex = Executor("tiny", pool=pool, sandbox="local", journal=tmp_path / "j.sqlite")
         await ex.start()
         try:
-            warmer = ex._warmer
+            warmer = ex.warmer
             assert warmer is not None and ex.dispatcher.on_warm_up == warmer.apply
             handle = ex.submit(Agent(name="a", model="tiny", tools=[]), "goal", task_id="t1")
             await asyncio.sleep(0.05)
