@@ -22,8 +22,9 @@ bubblewrap sandbox between calls, through:
   as messages, one ``X-Session-ID`` per task / no identity at all.
 
 ``ours``, ``sticky_router`` and ``round_robin`` run at every load, the others at
-the middle one. Every contestant replays the executor's journal of ``ours``
-(its prompts' token ids, its replies' lengths) with the plan's tool gaps.
+the middle one (those named with ``--contestants``: at every load). Every
+contestant replays the executor's journal of ``ours`` (its prompts' token ids,
+its replies' lengths) with the plan's tool gaps.
 Reported per contestant and load: task p50/p95/p99, tasks/hour, call latency by
 turn index, prefill and re-prefilled tokens, cache hit ratio, tasks rejected,
 the replica of every call, KV occupancy per replica over time; PNGs: CDF,
@@ -49,3 +50,6 @@ EVERY_LOAD = ("ours", "sticky_router", "round_robin")
 #: the contestants of the open loop's rate sweep (``--open-loop``): a new one (the
 #: gateway) is one entry here and in CONTESTANTS, and its phase in :mod:`.run`
 OPEN_LOOP = ("ours", "sticky_router", "round_robin")
+#: the contestants that can run the open loop (``--open-loop --contestants`` picks
+#: among them): the default three and the gateway's two (their phase drives either loop)
+OPEN_CAPABLE = (*OPEN_LOOP, "gateway", "gateway_keyless")

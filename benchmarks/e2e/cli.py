@@ -20,10 +20,10 @@ from typing import Any
 
 from rich.console import Console
 
-from benchmarks.e2e import CONTESTANTS, EVERY_LOAD, OPEN_LOOP
+from benchmarks.e2e import CONTESTANTS, EVERY_LOAD, OPEN_CAPABLE, OPEN_LOOP
 from benchmarks.e2e import __doc__ as package_doc
 from benchmarks.e2e.openloop import FRACTIONS, QUICK_FRACTIONS, SLO_FLOOR_MULTIPLE
-from benchmarks.e2e.plan import build_workload, middle, schedule, workload_spec
+from benchmarks.e2e.plan import build_workload, middle, open_schedule, schedule, workload_spec
 from benchmarks.e2e.workload import SCENARIOS
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "main",
     "middle",
     "parse_args",
+    "open_schedule",
     "schedule",
     "workload_spec",
 ]
@@ -115,8 +116,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--contestants",
         type=_names,
         default=None,
-        help=f"comma-separated among {', '.join(CONTESTANTS)} (default: all; "
-        f"open loop: {', '.join(OPEN_LOOP)})",
+        help=f"comma-separated among {', '.join(CONTESTANTS)}; named ones run at every "
+        f"load (default: all; open loop: {', '.join(OPEN_LOOP)}, also "
+        f"{', '.join(n for n in OPEN_CAPABLE if n not in OPEN_LOOP)})",
     )
     o = p.add_argument_group("open loop (seeded Poisson arrivals; the knee per contestant)")
     o.add_argument(
@@ -211,6 +213,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "from its <json>.partial.jsonl, no engines; give the sweep's own settings",
     )
     args = p.parse_args(argv)
+    named = args.contestants  # contestants given by name run at every load (and rate)
+    args.every_load = tuple(named) if named else EVERY_LOAD
     if args.quick:
         for key, value in QUICK.items():
             setattr(
@@ -227,6 +231,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             args.open_fractions = list(QUICK_FRACTIONS if args.quick else FRACTIONS)
         if args.contestants is None or args.quick and args.contestants == QUICK["contestants"]:
             args.contestants = list(OPEN_LOOP)
+        closed_only = [n for n in args.contestants if n not in OPEN_CAPABLE]
+        if closed_only:
+            p.error(
+                f"{', '.join(closed_only)} run closed loop only: the open loop's "
+                f"contestants are among {', '.join(OPEN_CAPABLE)}"
+            )
     if args.contestants is None:
         args.contestants = list(CONTESTANTS)
     if args.slo_s is not None and args.slo_s <= 0:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from benchmarks.e2e import EVERY_LOAD, OPEN_LOOP
+from benchmarks.e2e import EVERY_LOAD, OPEN_CAPABLE
 from benchmarks.e2e.workload import HeavyTailSpec, ReplayTask, SweAgentSpec
 
 
@@ -14,21 +14,24 @@ def middle(loads: list[int]) -> int:
     return sorted(loads)[len(loads) // 2]
 
 
-def schedule(contestants: list[str], loads: list[int]) -> list[tuple[str, int]]:
-    """(contestant, load) runs: those of EVERY_LOAD at each load, the rest at the middle."""
+def schedule(
+    contestants: list[str], loads: list[int], every_load: tuple[str, ...] = EVERY_LOAD
+) -> list[tuple[str, int]]:
+    """(contestant, load) runs: those of ``every_load`` at each load, the rest at the
+    middle (the CLI passes the contestants it was given by name as ``every_load``)."""
     mid = middle(loads)
     return [
         (n, load)
         for load in sorted(set(loads))
         for n in contestants
-        if n in EVERY_LOAD or load == mid
+        if n in every_load or load == mid
     ]
 
 
 def open_schedule(contestants: list[str], rates: list[int]) -> list[tuple[str, int]]:
-    """Open loop: (contestant, rate) runs, those of OPEN_LOOP at every rate, lowest
+    """Open loop: (contestant, rate) runs, those of OPEN_CAPABLE at every rate, lowest
     rate first."""
-    return [(n, r) for r in sorted(set(rates)) for n in contestants if n in OPEN_LOOP]
+    return [(n, r) for r in sorted(set(rates)) for n in contestants if n in OPEN_CAPABLE]
 
 
 def workload_spec(args: argparse.Namespace) -> Any:

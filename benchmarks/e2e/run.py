@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 from rich.console import Console
 
+from benchmarks.e2e import EVERY_LOAD, ceiling, openloop, sizing
 from benchmarks.e2e import calibration as calib
-from benchmarks.e2e import ceiling, openloop, sizing
 from benchmarks.e2e.contestants import Ours, RoundRobin, SGLangRouter
 from benchmarks.e2e.plan import build_workload, open_schedule, schedule
 from benchmarks.e2e.product import (
@@ -60,7 +60,7 @@ ROUTERS = {
 #: after the others when the schedule has it: ``phase(b, cfg)`` starts what it needs on
 #: replicas of ``cfg`` and runs each of its ``b.todo`` entries through ``b.drive`` (the
 #: closed or open loop alike) and ``b.record``. With its name in CONTESTANTS (and in
-#: EVERY_LOAD / OPEN_LOOP), that is all a new contestant needs.
+#: EVERY_LOAD / OPEN_CAPABLE), that is all a new contestant needs.
 PHASES: dict[str, Callable[[Bench, Any], Awaitable[None]]] = {}
 
 
@@ -97,7 +97,9 @@ class Bench:
         self.todo = (
             open_schedule(args.contestants, self.open_rates)
             if self.open_loop
-            else schedule(args.contestants, args.concurrency)
+            else schedule(
+                args.contestants, args.concurrency, getattr(args, "every_load", EVERY_LOAD)
+            )
         )
 
     @property

@@ -358,6 +358,21 @@ def test_the_sweep_runs_three_contestants_at_every_load() -> None:
         agents.parse_args(["--concurrency", "6,x"])
 
 
+def test_contestants_named_run_at_every_load_and_the_gateway_in_the_open_loop() -> None:
+    named = agents.parse_args(["--concurrency", "8,12", "--contestants", "ours,gateway"])
+    runs = agents.schedule(named.contestants, named.concurrency, named.every_load)
+    assert sorted(runs) == [("gateway", 8), ("gateway", 12), ("ours", 8), ("ours", 12)]
+    default = agents.parse_args(["--concurrency", "8,12"])
+    runs = agents.schedule(default.contestants, default.concurrency, default.every_load)
+    assert ("gateway", 8) not in runs and ("gateway", 12) in runs  # the middle load only
+    both = agents.parse_args(["--open-loop", "--contestants", "ours,gateway,sticky_router"])
+    assert agents.open_schedule(both.contestants, [100, 200]) == [
+        (n, r) for r in (100, 200) for n in ("ours", "gateway", "sticky_router")
+    ]
+    with pytest.raises(SystemExit):  # a closed-loop-only contestant in the open loop
+        agents.parse_args(["--open-loop", "--contestants", "ours,ours_core"])
+
+
 class _Tokenizer:
     """Words as tokens (enough for the replay tool's lengths)."""
 
