@@ -74,6 +74,8 @@ def test_actor_killed_during_tool_waits(
         GATE.release.set()
         moved, failed, other = a.result(timeout=300), b.result(timeout=300), c.result(300)
         spans = migrating.ex.telemetry.finished_spans()
+        warmer = migrating.ex.warmer
+        warmed = warmer.warmed if warmer is not None else 0
     finally:
         GATE.release.set()
         migrating.close()
@@ -82,9 +84,11 @@ def test_actor_killed_during_tool_waits(
 
     assert_moved(moved, [victim])
     assert {c.replica_id for c in moved.calls[1:]} == {"r1"}
-    # its first call on the survivor prefilled the history the dead replica held
+    # the history the dead replica held was prefilled again on the survivor: by its first
+    # call there, or ahead of it by a warm-up during the tool wait (warm before return)
     first, replay = moved.calls[0], moved.calls[1]
-    assert replay.cached_tokens < first.prompt_tokens + first.completion_tokens
+    history = first.prompt_tokens + first.completion_tokens
+    assert replay.cached_tokens < history or warmed >= 1, (replay, warmed)
     # the trace and the journal say what happened
     failovers = [e for s in spans for e in s.events if e.name == "failover"]
     assert failovers and failovers[0].attributes["replica"] == victim

@@ -578,7 +578,10 @@ def test_small_run_of_every_contestant(pool: Any, tmp_path: Path) -> None:
         )
         for n in c
     }
-    assert len(set(prompts.values())) == 1, prompts
+    # (the gateways' prompts are their messages rendered by the chat template: a few
+    # template tokens more than the journal's ids, the same work otherwise)
+    assert len({v for n, v in prompts.items() if not n.startswith("gateway")}) == 1, prompts
+    assert all(0.98 < prompts[g] / prompts["ours"] < 1.05 for g in ("gateway", "gateway_keyless"))
     assert c["ours"]["cache_hit_ratio"] > 0.5 and c["sticky_router"]["cache_hit_ratio"] > 0.5
     assert c["no_cache"]["cache_hit_ratio"] == 0.0
     assert set(c["sticky_router"]["calls_by_replica"]) == {"s0"}  # the worker is named
