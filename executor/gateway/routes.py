@@ -64,6 +64,14 @@ _MESSAGE = {
     },
     "required": ["role"],
 }
+# the sampling fields both bodies share
+_SAMPLING = {
+    "temperature": {"type": "number"},
+    "top_p": {"type": "number"},
+    "seed": {"type": "integer"},
+    "stop": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
+    "stream": {"type": "boolean"},
+}
 COMPLETION_BODY = {
     "required": True,
     "content": {
@@ -79,16 +87,7 @@ COMPLETION_BODY = {
                         ]
                     },
                     "max_tokens": {"type": "integer"},
-                    "temperature": {"type": "number"},
-                    "top_p": {"type": "number"},
-                    "seed": {"type": "integer"},
-                    "stop": {
-                        "anyOf": [
-                            {"type": "string"},
-                            {"type": "array", "items": {"type": "string"}},
-                        ]
-                    },
-                    "stream": {"type": "boolean"},
+                    **_SAMPLING,
                 },
                 "required": ["model", "prompt"],
             }
@@ -108,17 +107,8 @@ CHAT_BODY = {
                     "messages": {"type": "array", "items": _MESSAGE},
                     "max_tokens": {"type": "integer"},
                     "max_completion_tokens": {"type": "integer"},
-                    "temperature": {"type": "number"},
-                    "top_p": {"type": "number"},
                     "n": {"type": "integer"},
-                    "seed": {"type": "integer"},
-                    "stop": {
-                        "anyOf": [
-                            {"type": "string"},
-                            {"type": "array", "items": {"type": "string"}},
-                        ]
-                    },
-                    "stream": {"type": "boolean"},
+                    **_SAMPLING,
                     "tools": {"type": "array", "items": {"type": "object"}},
                     "tool_choice": {"anyOf": [{"type": "string"}, {"type": "object"}]},
                     "response_format": {"type": "object"},
