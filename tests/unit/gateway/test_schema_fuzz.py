@@ -126,7 +126,7 @@ def test_every_service_route_answers_as_its_schema_says(case: Any) -> None:
 
 @schema.parametrize()
 @settings(
-    max_examples=40,
+    max_examples=80,
     derandomize=True,  # the same examples each run (CI must not flake on a draw)
     deadline=None,
     suppress_health_check=list(HealthCheck),

@@ -101,20 +101,21 @@ def test_drain_rate_and_expected_wait() -> None:
 
 
 def _busy_queue(core: SchedulerCore, slow_hint: float) -> None:
-    """r0 (1,000 tokens, 2 slots): t0 holds 700 through a tool of ``slow_hint`` s;
-    new tasks of 400 tokens drain through the 300 left one by one (a learned drain
-    rate of one every ~1 s); then "head" (400) waits and r0 has a free slot."""
+    """r0 (1,000 tokens, 2 slots): t0 holds 690 in a call while new tasks of 250
+    tokens drain through the 310 left one by one (a learned drain rate of one every
+    ~1 s; nothing to release meanwhile); at 5.5 t0 starts a tool of ``slow_hint`` s
+    holding 700, and r0 has a free slot."""
     h = core.handle
     h(ReplicaJoined(0.0, "r0", 1_000, 2))
     h(TaskArrived(0.0, "t0", prompt_tokens=690))
-    h(CallFinished(0.5, "t0", "r0", 690, 0, 10, 0.5))
-    h(ToolStarted(0.5, "t0", "slow", slow_hint))
     h(TaskArrived(1.0, "f0", prompt_tokens=250))
     for i in range(1, 5):  # f{i} queues behind f{i-1}, placed when f{i-1} ends
         t = float(i)
         h(TaskArrived(t + 0.1, f"f{i}", prompt_tokens=250))
         h(CallFinished(t + 0.5, f"f{i - 1}", "r0", 250, 0, 5, 0.4))
         h(TaskFinished(t + 1.0, f"f{i - 1}"))
+    h(CallFinished(5.5, "t0", "r0", 690, 0, 10, 5.5))
+    h(ToolStarted(5.5, "t0", "slow", slow_hint))
     h(CallFinished(5.5, "f4", "r0", 250, 0, 5, 0.4))
 
 
@@ -134,13 +135,44 @@ def test_work_conserving_admission_releases_a_late_tool_waiter(wc: bool) -> None
     core.check_invariants()
 
 
-def test_work_conserving_admission_keeps_a_waiter_expected_back_soon() -> None:
+def test_work_conserving_admission_rents_then_buys_room_from_a_waiter_back_soon() -> None:
     """t0's tool ends before the head would have been admitted anyway: releasing it
-    would only move the wait onto t0, so the head waits."""
+    at once would only move the wait onto t0, so the head waits (rents), until it
+    has waited as long as t0's re-prefill (700 tokens at 11,300/s: 62 ms) would
+    take; then it buys the room."""
     core = SchedulerCore(exact(retention_ratio=1e9))
     _busy_queue(core, slow_hint=0.01)  # (its tool is long overdue: expected back now)
-    out = core.handle(TaskArrived(5.6, "head", prompt_tokens=400))
-    assert out == [Queue("head", "admission")]
+    h = core.handle
+    assert h(TaskArrived(5.6, "head", prompt_tokens=400)) == [Queue("head", "admission")]
+    assert h(TaskArrived(5.65, "x", prompt_tokens=400)) == [Queue("x", "admission")]
+    out = h(TaskArrived(5.7, "y", prompt_tokens=400))  # the head has waited 0.1 s
+    assert ReleaseKV("t0", "r0", 700, ReleaseCause.MAKE_ROOM) in out
+    assert RunCall("head", "r0", True) in out
+    assert Queue("y", "admission") in out
+    core.check_invariants()
+
+
+@pytest.mark.parametrize("b_arrives", [0.1, 0.99])
+def test_rent_or_buy_needs_no_learned_drain_rate(b_arrives: float) -> None:
+    """At a run's start (no task has left the queue yet, so no drain rate) a waiting
+    task gets the replica whose only call just ended once it has waited as long as
+    the tool-waiter's re-prefill (610 tokens at 11,300/s: 54 ms): the idle replica
+    does not sit beside it. Before that it waits, and the tool-waiter keeps its KV."""
+    core = SchedulerCore(exact(retention_ratio=1e9, max_running_calls=4))
+    h = core.handle
+    h(ReplicaJoined(0.0, "r0", 1_000))
+    h(TaskArrived(0.0, "a", prompt_tokens=600))
+    assert h(TaskArrived(b_arrives, "b", prompt_tokens=600)) == [Queue("b", "admission")]
+    h(CallFinished(1.0, "a", "r0", 600, 0, 10, 0.9))
+    out = h(ToolStarted(1.0, "a", "slow", 0.5))  # r0 idle now
+    assert core.stats().drain_per_s is None
+    if b_arrives < 0.9:  # b has waited 0.9 s: it buys
+        assert out == [ReleaseKV("a", "r0", 610, ReleaseCause.MAKE_ROOM), RunCall("b", "r0", True)]
+        assert h(ToolFinished(1.2, "a")) == [Queue("a", "admission")]
+    else:  # 10 ms: it rents; a comes back to its KV
+        assert out == []
+        assert h(ToolFinished(1.2, "a")) == [RunCall("a", "r0", False)]
+    core.check_invariants()
 
 
 def test_shedding_rejects_when_the_predicted_wait_exceeds_the_slo() -> None:

@@ -209,7 +209,7 @@ def test_keep_kv_without_pressure_and_for_short_tools() -> None:
 
 
 def test_waiting_kv_cap_releases_latest_returning_under_pressure() -> None:
-    c = core(kv_headroom=0.0, waiting_kv_cap=0.5, retention_ratio=1e9)
+    c = core(kv_headroom=0.0, waiting_kv_cap=0.5, retention_ratio=1e9, work_conserving=False)
     c.handle(ReplicaJoined(0, "r0", 10_000))
     for tid in ("a", "b", "c"):
         c.handle(TaskArrived(0, tid, "", 3, 3_000))
