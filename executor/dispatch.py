@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -53,6 +54,7 @@ from scheduler import (
     TaskArrived,
     TaskCancelled,
     TaskFinished,
+    Tick,
     ToolFinished,
     ToolStarted,
     WarmUp,
@@ -113,6 +115,10 @@ class Dispatcher:
         # a WarmUp decision: a Warmer (executor/warmup.py) prefills the task ahead of its
         # next call; with none, WarmUp is ignored and that call prefills its history itself
         self.on_warm_up: Callable[[WarmUp], None] | None = None
+        # a Tick armed for when a queued task may buy its room (SchedulerCore.wake_at)
+        self._wake: asyncio.TimerHandle | None = None
+        self._wake_at = math.inf
+        self._wake_loop: asyncio.AbstractEventLoop | None = None
 
     def now(self) -> float:
         return max(self._clock(), self.core.now)
@@ -121,7 +127,30 @@ class Dispatcher:
         decisions = self.core.handle(event)
         for d in decisions:
             self._apply(d)
+        self._arm()
         return decisions
+
+    def _arm(self) -> None:
+        """Arm a ``Tick`` for when time alone lets the queue's head buy its room
+        (``SchedulerCore.wake_at``): no other event may come (idle gateway sessions
+        send none). One timer: an earlier one re-arms when it fires."""
+        wake = self.core.wake_at()
+        if wake is None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # driven without a loop (a test): the next event decides
+            return
+        if self._wake is not None:
+            if self._wake_loop is loop and self._wake_at <= wake:
+                return
+            self._wake.cancel()
+        self._wake_at, self._wake_loop = wake, loop
+        self._wake = loop.call_later(max(0.0, wake - self.now()), self._tick)
+
+    def _tick(self) -> None:
+        wake, self._wake = self._wake_at, None
+        self.send(Tick(max(self.now(), wake)))
 
     def _outcome(self, task_id: str, *, fresh: bool = False) -> asyncio.Future[RunCall]:
         """The task's pending outcome; ``fresh``: a new one if the last is already set

@@ -9,7 +9,6 @@ reads no clock and does no I/O.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
 
 from scheduler.admission_queue import AdmissionQueue
@@ -329,78 +328,6 @@ class Book:
         self._drain_all.drained()
         if task.calls_done == 0 and task.migrations == 0:
             self._drain.drained()
-
-    def _work_conserve(self, out: list[Decision]) -> None:
-        """Work-conserving admission. The queue's head fits on no replica (else
-        ``_admit`` placed it). If a replica has a free compute slot, release KV of
-        tool-waiting tasks there (expected back last first, within their pause limit)
-        to place the head now, when re-prefilling them (at the learned prefill speed)
-        costs less than waiting:
-
-        - **predicted wait** (one over the learned rate at which tasks leave the
-          queue): the price is under it and each of them is expected back no sooner,
-          so the room they hold would sit unused until the head got in anyway;
-        - **rent or buy** (the head's wait so far): once the head has waited as long
-          as the re-prefill that frees its room would take, it buys the room (ski
-          rental: a head never waits more than about twice what the cheaper of the
-          two costs). This needs no learned rate, so it also holds at a run's start,
-          and it keeps an idle replica from sitting beside a waiting task.
-
-        A victim is paused at most ``max_pauses`` times (anti-thrash), and a paused
-        task that comes back to a full replica is itself a head: rent or buy bounds
-        its wait by the price of its own room."""
-        q = self._queue
-        while (head := q.head()) is not None:
-            wait = self._drain_all.expected_wait(1)
-            need = self.admission.reservation(head)
-            room = self._make_room(need, wait, self._now - head.queued_since, out)
-            if room is None:
-                return
-            q.pop_head()
-            self._drained(head)
-            self._waits.count("work_conserving_admits")
-            self._place(head, room, need, out)
-            self._dispatch(room, out)
-
-    def _make_room(
-        self, need: int, wait: float | None, waited: float, out: list[Decision]
-    ) -> Replica | None:
-        """The replica with a free slot where releasing tool-waiting tasks (see
-        ``_work_conserve``) frees ``need`` tokens at the lowest re-prefill price
-        that is under the predicted ``wait`` (victims back no sooner) or at most
-        what the head has ``waited``; the releases are made. None (nothing released)
-        if there is none."""
-        horizon = self._now + wait if wait is not None else math.inf
-        best: tuple[float, Replica, list[Task]] | None = None
-        for r in self._fleet:
-            if r.running >= r.max_running or r.budget < need:
-                continue
-            victims: list[Task] = []
-            popped: list[Task] = []
-            freed, price, late = r.free, 0.0, True
-            while freed < need:
-                v = r.pop_latest_waiting()
-                if v is None:
-                    break
-                popped.append(v)
-                if self._pausable(v):
-                    victims.append(v)
-                    freed += v.reserved
-                    price += self._prefill.seconds(v.history)
-                    late = late and v.expected_return >= horizon
-            for v in popped:
-                r.repush_waiting(v, self._next_seq())
-            if freed < need:
-                continue
-            predicted = wait is not None and late and price < wait
-            if (predicted or price <= waited) and (best is None or price < best[0]):
-                best = (price, r, victims)
-        if best is None:
-            return None
-        _, r, victims = best
-        for v in victims:
-            self._release(v, ReleaseCause.MAKE_ROOM, out)
-        return r
 
     def _terminate(
         self, task: Task, trigger: TaskTrigger, reason: str, out: list[Decision]

@@ -59,10 +59,14 @@ class SchedulerConfig:
     tool_ewma_alpha: float = 0.2
     # work-conserving admission (learned from the run)
     work_conserving: bool = True
-    """A task waiting for KV room is placed at once on a replica with a free compute
-    slot by releasing tool-waiting tasks' KV there, when their re-prefill (at the
-    learned prefill speed) costs less than the head's expected queue wait (at the
-    learned drain rate) and each of them is expected back no sooner than that wait."""
+    """A task waiting for KV room is placed on a replica with a free compute slot by
+    releasing tool-waiting tasks' KV there (within ``max_pauses``): at once when
+    their re-prefill (at the learned prefill speed) costs less than the head's
+    expected queue wait (at the learned drain rate) and each of them is expected back
+    no sooner; otherwise once the head has waited as long as that re-prefill (rent
+    or buy). Open loop, 2 replicas, 2,090-2,550 tasks/h (docs/benchmarks-e2e.md):
+    with rent or buy the queued share went 14-19% -> 9% and p95 from +24-32% over
+    the sticky router's to within a few percent of it."""
     learn_prefill_speed: bool = False
     """Retention prices re-prefills at the speed the finished calls show (a
     least-squares fit of latency on prefilled and output tokens; work-conserving

@@ -20,6 +20,8 @@ How a driver uses it:
 * ``WarmUp`` is optional: prefill the task's history there now, with no output, and
   report ``WarmedUp``; a driver that ignores it stays correct (the next call runs
   cold). See :mod:`scheduler.policies.warmup`.
+* While a task waits for admission, send ``Tick`` at ``wake_at()`` (when it is not
+  None): the time at which it may buy room (:mod:`scheduler.policies.room`).
 
 Cost: every event is O(log n) in tasks and replicas (heaps with lazy deletion),
 except ``ReplicaDied``, which is O(tasks on that replica).
@@ -51,6 +53,7 @@ from scheduler.events import (
     TaskCancelled,
     TaskFinished,
     TaskId,
+    Tick,
     ToolFinished,
     ToolStarted,
     WarmedUp,
@@ -143,6 +146,8 @@ class SchedulerCore(WarmUpBook):
                 self._on_replacement_failed(event, out)
             case WarmedUp():
                 self._on_warmed_up(event, out)
+            case Tick():  # only time moved: the admission checks below run
+                pass
 
     @property
     def now(self) -> float:
@@ -485,4 +490,5 @@ _EVENT_TYPES = (
     ReplicaDied,
     ReplacementFailed,
     WarmedUp,
+    Tick,
 )

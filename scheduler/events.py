@@ -157,6 +157,16 @@ class ReplacementFailed:
     reason: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """Time passed and nothing else happened. The driver sends it at
+    ``SchedulerCore.wake_at()``: a decision that depends on time alone (a queued task
+    that has waited as long as the room it can buy costs) is not left waiting for
+    an unrelated event."""
+
+    time: float
+
+
 TaskEvent = (
     TaskArrived
     | CallFinished
@@ -169,4 +179,4 @@ TaskEvent = (
     | WarmedUp
 )
 ReplicaEvent = ReplicaJoined | ReplicaDraining | ReplicaDied | ReplacementFailed
-Event = TaskEvent | ReplicaEvent
+Event = TaskEvent | ReplicaEvent | Tick

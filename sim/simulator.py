@@ -29,6 +29,7 @@ from scheduler.events import (
     ReplicaJoined,
     TaskArrived,
     TaskFinished,
+    Tick,
     ToolFinished,
     ToolStarted,
     WarmedUp,
@@ -98,7 +99,7 @@ class Snapshot:
     label: str
 
 
-SimEvent = Arrival | Wake | ToolDone | Kill | Snapshot
+SimEvent = Arrival | Wake | ToolDone | Kill | Snapshot | Tick
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +203,9 @@ class Simulation:
         self._fixed = list(workload) if workload is not None else None
         self._progress = progress
         self._progress_every = progress_every_s
+        # the core's Tick when a queued task may buy its room (baselines have none)
+        self._wake_at: Callable[[], float | None] | None = getattr(self.sched, "wake_at", None)
+        self._tick_at = float("inf")
         self.events = 0
         self.settled = 0
         self._outstanding = 0  # measured tasks not settled yet
@@ -226,6 +230,10 @@ class Simulation:
         self.events += 1
         for d in self.sched.handle(event):
             self._apply(d)
+        wake = self._wake_at() if self._wake_at is not None else None
+        if wake is not None and wake < self._tick_at:  # (a later one is skipped when due)
+            self._tick_at = max(wake, self._now)
+            self._push(self._tick_at, Tick(self._tick_at))
 
     def _apply(self, d: Decision | PinKV) -> None:
         if isinstance(d, RunCall):
@@ -371,6 +379,10 @@ class Simulation:
                     self._kill(rid)
                 case Snapshot(label=label):
                     self.snapshots[label] = self._snapshot(t)
+                case Tick():
+                    if t == self._tick_at:
+                        self._tick_at = float("inf")
+                        self._send(Tick(t))
                 case _:
                     assert_never(event)
             if contention:

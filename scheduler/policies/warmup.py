@@ -32,9 +32,9 @@ from __future__ import annotations
 
 import heapq
 
-from scheduler.book import Book
 from scheduler.decisions import Decision, ReleaseCause, Replace, WarmUp
 from scheduler.events import ReplicaId, TaskId, WarmedUp
+from scheduler.policies.room import RoomBook
 from scheduler.replica import Replica
 from scheduler.states import ReplicaState, TaskState
 from scheduler.task import Task
@@ -44,7 +44,7 @@ _CANDIDATES = 8  # replicas with the most free KV looked at, besides the task's 
 _RETRY_S = 0.01  # least wait before a due task that found no replica is tried again
 
 
-class WarmUpBook(Book):
+class WarmUpBook(RoomBook):
     """The book with warm-ups (see the module docstring); off unless ``config.warm_up``."""
 
     # its state (``_due``, ``_warm_on``) is made in ``Book.__init__``

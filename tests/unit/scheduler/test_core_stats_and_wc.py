@@ -19,6 +19,7 @@ from scheduler import (
     SchedulerCore,
     TaskArrived,
     TaskFinished,
+    Tick,
     ToolFinished,
     ToolStarted,
 )
@@ -173,6 +174,33 @@ def test_rent_or_buy_needs_no_learned_drain_rate(b_arrives: float) -> None:
         assert out == []
         assert h(ToolFinished(1.2, "a")) == [RunCall("a", "r0", False)]
     core.check_invariants()
+
+
+def test_wake_at_is_when_the_head_may_buy_and_a_tick_then_buys() -> None:
+    """With no other event (a's tool runs long), the driver's ``Tick`` at
+    ``wake_at()`` (b queued at 0.99 + a's re-prefill of 54 ms) buys b its room."""
+    core = SchedulerCore(exact(retention_ratio=1e9, max_running_calls=4))
+    h = core.handle
+    h(ReplicaJoined(0.0, "r0", 1_000))
+    assert core.wake_at() is None  # nobody waits
+    h(TaskArrived(0.0, "a", prompt_tokens=600))
+    h(TaskArrived(0.99, "b", prompt_tokens=600))
+    assert core.wake_at() is None  # a is in its call: nothing to release
+    h(CallFinished(1.0, "a", "r0", 600, 0, 10, 0.9))
+    assert h(ToolStarted(1.0, "a", "slow", 60.0)) == []
+    wake = core.wake_at()
+    assert wake == pytest.approx(0.99 + 610 / 11_300)
+    assert h(Tick(wake - 0.01)) == []  # too early: it rents
+    assert h(Tick(wake)) == [
+        ReleaseKV("a", "r0", 610, ReleaseCause.MAKE_ROOM),
+        RunCall("b", "r0", True),
+    ]
+    assert core.wake_at() is None
+    off = SchedulerCore(exact(work_conserving=False))
+    off.handle(ReplicaJoined(0.0, "r0", 1_000))
+    off.handle(TaskArrived(0.0, "a", prompt_tokens=900))
+    off.handle(TaskArrived(0.0, "b", prompt_tokens=900))
+    assert off.wake_at() is None
 
 
 def test_shedding_rejects_when_the_predicted_wait_exceeds_the_slo() -> None:

@@ -46,6 +46,7 @@ from scheduler import (
     TaskArrived,
     TaskCancelled,
     TaskFinished,
+    Tick,
     ToolFinished,
     ToolStarted,
     WarmedUp,
@@ -55,7 +56,7 @@ from scheduler.policies import LeastAttainedService
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-action = st.tuples(st.integers(0, 11), st.integers(0, 1_000), st.integers(0, 1_000))
+action = st.tuples(st.integers(0, 12), st.integers(0, 1_000), st.integers(0, 1_000))
 actions = st.lists(action, min_size=1, max_size=120)
 configs = st.builds(
     SchedulerConfig,
@@ -269,6 +270,14 @@ class Driver:
             tid = sorted(self.warming)[a % len(self.warming)]
             rid = self.warming.pop(tid)
             self.send(WarmedUp(t, tid, rid, ok=b % 5 != 0))  # (maybe stale: ignored)
+        elif kind == 12 and (wake := self.core.wake_at()) is not None:
+            # nothing else happens until the queue's head may buy its room: it does
+            assert wake > self.core.now, wake  # (a head that could buy already did)
+            self.t = max(t, wake)
+            head = self.core._queue.head()
+            assert head is not None
+            out = self.send(Tick(self.t))
+            assert any(isinstance(d, RunCall) and d.task_id == head.id for d in out), out
         else:
             self.tick(1.0)
 
