@@ -65,7 +65,7 @@ class SchedulerConfig:
     expected queue wait (at the learned drain rate) and each of them is expected back
     no sooner; otherwise once the head has waited as long as that re-prefill (rent
     or buy). Open loop, 2 replicas, 2,090-2,550 tasks/h (docs/benchmarks-e2e.md):
-    with rent or buy the queued share went 14-19% -> 9% and p95 from +24-32% over
+    with rent or buy the queued share went 14-19% -> 9-12% and p95 from +24-32% over
     the sticky router's to within a few percent of it."""
     learn_prefill_speed: bool = False
     """Retention prices re-prefills at the speed the finished calls show (a
