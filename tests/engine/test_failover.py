@@ -243,23 +243,26 @@ def test_all_replicas_but_one_killed_while_several_tasks_run(
 
 
 def test_drain_from_the_cli_moves_tasks_and_stops_the_replica(
-    pool: Any, tmp_path: Path, counter: Path, capsys: pytest.CaptureFixture[str]
+    pool: Any, tmp_path: Path, counter: Path, capsys: pytest.CaptureFixture[str], gate: None
 ) -> None:
+    """Both tasks are held in their first tool (on the victim) while the CLI drains it:
+    they move at that tool wait, so none can finish on the victim before the drain
+    command is claimed (the race a fast tool left open)."""
     victim = pool.add(1)[0]
     journal = tmp_path / "a.db"
     runner = Runner(pool, journal, replica_ids=[victim])
+    agent = tiny_agent(gated, reset_tool_choice=False, answer_on_repeat=False, max_steps=6)
     try:
-        futures = [
-            runner.loop.submit(runner.ex.run(marking_agent(), f"Mark record {i}."))
-            for i in range(2)
-        ]
-        wait_until(lambda: tool_runs(counter) >= 2, 120, "the tasks under way on the victim")
+        futures = [runner.loop.submit(runner.ex.run(agent, f"Mark record {i}.")) for i in range(2)]
+        for _ in range(2):
+            assert GATE.inside.acquire(timeout=120), "a task never reached its tool"
         with pytest.raises(Exception, match="last one serving"):
             runner.loop.run(runner.ex.drain(victim), timeout=30)
         runner.loop.run(runner.ex.join("r0"), timeout=30)
         assert cli_main(["drain", victim, "--journal", str(journal)]) == 0
         assert f"replica {victim} drained and stopped" in capsys.readouterr().err
         assert victim not in runner.ex.pool.ids  # type: ignore[union-attr]
+        GATE.release.set()
         results = [f.result(timeout=300) for f in futures]
         # nobody serves "nope": the CLI says so instead of waiting forever
         args = ["drain", "nope", "--journal", str(journal), "--claim-timeout", "3"]
