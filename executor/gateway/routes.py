@@ -3,6 +3,7 @@
     GET    /v1/models                 the served model
     POST   /v1/chat/completions       OpenAI chat completions (``stream`` as SSE chunks)
     POST   /v1/completions            OpenAI completions (a text or token-id prompt)
+    POST   /v1/responses              OpenAI responses, the stateless subset (responses.py)
     GET    /v1/sessions               the live sessions (calls, replica, cached tokens)
     DELETE /v1/sessions/{id}          end a session now (its KV is released)
 
@@ -32,11 +33,13 @@ from sglang.srt.entrypoints.openai.protocol import (
     UsageInfo,
 )
 
+from executor.gateway import responses
 from executor.gateway.completions import complete
 from executor.gateway.errors import GatewayError, bad_request
 from executor.gateway.gateway import Gateway, Reply
 
-PATHS = ("/v1/chat/completions", "/v1/completions")  # bodies bounded by the gateway's own limit
+# bodies bounded by the gateway's own limit
+PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/responses")
 
 
 class ErrorDetail(BaseModel):
@@ -114,6 +117,34 @@ CHAT_BODY = {
                     "response_format": {"type": "object"},
                 },
                 "required": ["model", "messages"],
+            }
+        }
+    },
+}
+
+
+RESPONSES_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "model": {"type": "string"},
+                    "input": {
+                        "anyOf": [
+                            {"type": "string"},
+                            {"type": "array", "items": {"type": "object"}},
+                        ]
+                    },
+                    "instructions": {"type": "string"},
+                    "max_output_tokens": {"type": "integer"},
+                    **_SAMPLING,
+                    "tools": {"type": "array", "items": {"type": "object"}},
+                    "tool_choice": {"anyOf": [{"type": "string"}, {"type": "object"}]},
+                    "text": {"type": "object"},
+                },
+                "required": ["model", "input"],
             }
         }
     },
@@ -214,37 +245,6 @@ def install(app: FastAPI, gateway: Gateway, token: str | None) -> None:
         listing: dict[str, Any] = ModelList(data=[card]).model_dump(mode="json")
         return listing
 
-    @router.post(
-        "/v1/chat/completions",
-        responses={
-            200: {"content": {"text/event-stream": {}}},  # (with "stream": true)
-            **_errors(400, 404, 413, 429, 503),
-        },
-        openapi_extra={"requestBody": CHAT_BODY},
-    )
-    async def chat(request: Request) -> Response:
-        limit = gateway.config.max_body_bytes
-        length = request.headers.get("content-length", "")
-        if length.isdigit() and int(length) > limit:  # before reading it
-            raise GatewayError(413, f"the body is over {limit} bytes")
-        raw = await request.body()
-        if len(raw) > limit:  # (a chunked body has no content-length)
-            raise GatewayError(413, f"the body is over {limit} bytes")
-        try:
-            body = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise bad_request(f"the body is not valid JSON ({exc})") from None
-        reply = await gateway.chat(body, request.headers)
-        if body.get("stream"):
-            options = body.get("stream_options") or {}
-            lines = chunks(reply, bool(isinstance(options, dict) and options.get("include_usage")))
-            return StreamingResponse(
-                _stream(lines),
-                media_type="text/event-stream",
-                headers={**reply.headers, "Cache-Control": "no-cache"},
-            )
-        return JSONResponse(response_body(reply), headers=reply.headers)
-
     async def json_body(request: Request) -> Any:
         limit = gateway.config.max_body_bytes
         length = request.headers.get("content-length", "")
@@ -257,6 +257,27 @@ def install(app: FastAPI, gateway: Gateway, token: str | None) -> None:
             return json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise bad_request(f"the body is not valid JSON ({exc})") from None
+
+    @router.post(
+        "/v1/chat/completions",
+        responses={
+            200: {"content": {"text/event-stream": {}}},  # (with "stream": true)
+            **_errors(400, 404, 413, 429, 503),
+        },
+        openapi_extra={"requestBody": CHAT_BODY},
+    )
+    async def chat(request: Request) -> Response:
+        body = await json_body(request)
+        reply = await gateway.chat(body, request.headers)
+        if body.get("stream"):
+            options = body.get("stream_options") or {}
+            lines = chunks(reply, bool(isinstance(options, dict) and options.get("include_usage")))
+            return StreamingResponse(
+                _stream(lines),
+                media_type="text/event-stream",
+                headers={**reply.headers, "Cache-Control": "no-cache"},
+            )
+        return JSONResponse(response_body(reply), headers=reply.headers)
 
     @router.post(
         "/v1/completions",
@@ -278,6 +299,27 @@ def install(app: FastAPI, gateway: Gateway, token: str | None) -> None:
                 headers={**done.headers, "Cache-Control": "no-cache"},
             )
         return JSONResponse(done.body(), headers=done.headers)
+
+    @router.post(
+        "/v1/responses",
+        responses={
+            200: {"content": {"text/event-stream": {}}},  # (with "stream": true)
+            **_errors(400, 404, 413, 429, 503),
+        },
+        openapi_extra={"requestBody": RESPONSES_BODY},
+    )
+    async def create_response(request: Request) -> Response:
+        body = await json_body(request)
+        req = responses.parse(body)
+        reply = await gateway.chat(responses.chat_body(req, body), request.headers)
+        out = responses.response_body(req, reply)
+        if req.stream:
+            return StreamingResponse(
+                _stream(responses.events(out)),
+                media_type="text/event-stream",
+                headers={**reply.headers, "Cache-Control": "no-cache"},
+            )
+        return JSONResponse(out, headers=reply.headers)
 
     @router.get("/v1/sessions")
     async def sessions() -> dict[str, Any]:

@@ -400,6 +400,91 @@ def test_openai_agents_runs_a_tool_through_the_gateway(server: Server) -> None:
     assert sessions(server)[sid]["calls"] == 1
 
 
+def test_responses_api_round_trip_and_openai_agents_default_model(
+    server: Server, client: openai.OpenAI
+) -> None:
+    """``/v1/responses`` on the real engine: a required call valid against its schema,
+    sent back with its output continues the prefix exactly (call 2's cached tokens
+    cover call 1's prompt); openai-agents' default model (the Responses API) runs a
+    tool and ends with its output."""
+    from agents import (
+        Agent,
+        ModelSettings,
+        OpenAIResponsesModel,
+        Runner,
+        function_tool,
+        set_tracing_disabled,
+    )
+
+    tools: Any = [
+        {
+            "type": "function",
+            "name": t["function"]["name"],
+            "parameters": t["function"]["parameters"],
+        }
+        for t in TOOLS
+    ]
+    sid = f"resp-{uuid.uuid4().hex[:8]}"
+    first = client.responses.with_raw_response.create(
+        model="tiny",
+        instructions=ASK[0]["content"],
+        input=ASK[1]["content"],
+        tools=tools,
+        tool_choice="required",
+        max_output_tokens=160,
+        extra_headers={"X-Session-ID": sid},
+    )
+    one = first.parse()
+    calls = [i for i in one.output if i.type == "function_call"]
+    assert calls and one.status == "completed"
+    for c in calls:
+        jsonschema.validate(json.loads(c.arguments), SCHEMAS[c.name])
+    history: list[Any] = [{"role": "user", "content": ASK[1]["content"]}]
+    history += [i.model_dump(exclude_none=True) for i in one.output]
+    history += [
+        {"type": "function_call_output", "call_id": c.call_id, "output": "12 C"} for c in calls
+    ]
+    second = client.responses.with_raw_response.create(
+        model="tiny",
+        instructions=ASK[0]["content"],
+        input=history,
+        tools=tools,
+        tool_choice="none",
+        max_output_tokens=8,
+        extra_headers={"X-Session-ID": sid},
+    )
+    assert second.headers["x-prefix-reuse"] == "exact"
+    two = second.parse()
+    assert one.usage is not None and two.usage is not None
+    assert two.usage.input_tokens_details.cached_tokens >= one.usage.input_tokens
+    assert sessions(server)[sid]["calls"] == 2
+
+    set_tracing_disabled(True)
+    ran: list[str] = []
+
+    @function_tool
+    def get_time(zone: Literal["UTC", "CET"]) -> str:
+        """The time in a zone."""
+        ran.append(zone)
+        return f"noon in {zone}"
+
+    async def run() -> Any:
+        aclient = openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key=TOKEN, max_retries=0)
+        agent = Agent(
+            name="clock",
+            instructions="Use the tools.",
+            tools=[get_time],
+            model=OpenAIResponsesModel(model="tiny", openai_client=aclient),
+            model_settings=ModelSettings(tool_choice="required", max_tokens=160),
+            tool_use_behavior="stop_on_first_tool",
+        )
+        async with aclient:
+            return await Runner.run(agent, "Time in Oslo?", max_turns=3)
+
+    result = asyncio.run(run())
+    assert ran and result.final_output == f"noon in {ran[0]}"
+
+
 def test_langchain_bind_tools_loop_reuses_the_prefix(server: Server) -> None:
     """langchain-openai's ``ChatOpenAI(...).bind_tools`` in a two-step loop with the
     session in ``default_headers``: the tool call comes back as a tool message and the

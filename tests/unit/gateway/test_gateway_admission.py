@@ -25,7 +25,8 @@ ASK = [{"role": "user", "content": "hello"}]
 
 
 class Replica:
-    """Answers each call with a fixed reply once ``gate`` is set."""
+    """Answers each call with the next of ``script``, else ``reply`` (text), once
+    ``gate`` is set."""
 
     def __init__(self, replica_id: str, tokenizer: Any) -> None:
         self.replica_id = replica_id
@@ -33,6 +34,8 @@ class Replica:
         self.gate = asyncio.Event()
         self.gate.set()
         self.requests: list[GenerateRequest] = []
+        self.reply = "fine"
+        self.script: list[str] = []
 
     @property
     def context_tokens(self) -> int:
@@ -42,11 +45,12 @@ class Replica:
         req = GenerateRequest.parse(request)
         self.requests.append(req)
         await self.gate.wait()
-        out = list(self.tokenizer.encode("fine", add_special_tokens=False))
+        text = self.script.pop(0) if self.script else self.reply
+        out = list(self.tokenizer.encode(text, add_special_tokens=False))
         ids = req.input_ids or []
         return GenerateResult(
             replica_id=self.replica_id,
-            text="fine",
+            text=text,
             output_ids=out,
             prompt_tokens=len(ids),
             cached_tokens=0,

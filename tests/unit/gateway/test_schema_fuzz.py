@@ -142,7 +142,8 @@ SEEN: dict[str, set[int]] = {}
 
 
 def test_the_fuzzer_reached_the_replica() -> None:
-    """(Runs after the fuzz test, in file order.) Some chat bodies got a 200 through
-    the core and the stand-in replica, and some a 400: the fuzz was not all refusals."""
-    chat = SEEN.get("POST /v1/chat/completions", set())
-    assert {200, 400} <= chat, SEEN
+    """(Runs after the fuzz test, in file order.) Some chat and responses bodies got a
+    200 through the core and the stand-in replica, and some a 400: the fuzz was not
+    all refusals."""
+    for route in ("POST /v1/chat/completions", "POST /v1/responses"):
+        assert {200, 400} <= SEEN.get(route, set()), SEEN
