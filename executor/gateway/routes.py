@@ -13,7 +13,7 @@ Same bearer token as the rest of the service; every error in OpenAI's shape.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Request
@@ -67,7 +67,7 @@ _MESSAGE = {
     },
     "required": ["role"],
 }
-# the sampling fields both bodies share
+# the sampling fields every body shares; the tool fields of chat and responses
 _SAMPLING = {
     "temperature": {"type": "number"},
     "top_p": {"type": "number"},
@@ -75,80 +75,59 @@ _SAMPLING = {
     "stop": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
     "stream": {"type": "boolean"},
 }
-COMPLETION_BODY = {
-    "required": True,
-    "content": {
-        "application/json": {
-            "schema": {
-                "type": "object",
-                "properties": {
-                    "model": {"type": "string"},
-                    "prompt": {
-                        "anyOf": [
-                            {"type": "string"},
-                            {"type": "array", "items": {"type": "integer"}},
-                        ]
-                    },
-                    "max_tokens": {"type": "integer"},
-                    **_SAMPLING,
-                },
-                "required": ["model", "prompt"],
-            }
-        }
-    },
-}
-# The chat request's main fields (SGLang's ChatCompletionRequest validates the rest);
-# declared so that the schema describes the body and a fuzzer generates it.
-CHAT_BODY = {
-    "required": True,
-    "content": {
-        "application/json": {
-            "schema": {
-                "type": "object",
-                "properties": {
-                    "model": {"type": "string"},
-                    "messages": {"type": "array", "items": _MESSAGE},
-                    "max_tokens": {"type": "integer"},
-                    "max_completion_tokens": {"type": "integer"},
-                    "n": {"type": "integer"},
-                    **_SAMPLING,
-                    "tools": {"type": "array", "items": {"type": "object"}},
-                    "tool_choice": {"anyOf": [{"type": "string"}, {"type": "object"}]},
-                    "response_format": {"type": "object"},
-                },
-                "required": ["model", "messages"],
-            }
-        }
-    },
+_TOOLS = {
+    "tools": {"type": "array", "items": {"type": "object"}},
+    "tool_choice": {"anyOf": [{"type": "string"}, {"type": "object"}]},
 }
 
 
-RESPONSES_BODY = {
-    "required": True,
-    "content": {
-        "application/json": {
-            "schema": {
-                "type": "object",
-                "properties": {
-                    "model": {"type": "string"},
-                    "input": {
-                        "anyOf": [
-                            {"type": "string"},
-                            {"type": "array", "items": {"type": "object"}},
-                        ]
-                    },
-                    "instructions": {"type": "string"},
-                    "max_output_tokens": {"type": "integer"},
-                    **_SAMPLING,
-                    "tools": {"type": "array", "items": {"type": "object"}},
-                    "tool_choice": {"anyOf": [{"type": "string"}, {"type": "object"}]},
-                    "text": {"type": "object"},
-                },
-                "required": ["model", "input"],
+def _body(fields: dict[str, Any], required: str) -> dict[str, Any]:
+    """A JSON request body's OpenAPI entry: ``model``, ``fields`` and the sampling
+    fields (the request's model validates the rest); declared so that the schema
+    describes the body and a fuzzer generates it."""
+    return {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"model": {"type": "string"}, **fields, **_SAMPLING},
+                    "required": ["model", required],
+                }
             }
-        }
+        },
+    }
+
+
+_STRING = {"type": "string"}
+COMPLETION_BODY = _body(
+    {
+        "prompt": {"anyOf": [_STRING, {"type": "array", "items": {"type": "integer"}}]},
+        "max_tokens": {"type": "integer"},
     },
-}
+    "prompt",
+)
+CHAT_BODY = _body(
+    {
+        "messages": {"type": "array", "items": _MESSAGE},
+        "max_tokens": {"type": "integer"},
+        "max_completion_tokens": {"type": "integer"},
+        "n": {"type": "integer"},
+        **_TOOLS,
+        "response_format": {"type": "object"},
+    },
+    "messages",
+)
+RESPONSES_BODY = _body(
+    {
+        "input": {"anyOf": [_STRING, {"type": "array", "items": {"type": "object"}}]},
+        "instructions": {"type": "string"},
+        "max_output_tokens": {"type": "integer"},
+        **_TOOLS,
+        "text": {"type": "object"},
+    },
+    "input",
+)
 
 
 def _calls(reply: Reply) -> list[ToolCall] | None:
@@ -214,6 +193,31 @@ async def _stream(lines: list[str]) -> AsyncIterator[str]:
         yield line
 
 
+# what the generating routes answer (a stream with "stream": true)
+GENERATES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/event-stream": {}}},
+    **_errors(400, 404, 413, 429, 503),
+}
+
+
+def _include_usage(body: dict[str, Any]) -> bool:
+    options = body.get("stream_options") or {}
+    return bool(isinstance(options, dict) and options.get("include_usage"))
+
+
+def _answer(
+    lines: list[str] | None, body: Callable[[], dict[str, Any]], headers: dict[str, str]
+) -> Response:
+    """The SSE ``lines`` as a stream, else ``body()`` as JSON."""
+    if lines is not None:
+        return StreamingResponse(
+            _stream(lines),
+            media_type="text/event-stream",
+            headers={**headers, "Cache-Control": "no-cache"},
+        )
+    return JSONResponse(body(), headers=headers)
+
+
 def install(app: FastAPI, gateway: Gateway, token: str | None) -> None:
     """Mount the routes and the OpenAI-shaped error handler on ``app``."""
     # (here, not at the top: executor.service imports this module, and the gateway's
@@ -259,67 +263,32 @@ def install(app: FastAPI, gateway: Gateway, token: str | None) -> None:
             raise bad_request(f"the body is not valid JSON ({exc})") from None
 
     @router.post(
-        "/v1/chat/completions",
-        responses={
-            200: {"content": {"text/event-stream": {}}},  # (with "stream": true)
-            **_errors(400, 404, 413, 429, 503),
-        },
-        openapi_extra={"requestBody": CHAT_BODY},
+        "/v1/chat/completions", responses=GENERATES, openapi_extra={"requestBody": CHAT_BODY}
     )
     async def chat(request: Request) -> Response:
         body = await json_body(request)
         reply = await gateway.chat(body, request.headers)
-        if body.get("stream"):
-            options = body.get("stream_options") or {}
-            lines = chunks(reply, bool(isinstance(options, dict) and options.get("include_usage")))
-            return StreamingResponse(
-                _stream(lines),
-                media_type="text/event-stream",
-                headers={**reply.headers, "Cache-Control": "no-cache"},
-            )
-        return JSONResponse(response_body(reply), headers=reply.headers)
+        lines = chunks(reply, _include_usage(body)) if body.get("stream") else None
+        return _answer(lines, lambda: response_body(reply), reply.headers)
 
     @router.post(
-        "/v1/completions",
-        responses={
-            200: {"content": {"text/event-stream": {}}},  # (with "stream": true)
-            **_errors(400, 404, 413, 429, 503),
-        },
-        openapi_extra={"requestBody": COMPLETION_BODY},
+        "/v1/completions", responses=GENERATES, openapi_extra={"requestBody": COMPLETION_BODY}
     )
     async def completions(request: Request) -> Response:
         body = await json_body(request)
         done = await complete(gateway, body, request.headers)
-        if body.get("stream"):
-            options = body.get("stream_options") or {}
-            usage = bool(isinstance(options, dict) and options.get("include_usage"))
-            return StreamingResponse(
-                _stream(done.chunks(usage)),
-                media_type="text/event-stream",
-                headers={**done.headers, "Cache-Control": "no-cache"},
-            )
-        return JSONResponse(done.body(), headers=done.headers)
+        lines = done.chunks(_include_usage(body)) if body.get("stream") else None
+        return _answer(lines, done.body, done.headers)
 
     @router.post(
-        "/v1/responses",
-        responses={
-            200: {"content": {"text/event-stream": {}}},  # (with "stream": true)
-            **_errors(400, 404, 413, 429, 503),
-        },
-        openapi_extra={"requestBody": RESPONSES_BODY},
+        "/v1/responses", responses=GENERATES, openapi_extra={"requestBody": RESPONSES_BODY}
     )
     async def create_response(request: Request) -> Response:
         body = await json_body(request)
         req = responses.parse(body)
         reply = await gateway.chat(responses.chat_body(req, body), request.headers)
         out = responses.response_body(req, reply)
-        if req.stream:
-            return StreamingResponse(
-                _stream(responses.events(out)),
-                media_type="text/event-stream",
-                headers={**reply.headers, "Cache-Control": "no-cache"},
-            )
-        return JSONResponse(out, headers=reply.headers)
+        return _answer(responses.events(out) if req.stream else None, lambda: out, reply.headers)
 
     @router.get("/v1/sessions")
     async def sessions() -> dict[str, Any]:
