@@ -17,7 +17,8 @@ from executor.gateway.errors import bad_request
 _PLACEHOLDER = "\u2063REPLY\u2063"
 
 
-def _content(value: Any, where: str) -> str:
+def text_content(value: Any, where: str, kinds: tuple[str, ...] = ("text", "input_text")) -> str:
+    """A message's content (a string, or text parts of ``kinds``) as one string."""
     if value is None:
         return ""
     if isinstance(value, str):
@@ -25,7 +26,7 @@ def _content(value: Any, where: str) -> str:
     if isinstance(value, list):  # content parts: only text is served
         texts = []
         for part in value:
-            if not isinstance(part, dict) or part.get("type") not in ("text", "input_text"):
+            if not isinstance(part, dict) or part.get("type") not in kinds:
                 raise bad_request("only text content parts are supported", f"{where}.content")
             texts.append(str(part.get("text", "")))
         return "".join(texts)
@@ -58,7 +59,7 @@ def template_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         where = f"messages[{i}]"
         role = m.get("role")
         role = "system" if role == "developer" else role
-        msg: dict[str, Any] = {"role": role, "content": _content(m.get("content"), where)}
+        msg: dict[str, Any] = {"role": role, "content": text_content(m.get("content"), where)}
         if m.get("name"):
             msg["name"] = m["name"]
         if role == "tool" and m.get("tool_call_id") is not None:

@@ -39,6 +39,7 @@ from sglang.srt.entrypoints.openai.protocol import (
 
 from executor.gateway.errors import bad_request
 from executor.gateway.gateway import Reply, _problem
+from executor.gateway.render import text_content
 
 # body fields that name the session (identity.py reads them from the chat body)
 _IDENTITY = ("prompt_cache_key", "program_id", "metadata", "session_id", "session-id", "user")
@@ -67,22 +68,14 @@ def parse(body: Any) -> ResponsesRequest:
         raise bad_request(f"the request does not have the responses shape ({exc})") from None
 
 
+_TEXT_PARTS = ("input_text", "output_text", "text")
+
+
 def _text(content: Any, where: str) -> str:
     """A message item's content (a string, or text parts) as one string."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        texts = []
-        for part in content:
-            if not isinstance(part, dict) or part.get("type") not in (
-                "input_text",
-                "output_text",
-                "text",
-            ):
-                raise bad_request("only text content parts are supported", f"{where}.content")
-            texts.append(str(part.get("text", "")))
-        return "".join(texts)
-    raise bad_request("content must be a string or a list of text parts", f"{where}.content")
+    if content is None:
+        raise bad_request("content must be a string or a list of text parts", f"{where}.content")
+    return text_content(content, where, _TEXT_PARTS)
 
 
 def _arguments(raw: Any) -> str:
