@@ -21,6 +21,7 @@ class ReleaseCause(enum.Enum):
     OVER_BUDGET = "replica over KV budget"
     DRAINING = "replica draining"
     MAKE_ROOM = "room for a waiting task (work-conserving admission)"
+    STALE = "room for a waiting task from a tool wait long overdue (not a pause)"
     WARM_UP_CANCELLED = "warm-up cancelled: a waiting task needs the room"
 
 

@@ -86,6 +86,14 @@ class Replica:
         """Put back a task :meth:`pop_latest_waiting` returned (its tokens still count)."""
         heapq.heappush(self._waiting_heap, (-task.expected_return, seq, task, task.tool_started))
 
+    def waiting_tasks(self) -> list[Task]:
+        """The tool-waiting tasks holding KV here, expected back last first (stale
+        heap entries dropped). O(w log w)."""
+        live = [e for e in self._waiting_heap if _waits_here(e[2], self.id, e[3])]
+        self._waiting_heap = live
+        heapq.heapify(live)
+        return [e[2] for e in sorted(live)]
+
     def pop_latest_waiting(self) -> Task | None:
         """The tool-waiting task (KV held here) expected back last, or None."""
         heap = self._waiting_heap

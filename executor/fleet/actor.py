@@ -18,6 +18,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import psutil
@@ -25,7 +26,7 @@ import psutil
 from executor.errors import InvalidRequestError, ReplicaUnavailableError
 from executor.fleet.config import ReplicaConfig
 from executor.fleet.fit import call_limit, check_fits
-from executor.fleet.generation import Capacity, GenerateRequest, GenerateResult
+from executor.fleet.generation import Capacity, GenerateRequest, GenerateResult, TokenDelta
 
 log = logging.getLogger(__name__)
 WATCH_INTERVAL_S = 0.5
@@ -141,22 +142,24 @@ class ReplicaActor:
         )
         check_fits(n_prompt, max_new_tokens, limit, where)
 
-    async def generate(self, request: GenerateRequest | dict[str, Any]) -> GenerateResult:
+    async def _prepare(
+        self, request: GenerateRequest | dict[str, Any]
+    ) -> tuple[GenerateRequest, dict[str, Any]]:
+        """The request checked, and the engine's keyword arguments for it."""
         req = GenerateRequest.parse(request)
         ids = self._prompt_ids(req)
         self._check_fits(len(ids), req.sampling.max_new_tokens)
-        session: dict[str, Any] = {}
+        kwargs: dict[str, Any] = {
+            "input_ids": ids,
+            "sampling_params": req.sampling.to_sglang(),
+            "rid": req.rid,
+        }
         if req.session_id is not None and self.config.release_in_engine:
             await self._open_session(req.session_id)
-            session["session_id"] = req.session_id
-        started = time.perf_counter()
-        try:
-            out = await self._engine.async_generate(
-                input_ids=ids, sampling_params=req.sampling.to_sglang(), rid=req.rid, **session
-            )
-        except ValueError as exc:  # SGLang's own validation of the request
-            raise InvalidRequestError(f"the engine refused the request: {exc}") from None
-        latency = time.perf_counter() - started
+            kwargs["session_id"] = req.session_id
+        return req, kwargs
+
+    def _result(self, out: dict[str, Any], latency: float) -> GenerateResult:
         meta = out["meta_info"]
         finish = meta.get("finish_reason") or {}
         kind = finish.get("type", "unknown") if isinstance(finish, dict) else str(finish)
@@ -173,6 +176,45 @@ class ReplicaActor:
             finish_reason=kind,
             latency_s=latency,
         )
+
+    async def generate(self, request: GenerateRequest | dict[str, Any]) -> GenerateResult:
+        _, kwargs = await self._prepare(request)
+        started = time.perf_counter()
+        try:
+            out = await self._engine.async_generate(**kwargs)
+        except ValueError as exc:  # SGLang's own validation of the request
+            raise InvalidRequestError(f"the engine refused the request: {exc}") from None
+        return self._result(out, time.perf_counter() - started)
+
+    async def generate_stream(
+        self, request: GenerateRequest | dict[str, Any]
+    ) -> AsyncIterator[TokenDelta | GenerateResult]:
+        """The call as it decodes: a ``TokenDelta`` per engine step that produced tokens
+        (the new ids and the new text), then the ``GenerateResult`` (a Ray streaming
+        generator: ``ReplicaHandle.astream``). Abandoned by the caller, the engine's
+        request is aborted."""
+        _, kwargs = await self._prepare(request)
+        started = time.perf_counter()
+        n_ids = n_text = 0
+        out: dict[str, Any] | None = None
+        finished = False
+        try:
+            try:
+                chunks = await self._engine.async_generate(stream=True, **kwargs)
+                async for out in chunks:
+                    ids, text = out["output_ids"], out.get("text") or ""
+                    if len(ids) > n_ids or len(text) > n_text:
+                        yield TokenDelta(ids=list(ids[n_ids:]), text=text[n_text:])
+                        n_ids, n_text = len(ids), len(text)
+            except ValueError as exc:
+                raise InvalidRequestError(f"the engine refused the request: {exc}") from None
+            finished = True
+        finally:
+            if not finished and kwargs["rid"] is not None:
+                self._engine.tokenizer_manager.abort_request(kwargs["rid"])
+        if out is None:
+            raise InvalidRequestError("the engine returned nothing for the request")
+        yield self._result(out, time.perf_counter() - started)
 
     # -- sessions: release in the engine ------------------------------------------
 

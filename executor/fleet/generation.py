@@ -67,6 +67,14 @@ class GenerateResult(BaseModel):
         return self.prompt_tokens - self.cached_tokens
 
 
+class TokenDelta(BaseModel):
+    """What one engine step of a streamed call added: its token ids and their text
+    (the text may lag the ids by a character still incomplete)."""
+
+    ids: list[int]
+    text: str
+
+
 class Capacity(BaseModel):
     """A replica's KV pool as the engine reports it (not as we guess it)."""
 

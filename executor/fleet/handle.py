@@ -10,7 +10,8 @@ stays an ``InvalidRequestError``.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
 import ray
@@ -18,7 +19,7 @@ from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
 
 from executor.errors import ExecutorError, ReplicaUnavailableError, ReplicaUnreachableError
 from executor.fleet.fit import call_limit
-from executor.fleet.generation import Capacity, GenerateRequest, GenerateResult
+from executor.fleet.generation import Capacity, GenerateRequest, GenerateResult, TokenDelta
 
 T = TypeVar("T")
 
@@ -95,6 +96,26 @@ class ReplicaHandle:
     # async
     async def agenerate(self, request: GenerateRequest | dict[str, Any]) -> GenerateResult:
         return await self._await(self.actor.generate.remote(request))
+
+    async def astream(
+        self, request: GenerateRequest | dict[str, Any]
+    ) -> AsyncIterator[TokenDelta | GenerateResult]:
+        """The call token by token (``ReplicaActor.generate_stream``): ``TokenDelta``s,
+        then the ``GenerateResult``; Ray's failures translated as for ``agenerate``.
+        Closed early (the caller stopped reading), the actor's generator is cancelled."""
+        stream = self.actor.generate_stream.options(num_returns="streaming").remote(request)
+        done = False
+        try:
+            async for ref in stream:
+                item: TokenDelta | GenerateResult = await self._await(ref)
+                yield item
+            done = True
+        except RayActorError as exc:
+            raise _translate(self.replica_id, exc) from exc
+        finally:
+            if not done:
+                with contextlib.suppress(Exception):
+                    ray.cancel(stream)
 
     async def arelease(self, session_id: str) -> bool:
         """Close the task's engine session (see ``ReplicaActor.release``)."""

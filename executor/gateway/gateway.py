@@ -7,6 +7,7 @@
     ToolCalls.constraint(tools, tool_choice)                    grammar (cached per tool set)
     Dispatcher.ready(task, ...)  (bounded wait, else 429)       -> Grant(replica)
     ReplicaHandle.agenerate(GenerateRequest)                    -> GenerateResult
+      (a stream: .astream, token by token through ReplyStream; streaming.py)
     Dispatcher.call_finished; tool_started (the client's turn)  or finished (final)
     ToolCalls.parse(text) -> content / tool_calls; Turn kept for the next request
 
@@ -21,7 +22,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,13 +31,14 @@ from sglang.srt.entrypoints.openai.protocol import ChatCompletionRequest, Comple
 
 from executor.dispatch import Grant, TaskRefused
 from executor.errors import InvalidRequestError, ReplicaUnavailableError, ReplicaUnreachableError
-from executor.fleet.generation import GenerateResult
+from executor.fleet.generation import GenerateResult, TokenDelta
 from executor.gateway.errors import GatewayError, bad_request
 from executor.gateway.identity import is_final, session_key
 from executor.gateway.matcher import anchor_end
 from executor.gateway.metrics import export
 from executor.gateway.render import Renderer, template_messages
 from executor.gateway.sessions import Session, SessionStore
+from executor.gateway.streaming import ReplyStream, Sink
 from executor.gateway.toolcalls import Parsed, ToolCalls, check_choice, family_parser
 from executor.gateway.transcript import Turn, build_prompt, reply_form
 from executor.loop.driver import Services, generate_unless_lost
@@ -79,6 +81,7 @@ class Reply:
     finish_reason: str
     result: GenerateResult
     headers: dict[str, str]
+    stream: ReplyStream | None = None  # how it was streamed as it decoded
 
     def usage(self) -> dict[str, Any]:
         r = self.result
@@ -254,7 +257,11 @@ class Gateway:
         except ValidationError as exc:
             raise _problem(exc) from None
 
-    async def chat(self, body: dict[str, Any], headers: Mapping[str, str]) -> Reply:
+    async def chat(
+        self, body: dict[str, Any], headers: Mapping[str, str], sink: Sink | None = None
+    ) -> Reply:
+        """One chat completion; with ``sink``, its text goes there as it decodes
+        (``streaming.py``), the rest comes with the ``Reply``."""
         req = self.parse(body)
         messages = template_messages(body["messages"])
         tools = [t.model_dump(mode="json", exclude_none=True) for t in req.tools or []] or None
@@ -272,7 +279,7 @@ class Gateway:
         exact = exact_reuse(headers)
         try:
             async with session.lock:
-                return await self._call(session, req, body, messages, tools, exact)
+                return await self._call(session, req, body, messages, tools, exact, sink)
         except BaseException:
             final = final or session.last is None  # (a failed first request: no session)
             raise
@@ -287,16 +294,28 @@ class Gateway:
         messages: list[dict[str, Any]],
         tools: list[dict[str, Any]] | None,
         exact: bool = True,
+        sink: Sink | None = None,
     ) -> Reply:
         last = session.last if exact else None
         ids, reused = build_prompt(self.renderer, messages, tools, last)
         sampling = self.sampling(req, body, len(ids))
+        calling = bool(req.tools) and req.tool_choice != "none"
         constraint = self.tools.constraint(req.tools, req.tool_choice, req.parallel_tool_calls)
         if constraint is None:
             constraint = _response_format(req)
         if constraint is not None:
             sampling = sampling.model_copy(update={constraint[0]: constraint[1]})
-        result = await self.run_call(session, ids, sampling)
+        out_headers = {
+            "X-Session-ID": session.key,
+            "X-Prefix-Reuse": "exact" if reused else "rendered",
+        }
+        if calling:
+            out_headers["X-Tool-Call-Parser"] = self.tools.label
+        stream = None
+        if sink is not None:
+            sink.headers.update(out_headers)
+            stream = self._stream(req, calling, constraint is not None, sink)
+        result = await self.run_call(session, ids, sampling, stream)
         if reused:
             self.exact_reuses += 1
         else:
@@ -310,13 +329,7 @@ class Gateway:
             if parsed.calls
             else ("length" if result.finish_reason == "length" else "stop")
         )
-        out_headers = {
-            "X-Session-ID": session.key,
-            "X-Prefix-Reuse": "exact" if reused else "rendered",
-            "X-Replica-ID": result.replica_id,
-        }
-        if req.tools and req.tool_choice != "none":
-            out_headers["X-Tool-Call-Parser"] = self.tools.label
+        out_headers["X-Replica-ID"] = result.replica_id
         return Reply(
             f"chatcmpl-{uuid.uuid4().hex[:24]}",
             self.model,
@@ -325,13 +338,33 @@ class Gateway:
             finish,
             result,
             out_headers,
+            stream,
         )
 
+    def _stream(
+        self, req: ChatCompletionRequest, calling: bool, constrained: bool, sink: Sink
+    ) -> ReplyStream:
+        """How this reply streams (``streaming.py``): free text, text-or-calls, or held
+        whole (calls only; a ``response_format``)."""
+        if calling and req.tool_choice == "auto":
+            return ReplyStream(
+                "auto",
+                sink,
+                self.tools.triggers(req.tools),
+                self.tools.continuation(req.tools, bool(req.parallel_tool_calls)),
+            )
+        return ReplyStream("whole" if calling or constrained else "free", sink)
+
     async def run_call(
-        self, session: Session, ids: list[int], sampling: SamplingParams
+        self,
+        session: Session,
+        ids: list[int],
+        sampling: SamplingParams,
+        stream: ReplyStream | None = None,
     ) -> GenerateResult:
         """One call of ``session`` through the core (admission, the replica, failover,
-        telemetry); after it, the session is in a tool wait (the client's turn)."""
+        telemetry); after it, the session is in a tool wait (the client's turn). With
+        ``stream``, token by token, continued on a survivor where a replica dies."""
         s = self.services
         grant = await self._admit(session, len(ids), sampling.max_new_tokens)
         request = {
@@ -343,7 +376,7 @@ class Gateway:
         # gen_ai.conversation.id: the session id (the client's, or the keyless one)
         with s.telemetry.chat_span(model=s.model, task_id=session.key, step=session.calls) as span:
             span.set_attribute("executor.task.id", session.task_id)
-            result, waited = await self._generate(session, request, grant)
+            result, waited = await self._generate(session, request, grant, stream)
             s.telemetry.record_call(
                 span,
                 replica_id=result.replica_id,
@@ -404,21 +437,36 @@ class Gateway:
             raise GatewayError(503, text, code="no_replica") from None
 
     async def _generate(
-        self, session: Session, request: dict[str, Any], grant: Grant
+        self,
+        session: Session,
+        request: dict[str, Any],
+        grant: Grant,
+        stream: ReplyStream | None = None,
     ) -> tuple[GenerateResult, float]:
         """The call on the granted replica; where the replica dies, again where the core
-        places the session next (the prompt carries the whole history)."""
+        places the session next (the prompt carries the whole history; a stream goes on
+        after what it has sent, ``ReplyStream.resume``)."""
         d = self.services.dispatcher
         waited = grant.waited_s
+        attempt: dict[str, Any] | None = request
+        prompt = len(request["input_ids"])
         try:
             while True:
                 try:
-                    return await self._on(grant.replica_id, request), waited
+                    if stream is None:
+                        return await self._on(grant.replica_id, request), waited
+                    stream.sink.headers["X-Replica-ID"] = grant.replica_id
+                    done = None
+                    if attempt is not None:
+                        done = await self._on(grant.replica_id, attempt, stream.feed)
+                    return stream.finish(done, prompt, grant.replica_id), waited
                 except (ReplicaUnavailableError, ReplicaUnreachableError) as exc:
                     dead = isinstance(exc, ReplicaUnavailableError)
                     retry = d.after_replica_death if dead else d.call_failed
                     grant = await retry(session.task_id, grant.replica_id, exc.reason)
                     waited += grant.waited_s
+                    if stream is not None:
+                        attempt = stream.resume(request)
         except InvalidRequestError as exc:
             d.cancelled(session.task_id, "refused by the replica")
             session.new_task()
@@ -431,7 +479,12 @@ class Gateway:
             session.new_task()
             raise
 
-    async def _on(self, replica_id: str, request: dict[str, Any]) -> GenerateResult:
+    async def _on(
+        self,
+        replica_id: str,
+        request: dict[str, Any],
+        on_delta: Callable[[TokenDelta], None] | None = None,
+    ) -> GenerateResult:
         """One attempt, abandoned as soon as the replica is declared dead."""
         s = self.services
-        return await generate_unless_lost(s.replicas, s.dispatcher, replica_id, request)
+        return await generate_unless_lost(s.replicas, s.dispatcher, replica_id, request, on_delta)

@@ -12,8 +12,11 @@ Same bearer token as the rest of the service; every error in OpenAI's shape.
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Request
@@ -37,6 +40,9 @@ from executor.gateway import responses
 from executor.gateway.completions import complete
 from executor.gateway.errors import GatewayError, bad_request
 from executor.gateway.gateway import Gateway, Reply
+from executor.gateway.streaming import Sink
+
+log = logging.getLogger(__name__)
 
 # bodies bounded by the gateway's own limit
 PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/responses")
@@ -156,11 +162,19 @@ def response_body(reply: Reply) -> dict[str, Any]:
     return body
 
 
-def chunks(reply: Reply, include_usage: bool) -> list[str]:
-    """The reply as SSE ``data:`` lines: role, text, tool calls, finish, usage, [DONE]."""
+@dataclass
+class Chunks:
+    """SSE ``data:`` lines of one chat completion's stream."""
+
+    id: str
+    created: int
+    model: str
 
     def chunk(
-        delta: DeltaMessage | None, finish: str | None = None, usage: dict[str, Any] | None = None
+        self,
+        delta: DeltaMessage | None,
+        finish: str | None = None,
+        usage: dict[str, Any] | None = None,
     ) -> str:
         choices = (
             []
@@ -168,29 +182,75 @@ def chunks(reply: Reply, include_usage: bool) -> list[str]:
             else [ChatCompletionResponseStreamChoice(index=0, delta=delta, finish_reason=finish)]
         )
         c = ChatCompletionStreamResponse(
-            id=reply.id,
-            created=reply.created,
-            model=reply.model,
+            id=self.id,
+            created=self.created,
+            model=self.model,
             choices=choices,
             usage=UsageInfo(**usage) if usage is not None else None,
         )
         return f"data: {json.dumps(c.model_dump(mode='json', exclude_none=True))}\n\n"
 
-    out = [chunk(DeltaMessage(role="assistant", content=""))]
-    if reply.parsed.content:
-        out.append(chunk(DeltaMessage(content=reply.parsed.content)))
-    for call in _calls(reply) or []:
-        out.append(chunk(DeltaMessage(tool_calls=[call])))
-    out.append(chunk(DeltaMessage(), reply.finish_reason))
-    if include_usage:
-        out.append(chunk(None, usage=reply.usage()))
-    out.append("data: [DONE]\n\n")
-    return out
+    def head(self) -> str:
+        return self.chunk(DeltaMessage(role="assistant", content=""))
+
+    def text(self, text: str) -> str:
+        return self.chunk(DeltaMessage(content=text))
+
+    def tail(self, reply: Reply, include_usage: bool, rest: str | None) -> list[str]:
+        """After the text: what is left of it, tool calls, finish, usage, [DONE]."""
+        out = [self.text(rest)] if rest else []
+        for call in _calls(reply) or []:
+            out.append(self.chunk(DeltaMessage(tool_calls=[call])))
+        out.append(self.chunk(DeltaMessage(), reply.finish_reason))
+        if include_usage:
+            out.append(self.chunk(None, usage=reply.usage()))
+        out.append("data: [DONE]\n\n")
+        return out
+
+
+def chunks(reply: Reply, include_usage: bool) -> list[str]:
+    """A finished reply as SSE ``data:`` lines: role, text, tool calls, finish, usage,
+    [DONE]."""
+    c = Chunks(reply.id, reply.created, reply.model)
+    return [c.head(), *c.tail(reply, include_usage, reply.parsed.content)]
 
 
 async def _stream(lines: list[str]) -> AsyncIterator[str]:
     for line in lines:
         yield line
+
+
+async def _live(
+    gateway: Gateway, call: asyncio.Future[Reply], sink: Sink, include_usage: bool
+) -> AsyncIterator[str]:
+    """A chat completion's SSE lines as it decodes: the role, each piece of text the
+    reply stream lets through, then the rest from the whole reply. An error after the
+    first line is an ``error`` event (OpenAI's shape; the client raises it)."""
+    c = Chunks(sink.id, sink.created, gateway.model)
+    try:
+        yield c.head()
+        while True:
+            text = asyncio.ensure_future(sink.texts.get())
+            waiting: set[asyncio.Future[Any]] = {text, call}
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            if not text.done():
+                text.cancel()
+                break
+            yield c.text(text.result())
+        while not sink.texts.empty():
+            yield c.text(sink.texts.get_nowait())
+        reply = call.result()
+        rest = reply.stream.rest(reply.parsed.content) if reply.stream else None
+        for line in c.tail(reply, include_usage, rest):
+            yield line
+    except GatewayError as exc:
+        yield f"data: {json.dumps(exc.body())}\n\n"
+    except Exception:
+        log.exception("a chat completion's stream failed")
+        yield f"data: {json.dumps(GatewayError(500, 'the stream failed').body())}\n\n"
+    finally:
+        if not call.done():
+            call.cancel()
 
 
 # what the generating routes answer (a stream with "stream": true)
@@ -267,9 +327,29 @@ def install(app: FastAPI, gateway: Gateway, token: str | None) -> None:
     )
     async def chat(request: Request) -> Response:
         body = await json_body(request)
+        if isinstance(body, dict) and body.get("stream"):
+            return await stream_chat(body, request.headers)
         reply = await gateway.chat(body, request.headers)
-        lines = chunks(reply, _include_usage(body)) if body.get("stream") else None
-        return _answer(lines, lambda: response_body(reply), reply.headers)
+        return _answer(None, lambda: response_body(reply), reply.headers)
+
+    async def stream_chat(body: dict[str, Any], headers: Mapping[str, str]) -> Response:
+        """Errors before the first token are HTTP errors; from it on, the stream."""
+        sink = Sink()
+        call = asyncio.ensure_future(gateway.chat(body, headers, sink))
+        started = asyncio.ensure_future(sink.started.wait())
+        try:
+            await asyncio.wait({call, started}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            started.cancel()
+            if not call.done() and not sink.started.is_set():
+                call.cancel()
+        if call.done():
+            call.result()  # (its error, as an HTTP error)
+        return StreamingResponse(
+            _live(gateway, call, sink, _include_usage(body)),
+            media_type="text/event-stream",
+            headers={**sink.headers, "Cache-Control": "no-cache"},
+        )
 
     @router.post(
         "/v1/completions", responses=GENERATES, openapi_extra={"requestBody": COMPLETION_BODY}

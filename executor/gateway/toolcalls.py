@@ -167,6 +167,27 @@ class ToolCalls:
         )
         return kind, text
 
+    def triggers(self, tools: list[Tool] | None) -> tuple[str, ...]:
+        """What opens a call inside text (the fallback parses Qwen-style tags)."""
+        if not tools:
+            return ()
+        if self.parser is None:
+            return ("<tool_call>",)
+        info = FunctionCallParser(tools, self.parser).detector.structure_info()
+        return tuple(sorted({info(t.function.name).trigger for t in tools}))
+
+    def continuation(self, tools: list[Tool] | None, parallel: bool) -> tuple[str, str] | None:
+        """The constraint of the rest of an "auto" reply that began as text (a stream
+        continued on a survivor, ``streaming.py``): the family's triggered tags."""
+        if not tools or self.parser is None:
+            return None
+        fcp = FunctionCallParser([_strict(t) for t in tools], self.parser)
+        if not fcp.detector.supports_structural_tag():
+            return None
+        native, _, triggers = _tags(fcp, [_strict(t) for t in tools])
+        tag = {"type": "structural_tag", "format": _triggered(native, triggers, parallel)}
+        return "structural_tag", json.dumps(tag)
+
     # -- parsing -----------------------------------------------------------------------
 
     def parse(self, text: str, tools: list[Tool] | None, choice: Choice) -> Parsed:
@@ -192,12 +213,15 @@ class ToolCalls:
                 continue
             if item.name and isinstance(args, dict):
                 calls.append((item.name, args))
-        return _known(calls, names, normal)
+        return _known(calls, names, text, normal.strip() or None)
 
 
-def _known(calls: list[tuple[str, dict[str, Any]]], names: set[str], text: str) -> Parsed:
+def _known(
+    calls: list[tuple[str, dict[str, Any]]], names: set[str], text: str, said: str | None = None
+) -> Parsed:
+    """The calls of known tools, with the text ``said`` before them; none: all text."""
     good = [(n, a) for n, a in calls if n in names]
-    return Parsed(None, good) if good else Parsed(text)
+    return Parsed(said, good) if good else Parsed(text)
 
 
 def _json_calls(text: str, args_key: str) -> list[tuple[str, dict[str, Any]]]:
@@ -223,14 +247,10 @@ def _json_calls(text: str, args_key: str) -> list[tuple[str, dict[str, Any]]]:
     return calls
 
 
-def _structural_tag(
-    fcp: FunctionCallParser, tools: list[Tool], parallel: bool, *, calls_only: bool
-) -> dict[str, Any]:
-    """The structural tag (xgrammar's format) of calls in the family's native form, from
-    SGLang's per-family ``structure_info``: calls only (required / named), or for "auto"
-    calls, one bare JSON call, or text (in which the native tag opens a call). At most
-    one whitespace between JSON tokens (a weak model cannot wander in whitespace), and
-    after the last call the reply ends."""
+def _tags(fcp: FunctionCallParser, tools: list[Tool]) -> tuple[list[Any], list[Any], list[str]]:
+    """Each tool's call in the family's native form and as bare JSON, and the triggers
+    (from SGLang's per-family ``structure_info``); at most one whitespace between JSON
+    tokens (a weak model cannot wander in whitespace)."""
     info = fcp.detector.structure_info()
     native, bare = [], []
     triggers: set[str] = set()
@@ -252,6 +272,26 @@ def _structural_tag(
                 "end": "}",
             }
         )
+    return native, bare, sorted(triggers)
+
+
+def _triggered(native: list[Any], triggers: list[str], parallel: bool) -> dict[str, Any]:
+    """Free text in which a trigger opens a constrained call."""
+    return {
+        "type": "triggered_tags",
+        "triggers": triggers,
+        "tags": native,
+        "stop_after_first": not parallel,
+    }
+
+
+def _structural_tag(
+    fcp: FunctionCallParser, tools: list[Tool], parallel: bool, *, calls_only: bool
+) -> dict[str, Any]:
+    """The structural tag (xgrammar's format) of calls in the family's native form:
+    calls only (required / named), or for "auto" calls, one bare JSON call, or text
+    (in which the native tag opens a call). After the last call the reply ends."""
+    native, bare, triggers = _tags(fcp, tools)
     calls: dict[str, Any] = (
         {"type": "tags_with_separator", "tags": native, "separator": "\n", "at_least_one": True}
         if parallel
@@ -263,12 +303,7 @@ def _structural_tag(
         "type": "sequence",
         "elements": [
             {"type": "regex", "pattern": _TEXT_START},
-            {
-                "type": "triggered_tags",
-                "triggers": sorted(triggers),
-                "tags": native,
-                "stop_after_first": not parallel,
-            },
+            _triggered(native, triggers, parallel),
         ],
     }
     return {

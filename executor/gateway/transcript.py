@@ -28,8 +28,9 @@ def digest(value: Any) -> str:
 
 def reply_form(content: str | None, calls: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
     """What identifies a reply when the client sends it back: its text and its calls
-    (names and arguments as JSON values; call ids and whitespace do not count)."""
-    return {"content": content or "", "calls": [[n, a] for n, a in calls]}
+    (names and arguments as JSON values; call ids and whitespace around the text and
+    in the arguments do not count)."""
+    return {"content": (content or "").strip(), "calls": [[n, a] for n, a in calls]}
 
 
 def sent_reply_form(message: dict[str, Any]) -> dict[str, Any] | None:

@@ -46,7 +46,8 @@ from executor.errors import (
     ReplicaUnreachableError,
 )
 from executor.fleet.fit import check_fits, shortfall
-from executor.fleet.generation import GenerateRequest, GenerateResult
+from executor.fleet.generation import GenerateRequest, GenerateResult, TokenDelta
+from executor.fleet.handle import ReplicaHandle
 from executor.fleet.registry import ReplicaRegistry
 from executor.loop.chat_format import ChatFormat
 from executor.loop.journal import Journal, TaskRecord
@@ -138,16 +139,28 @@ async def generate_unless_lost(
     dispatcher: Dispatcher,
     replica_id: str,
     request: GenerateRequest | dict[str, Any],
+    on_delta: Callable[[TokenDelta], None] | None = None,
 ) -> GenerateResult:
     """One call on a replica, abandoned as soon as the replica is declared dead (by a
     health check, or by another call): a hung engine holds no task. The driver's calls
-    and the gateway's go through it."""
+    and the gateway's go through it. With ``on_delta``, the call streams: each step's
+    tokens go to it as they decode (``ReplicaHandle.astream``)."""
     handle = replicas.get(replica_id)
     lost = dispatcher.lost(replica_id)
     if handle is None:
         raise ReplicaUnavailableError(replica_id, "not in the pool")
+
+    async def streamed(handle: ReplicaHandle, sink: Callable[[TokenDelta], None]) -> GenerateResult:
+        async for item in handle.astream(request):
+            if isinstance(item, GenerateResult):
+                return item
+            sink(item)
+        raise ReplicaUnreachableError(replica_id, "the stream ended without a result")
+
     if not lost.done():
-        call = asyncio.ensure_future(handle.agenerate(request))
+        call = asyncio.ensure_future(
+            handle.agenerate(request) if on_delta is None else streamed(handle, on_delta)
+        )
         racing: set[asyncio.Future[Any]] = {call, lost}
         try:
             await asyncio.wait(racing, return_when=asyncio.FIRST_COMPLETED)

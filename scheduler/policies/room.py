@@ -14,11 +14,20 @@ re-prefill, at the learned prefill speed. The head buys the cheapest such room
   and it keeps an idle replica from sitting beside a waiting task.
 
 A victim is paused at most ``max_pauses`` times (anti-thrash), and a paused task
-that comes back to a full replica is itself a head under the same rule.
+that comes back to a full replica is itself a head under the same rule. A **stale**
+tool-waiter (its wait already over twice what was expected, plus a second: a gateway
+session whose client has gone, a tool far in its tail) is a victim first, whatever
+its pauses (``ReleaseCause.STALE``, not a pause), and free in the rent-or-buy rule
+(the price counts only the fresh victims): it is not expected back, a release costs
+it one re-prefill if it ever comes back, and at most one per wait, since it then
+holds nothing. So sessions nobody ends cannot hold a fleet's KV until their idle
+TTL (found in the gateway benchmark: keyless sessions at their pause limit locked
+new ones out until 429).
 
 Rent or buy depends on time alone: ``wake_at()`` says when the head will have
-waited long enough, and the driver sends ``Tick`` then (the core reads no clock), so
-a head is not left waiting for an unrelated event (idle gateway sessions send none).
+waited long enough, or when enough waits will have turned stale, and the driver
+sends ``Tick`` then (the core reads no clock), so a head is not left waiting for an
+unrelated event (idle gateway sessions send none).
 """
 
 from __future__ import annotations
@@ -32,13 +41,16 @@ from scheduler.replica import Replica
 from scheduler.task import Task
 
 _EPS_S = 1e-9  # a Tick at wake_at() buys despite float rounding of its wait
+STALE_FACTOR = 2.0  # a tool wait past this many times its expected length ...
+STALE_GRACE_S = 1.0  # ... plus this is stale
+STALE_LOOKAHEAD = 8  # wake_at() looks at most this many stale times ahead
 
 
 @dataclass(slots=True)
 class _Offer:
-    price_s: float  # re-prefill time of the victims
+    price_s: float  # re-prefill time of the victims (the fresh ones: stale cost nothing)
     replica: Replica
-    victims: list[Task]
+    victims: list[tuple[Task, ReleaseCause]]
     predicted: bool  # under the predicted wait, every victim back after it
 
 
@@ -47,16 +59,32 @@ class RoomBook(Book):
 
     def wake_at(self) -> float | None:
         """When the queue's head will have waited as long as the cheapest room it
-        could buy now: the driver sends ``Tick`` then. None: nothing to buy (no head,
-        work-conserving admission off, or no replica with a slot and enough to
-        release: a later event will change that)."""
+        could buy now, or, with none to buy, when the next tool-waiter turns stale:
+        the driver sends ``Tick`` then. None: nothing to buy (no head, work-conserving
+        admission off, or no replica with a slot and enough to release, now or when a
+        wait turns stale: a later event will change that)."""
         head = self._queue.head()
         if head is None or not self.config.work_conserving:
             return None
-        offers = self._room_offers(self.admission.reservation(head), None)
-        if not offers:
-            return None
-        return head.queued_since + min(o.price_s for o in offers)
+        need = self.admission.reservation(head)
+        offers = self._room_offers(need, None)
+        best = head.queued_since + min((o.price_s for o in offers), default=math.inf)
+        # a price only falls as waits turn stale, so the head buys at the earliest
+        # max(T, queued + price at T) over now and the coming stale times T
+        coming = {
+            at
+            for r in self._fleet
+            if r.running < r.max_running
+            for t in r.waiting_tasks()
+            if (at := _stale_at(t)) > self._now
+        }
+        for at in sorted(coming)[:STALE_LOOKAHEAD]:
+            if at >= best:
+                break
+            later = self._room_offers(need, None, at)
+            if later:
+                best = min(best, max(at, head.queued_since + min(o.price_s for o in later)))
+        return best if best < math.inf else None
 
     def _work_conserve(self, out: list[Decision]) -> None:
         """Place queued tasks, head first, while one can buy its room (see the
@@ -73,40 +101,53 @@ class RoomBook(Book):
             if not offers:
                 return
             best = min(offers, key=lambda o: o.price_s)
-            for v in best.victims:
-                self._release(v, ReleaseCause.MAKE_ROOM, out)
+            for v, cause in best.victims:
+                self._release(v, cause, out)
             q.pop_head()
             self._drained(head)
             self._waits.count("work_conserving_admits")
             self._place(head, best.replica, need, out)
             self._dispatch(best.replica, out)
 
-    def _room_offers(self, need: int, wait: float | None) -> list[_Offer]:
-        """Per replica with a free slot, the tool-waiters (expected back last first,
-        within their pause limit) whose release frees ``need`` tokens, and their
-        price; ``predicted`` when it is under ``wait`` and each is back no sooner.
-        Nothing is released. O(tool-waiters on the replicas looked at)."""
-        horizon = self._now + wait if wait is not None else math.inf
+    def _room_offers(self, need: int, wait: float | None, at: float | None = None) -> list[_Offer]:
+        """Per replica with a free slot, the tool-waiters whose release frees ``need``
+        tokens (stale ones first, the longest overdue first; then the others expected
+        back last first, within their pause limit) and their price; ``predicted`` when
+        it is under ``wait`` and each fresh one is back no sooner. ``at``: as of that
+        time (default now). Nothing is released. O(tool-waiters on the replicas
+        looked at)."""
+        now = self._now if at is None else at
+        horizon = now + wait if wait is not None else math.inf
         offers: list[_Offer] = []
         for r in self._fleet:
             if r.running >= r.max_running or r.budget < need:
                 continue
-            victims: list[Task] = []
-            popped: list[Task] = []
+            waiting = r.waiting_tasks()  # expected back last first
+            stale = sorted((t for t in waiting if _stale_at(t) <= now), key=_started)
+            fresh = [t for t in waiting if _stale_at(t) > now and self._pausable(t)]
+            candidates = [(t, ReleaseCause.STALE) for t in stale]
+            candidates += [(t, ReleaseCause.MAKE_ROOM) for t in fresh]
+            victims: list[tuple[Task, ReleaseCause]] = []
             freed, price, late = r.free, 0.0, True
-            while freed < need:
-                v = r.pop_latest_waiting()
-                if v is None:
+            for v, cause in candidates:
+                if freed >= need:
                     break
-                popped.append(v)
-                if self._pausable(v):
-                    victims.append(v)
-                    freed += v.reserved
+                victims.append((v, cause))
+                freed += v.reserved
+                if cause is ReleaseCause.MAKE_ROOM:
                     price += self._prefill.seconds(v.history)
                     late = late and v.expected_return >= horizon
-            for v in popped:
-                r.repush_waiting(v, self._next_seq())
             if freed >= need:
                 predicted = wait is not None and late and price < wait
                 offers.append(_Offer(price, r, victims, predicted))
         return offers
+
+
+def _started(task: Task) -> float:
+    return task.tool_started
+
+
+def _stale_at(task: Task) -> float:
+    """When the task's tool wait turns stale (see the module docstring)."""
+    expected = max(task.expected_return - task.tool_started, 0.0)
+    return task.tool_started + STALE_FACTOR * expected + STALE_GRACE_S

@@ -8,13 +8,14 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
 from executor.dispatch import Dispatcher
-from executor.fleet.generation import GenerateRequest, GenerateResult
+from executor.fleet.generation import GenerateRequest, GenerateResult, TokenDelta
 from executor.fleet.registry import ReplicaRegistry
 from executor.gateway import Gateway, GatewayConfig, GatewayError
 from executor.telemetry import Telemetry
@@ -36,6 +37,8 @@ class Replica:
         self.requests: list[GenerateRequest] = []
         self.reply = "fine"
         self.script: list[str] = []
+        self.hold_at = 0
+        self.streamed: list[int] = []  # the token ids it has streamed
 
     @property
     def context_tokens(self) -> int:
@@ -45,7 +48,9 @@ class Replica:
         req = GenerateRequest.parse(request)
         self.requests.append(req)
         await self.gate.wait()
-        text = self.script.pop(0) if self.script else self.reply
+        return self._result(req, self.script.pop(0) if self.script else self.reply)
+
+    def _result(self, req: GenerateRequest, text: str) -> GenerateResult:
         out = list(self.tokenizer.encode(text, add_special_tokens=False))
         ids = req.input_ids or []
         return GenerateResult(
@@ -58,6 +63,20 @@ class Replica:
             finish_reason="stop",
             latency_s=0.01,
         )
+
+    async def astream(self, request: dict[str, Any]) -> AsyncIterator[TokenDelta | GenerateResult]:
+        """The same reply a token at a time; ``gate`` is waited for before token
+        ``hold_at`` (0: before the first, as ``agenerate``)."""
+        req = GenerateRequest.parse(request)
+        self.requests.append(req)
+        result = self._result(req, self.script.pop(0) if self.script else self.reply)
+        for i, tok in enumerate(result.output_ids):
+            if i == self.hold_at:
+                await self.gate.wait()
+            self.streamed.append(tok)
+            yield TokenDelta(ids=[tok], text=self.tokenizer.decode([tok]))
+        await self.gate.wait()
+        yield result
 
 
 @dataclass

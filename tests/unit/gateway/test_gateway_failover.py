@@ -4,11 +4,11 @@ the real scheduler core and dispatcher, two stand-in replicas, the official
 SIGKILLed engine's health check or actor death reports); every client call completes
 on the other replica, and no stream shows a token twice.
 
-Why a stream cannot repeat a token today: the gateway streams after the completion
-(``routes.chunks`` builds the SSE lines from a finished reply), so a call that dies
-with its replica is retried whole on the core's next placement (``Gateway._generate``
--> ``Dispatcher.after_replica_death``) before the first byte is sent; the client sees
-only the reply that finished."""
+Streams go token by token (``executor/gateway/streaming.py``): a call that dies
+before its first token is run again whole on the core's next placement
+(``Gateway._generate`` -> ``Dispatcher.after_replica_death``); one that dies mid-reply
+goes on on the survivor from the tokens already sent (its prompt + those ids, the
+rest of ``max_tokens``), so the client sees each token once."""
 
 from __future__ import annotations
 
@@ -77,11 +77,71 @@ def test_four_sessions_survive_a_lost_replica(tokenizer: Any) -> None:  # noqa: 
         assert results[0] == results[2] == "fine"
         for chunks in (results[1], results[3]):
             assert "".join(chunks) == "fine"  # the reply once: no token twice
-            assert [c for c in chunks if c] == ["fine"]
         assert len(spare.requests) == 4  # each call moved once, whole
         for r in spare.requests:
             assert r.input_ids == doomed.requests[0].input_ids  # the same prompt again
         rows = {s.key: s for s in gw.sessions.sessions()}
         assert {k: s.calls for k, s in rows.items()} == {f"s{i}": 1 for i in range(4)}
+
+    asyncio.run(run())
+
+
+def test_a_stream_cut_mid_reply_goes_on_from_its_sent_tokens(tokenizer: Any) -> None:  # noqa: F811
+    async def run() -> None:
+        d = Dispatcher(SchedulerCore())
+        registry = ReplicaRegistry()
+        doomed, spare = Replica("r0", tokenizer), Replica("r1", tokenizer)
+        for r in (doomed, spare):
+            registry.add(r)  # type: ignore[arg-type]
+        d.send(ReplicaJoined(d.now(), "r0", 8192, max_running_calls=8))
+        doomed.reply, doomed.hold_at = "one two three four five six", 3
+        doomed.gate.clear()  # r0 streams three tokens, then hangs: a dying engine
+        spare.reply = " four five six"  # the survivor's continuation
+        services = Services("tiny", d, registry, Chat(tokenizer), Telemetry("none"))
+        gw = Gateway(lambda: services, GatewayConfig(queue_wait_s=20))
+        app = FastAPI()
+        install(app, gw, None)
+        http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw")
+        client = openai.AsyncOpenAI(base_url="http://gw/v1", api_key="-", http_client=http)
+
+        async def streamed() -> tuple[Any, list[Any]]:
+            raw = await client.chat.completions.with_raw_response.create(
+                model="tiny",
+                messages=ASK,
+                max_tokens=20,
+                temperature=0,
+                stream=True,
+                stream_options={"include_usage": True},
+                extra_headers={"X-Session-ID": "s"},
+            )
+            return raw.headers, [c async for c in raw.parse()]
+
+        call = asyncio.ensure_future(streamed())
+        for _ in range(500):  # three tokens out of r0, the fourth held
+            if len(doomed.streamed) == 3:
+                break
+            await asyncio.sleep(0.01)
+        assert len(doomed.streamed) == 3 and not call.done()
+        d.send(ReplicaJoined(d.now(), "r1", 8192, max_running_calls=8))
+        assert d.replica_died("r0", "SIGKILL", replace=False)
+        headers, chunks = await asyncio.wait_for(call, 20)
+        texts = [c.choices[0].delta.content for c in chunks if c.choices]
+        sent = tokenizer.decode(doomed.streamed)
+        assert sent == "one two three"
+        assert "".join(t or "" for t in texts) == sent + " four five six"  # each token once
+        assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+        assert headers["x-replica-id"] == "r0"  # where the stream began
+        (moved,) = spare.requests
+        assert moved.input_ids == [*doomed.requests[0].input_ids, *doomed.streamed]
+        assert moved.sampling.max_new_tokens == 20 - 3
+        usage = chunks[-1].usage
+        rest = len(tokenizer.encode(" four five six", add_special_tokens=False))
+        assert usage.completion_tokens == 3 + rest
+        assert usage.prompt_tokens == len(doomed.requests[0].input_ids)
+        # the session's transcript is the whole reply as generated: the next call reuses it
+        (row,) = gw.sessions.sessions()
+        assert row.last is not None and row.calls == 1
+        spare_ids = tokenizer.encode(" four five six", add_special_tokens=False)
+        assert list(row.last.ids) == [*moved.input_ids, *spare_ids]
 
     asyncio.run(run())

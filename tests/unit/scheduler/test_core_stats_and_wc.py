@@ -6,6 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from scheduler import (
     CallFinished,
@@ -201,6 +203,94 @@ def test_wake_at_is_when_the_head_may_buy_and_a_tick_then_buys() -> None:
     off.handle(TaskArrived(0.0, "a", prompt_tokens=900))
     off.handle(TaskArrived(0.0, "b", prompt_tokens=900))
     assert off.wake_at() is None
+
+
+def test_a_stale_tool_waiter_gives_its_room_whatever_its_pauses() -> None:
+    """max_pauses=0: no tool-waiter may be paused. One whose wait is past twice its
+    expected length plus a second (a session whose client has gone) still gives its
+    room to a waiting task: at ``wake_at()`` (1 + 2 x 2 + 1 = 6), by a ``Tick``,
+    released as ``STALE`` (not counted as a pause), at no price."""
+    core = SchedulerCore(exact(retention_ratio=1e9, max_running_calls=4, max_pauses=0))
+    h = core.handle
+    h(ReplicaJoined(0.0, "r0", 1_000))
+    h(TaskArrived(0.0, "a", prompt_tokens=600))
+    h(CallFinished(1.0, "a", "r0", 600, 0, 10, 0.9))
+    assert h(ToolStarted(1.0, "a", "client", 2.0)) == []
+    assert h(TaskArrived(2.0, "b", prompt_tokens=600)) == [Queue("b", "admission")]
+    assert core.wake_at() == pytest.approx(6.0)
+    assert h(Tick(5.99)) == []  # a is overdue, not yet stale: its room stays
+    assert h(Tick(6.0)) == [
+        ReleaseKV("a", "r0", 610, ReleaseCause.STALE),
+        RunCall("b", "r0", True),
+    ]
+    assert not any(k.startswith("pause:") for k in core.stats().counters)
+    assert h(ToolFinished(9.0, "a")) == [Queue("a", "admission")]  # it came back: cold
+    core.check_invariants()
+
+
+def test_stale_waiters_go_first_and_fresh_ones_set_the_price() -> None:
+    """Two tool-waiters hold r0; the head needs both. s is stale (its expected 0.1 s
+    wait is long over), f is fresh: the head buys once it has waited f's re-prefill
+    (610 tokens at 11,300/s: 54 ms), not s's plus f's, and s goes as STALE."""
+    core = SchedulerCore(exact(retention_ratio=1e9, max_running_calls=4))
+    h = core.handle
+    h(ReplicaJoined(0.0, "r0", 1_300))
+    h(TaskArrived(0.0, "s", prompt_tokens=600))
+    h(TaskArrived(0.0, "f", prompt_tokens=600))
+    h(CallFinished(1.0, "s", "r0", 600, 0, 10, 0.9))
+    h(ToolStarted(1.0, "s", "quick", 0.1))  # stale from 1 + 0.2 + 1 = 2.2
+    h(CallFinished(3.0, "f", "r0", 600, 0, 10, 0.9))
+    h(ToolStarted(3.0, "f", "slow", 60.0))
+    assert h(TaskArrived(3.0, "b", prompt_tokens=1_200)) == [Queue("b", "admission")]
+    wake = core.wake_at()
+    assert wake == pytest.approx(3.0 + 610 / 11_300)
+    assert h(Tick(wake)) == [
+        ReleaseKV("s", "r0", 610, ReleaseCause.STALE),
+        ReleaseKV("f", "r0", 610, ReleaseCause.MAKE_ROOM),
+        RunCall("b", "r0", True),
+    ]
+    core.check_invariants()
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    waiters=st.lists(st.tuples(st.floats(0.05, 5.0), st.integers(50, 240)), min_size=1, max_size=8),
+    need=st.integers(100, 900),
+    arrives=st.floats(1.0, 12.0),
+)
+def test_a_head_behind_waiters_at_their_pause_limit_gets_in_exactly_at_wake_at(
+    waiters: list[tuple[float, int]], need: int, arrives: float
+) -> None:
+    """No waiter may be paused (max_pauses=0), whatever its expected wait: a head
+    that does not fit gets in at ``wake_at()`` and not before, by ``STALE`` releases
+    only, each of a wait already stale."""
+    core = SchedulerCore(exact(retention_ratio=1e9, max_running_calls=16, max_pauses=0))
+    h = core.handle
+    h(ReplicaJoined(0.0, "r0", 2_000))
+    stale_at = {}
+    for i, (_, size) in enumerate(waiters):
+        h(TaskArrived(0.0, f"w{i}", prompt_tokens=size))
+    for i, (_, size) in enumerate(waiters):
+        h(CallFinished(0.5, f"w{i}", "r0", size, 0, 0, 0.1))
+    for i, (expected, _) in enumerate(waiters):
+        h(ToolStarted(1.0, f"w{i}", "t", expected))
+        stale_at[f"w{i}"] = 1.0 + 2 * expected + 1.0
+    out = h(TaskArrived(arrives, "head", prompt_tokens=need))
+    if RunCall("head", "r0", True) not in out:
+        assert out == [Queue("head", "admission")]  # nothing it may buy yet
+        wake = core.wake_at()
+        assert wake is not None and wake > arrives
+        if wake - 1e-3 > arrives:
+            assert h(Tick(wake - 1e-3)) == []  # not before
+        out = h(Tick(wake))
+    assert out[-1] == RunCall("head", "r0", True)
+    for d in out[:-1]:
+        if isinstance(d, ReleaseKV):
+            assert d.cause is ReleaseCause.STALE, d
+            assert stale_at[d.task_id] <= core.now + 1e-9, (d, stale_at)
+        else:
+            assert d == Queue("head", "admission")  # (queued, then bought at once)
+    core.check_invariants()
 
 
 def test_shedding_rejects_when_the_predicted_wait_exceeds_the_slo() -> None:

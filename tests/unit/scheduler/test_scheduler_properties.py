@@ -148,6 +148,8 @@ class Driver:
         elif isinstance(d, ReleaseKV):
             assert self.holder.get(d.task_id) in (None, d.replica_id), d
             self.holder[d.task_id] = None
+            if d.cause is ReleaseCause.STALE:
+                assert d.task_id in self.in_tool, d  # only a wait long overdue
             if d.cause in PAUSES:
                 self.pauses[d.task_id] = self.pauses.get(d.task_id, 0) + 1
                 cap = self.core.config.max_pauses
