@@ -17,9 +17,10 @@ bubblewrap sandbox between calls, through:
   min_load``, ``x-smg-routing-key`` = the task id, over SGLang HTTP servers;
 - ``sglang_router``: SGLang's router, ``cache_aware``, over the same servers;
 - ``no_cache``: the core on replicas with the radix cache disabled;
-- ``gateway`` / ``gateway_keyless``: the service's ``/v1/chat/completions`` on the
-  same Ray replicas through the official ``openai`` client, the task's transcript
-  as messages, one ``X-Session-ID`` per task / no identity at all.
+- ``gateway`` / ``gateway_keyless`` / ``gateway_rendered``: the service's
+  ``/v1/chat/completions`` on the same Ray replicas through the official ``openai``
+  client, the task's transcript as messages, one ``X-Session-ID`` per task / no
+  identity at all / keyed with ``X-Exact-Reuse: off`` (every prompt re-rendered).
 
 ``ours``, ``sticky_router`` and ``round_robin`` run at every load, the others at
 the middle one (those named with ``--contestants``: at every load). Every
@@ -44,6 +45,7 @@ CONTESTANTS = (
     "no_cache",
     "gateway",
     "gateway_keyless",
+    "gateway_rendered",
 )
 #: the contestants run at every load of the sweep
 EVERY_LOAD = ("ours", "sticky_router", "round_robin")
@@ -52,4 +54,4 @@ EVERY_LOAD = ("ours", "sticky_router", "round_robin")
 OPEN_LOOP = ("ours", "sticky_router", "round_robin")
 #: the contestants that can run the open loop (``--open-loop --contestants`` picks
 #: among them): the default three and the gateway's two (their phase drives either loop)
-OPEN_CAPABLE = (*OPEN_LOOP, "gateway", "gateway_keyless")
+OPEN_CAPABLE = (*OPEN_LOOP, "gateway", "gateway_keyless", "gateway_rendered")

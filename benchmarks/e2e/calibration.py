@@ -52,6 +52,7 @@ SIM_POLICY = {
     "no_cache": ("ours", False),
     "gateway": ("ours", True),  # the gateway's calls go through the same core
     "gateway_keyless": ("ours", True),
+    "gateway_rendered": ("ours", True),
 }
 
 

@@ -224,11 +224,14 @@ class Gateway:
     unless the model ends it (``output_tokens`` in the report says: the quick run's
     503 of 503). It skips the grammar's cost per call, which ours pays.
     ``keyed``: ``X-Session-ID: <task id>`` and ``X-Session-Final`` on
-    the last call; else no identity at all (the gateway matches the prefix)."""
+    the last call; else no identity at all (the gateway matches the prefix).
+    ``exact`` False: ``X-Exact-Reuse: off``, every prompt rendered by the template."""
 
-    def __init__(self, client: Any, model: str, texts: Any, keyed: bool, name: str) -> None:
+    def __init__(
+        self, client: Any, model: str, texts: Any, keyed: bool, name: str, exact: bool = True
+    ) -> None:
         self.client, self.model, self.texts = client, model, texts
-        self.keyed, self.name = keyed, name
+        self.keyed, self.name, self.exact = keyed, name, exact
         self.messages: dict[str, list[dict[str, Any]]] = {}
 
     def request(self, task: ReplayTask, k: int, out: int) -> dict[str, Any]:
@@ -249,12 +252,13 @@ class Gateway:
             "temperature": 0.0,
             "max_tokens": out,
         }
+        headers = {} if self.exact else {"X-Exact-Reuse": "off"}
         if self.keyed:
-            last = k == task.calls - 1
-            kw["extra_headers"] = {
-                SESSION_HEADER: task.task_id,
-                **({FINAL_HEADER: "true"} if last else {}),
-            }
+            headers[SESSION_HEADER] = task.task_id
+            if k == task.calls - 1:
+                headers[FINAL_HEADER] = "true"
+        if headers:
+            kw["extra_headers"] = headers
         return kw
 
     def replied(self, task: ReplayTask, content: str) -> None:

@@ -275,8 +275,13 @@ def journal_records(
     return out
 
 
-#: the gateway contestants: their name -> whether each task sends its session id
-GATEWAYS = {"gateway": True, "gateway_keyless": False}
+#: the gateway contestants: their name -> (whether each task sends its session id,
+#: whether the gateway reuses the last reply's ids exactly; off: ``X-Exact-Reuse: off``)
+GATEWAYS = {
+    "gateway": (True, True),
+    "gateway_keyless": (False, True),
+    "gateway_rendered": (True, False),
+}
 #: the in-process service's bearer token (loopback only, for this run)
 GATEWAY_TOKEN = "e2e-bench"
 
@@ -323,7 +328,8 @@ async def run_gateway(b: Any, name: str, pool: ReplicaPool, load: int, kv: KvPro
             if serving.done():
                 raise RuntimeError(f"{name}: the service did not start: {serving.exception()}")
             await asyncio.sleep(0.05)
-        gateway = Gateway(client, pool.config.model, b.texts, GATEWAYS[name], name)
+        keyed, exact = GATEWAYS[name]
+        gateway = Gateway(client, pool.config.model, b.texts, keyed, name, exact=exact)
         run: RunTrace = await b.drive(gateway, load, kv)
         run.core = core_summary(service.executor.dispatcher.core.stats())
         run.path = "gateway"

@@ -104,6 +104,7 @@ def test_the_keyed_gateway_sends_the_growing_transcript_and_its_session() -> Non
     assert [b["max_tokens"] for b in bodies] == [5, 6, 7]
     assert all(r.headers["x-session-id"] == "t0" for r in seen)
     assert [r.headers.get("x-session-final") for r in seen] == [None, None, "true"]
+    assert not any("x-exact-reuse" in r.headers for r in seen)
     assert [(x.replica_id, x.prompt_tokens, x.cached_tokens) for x in results] == [
         ("r0", 20, 4),
         ("r0", 40, 4),
@@ -123,6 +124,15 @@ def test_the_keyless_gateway_sends_no_identity_and_the_plan_lengths() -> None:
         assert not {"user", "prompt_cache_key", "metadata", "session_id"} & set(b)
     g.finished("t0")
     assert g.messages == {}
+
+
+def test_the_rendered_gateway_turns_exact_reuse_off_and_keeps_its_session() -> None:
+    g, seen = _gateway(keyed=True)
+    g.exact = False  # as GATEWAYS["gateway_rendered"] builds it
+    asyncio.run(_replay(g, _task()))
+    assert all(r.headers["x-exact-reuse"] == "off" for r in seen)
+    assert all(r.headers["x-session-id"] == "t0" for r in seen)
+    assert GATEWAYS["gateway_rendered"] == (True, False)
 
 
 def test_a_429_is_a_refused_task() -> None:
