@@ -11,8 +11,8 @@ exact prefix reuse and tool-call grammars.
     Gateway.chat(chat body, headers)                      the session, the core, the replica
     Reply -> ResponsesResponse (SGLang's model): a message (output_text) and/or
       function_call items; usage with input_tokens_details.cached_tokens
-    stream: the event sequence of the finished response (sent after the call, as chat
-      streams are: a replica's death never shows in a stream)
+    stream: the Responses event sequence as the reply decodes (sse.live_response:
+      the message's text token by token, as chat streams send it)
 
 Stateless: nothing is stored (``store`` is answered false), so ``previous_response_id``,
 ``conversation`` and ``background`` are 400s that say to send the whole
@@ -192,17 +192,30 @@ def chat_body(req: ResponsesRequest, body: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in chat.items() if v is not None}
 
 
-def response_body(req: ResponsesRequest, reply: Reply) -> dict[str, Any]:
-    """The finished response, in the Responses shape."""
+def new_ids() -> tuple[str, str]:
+    """A response's id and its message item's."""
+    return f"resp_{uuid.uuid4().hex[:24]}", f"msg_{uuid.uuid4().hex[:24]}"
+
+
+def response_body(
+    req: ResponsesRequest,
+    reply: Reply,
+    ids: tuple[str, str] | None = None,
+    sent: str | None = None,
+) -> dict[str, Any]:
+    """The finished response, in the Responses shape. ``sent``: the text a live stream
+    has already sent (the message's text is it and the rest of the reply's)."""
+    response_id, message_id = ids or new_ids()
     output: list[Any] = []
     calls = reply.parsed.openai_calls()
-    if reply.parsed.content or not calls:
-        text = ResponseOutputText(
-            type="output_text", text=reply.parsed.content or "", annotations=[]
-        )
+    content = reply.parsed.content or ""
+    if sent is not None and reply.stream is not None:
+        content = sent + reply.stream.rest(reply.parsed.content)
+    if content or not calls:
+        text = ResponseOutputText(type="output_text", text=content, annotations=[])
         output.append(
             ResponseOutputMessage(
-                id=f"msg_{uuid.uuid4().hex[:24]}",
+                id=message_id,
                 type="message",
                 role="assistant",
                 status="completed",
@@ -221,14 +234,29 @@ def response_body(req: ResponsesRequest, reply: Reply) -> dict[str, Any]:
             )
         )
     cut = reply.finish_reason == "length"
-    out = ResponsesResponse(
-        id=f"resp_{uuid.uuid4().hex[:24]}",
-        created_at=reply.created,
-        model=reply.model,
+    return _response(
+        req,
+        response_id,
+        reply.created,
         output=output,
         status="incomplete" if cut else "completed",
         incomplete_details={"reason": "max_output_tokens"} if cut else None,
         usage=UsageInfo(**reply.usage()),
+    )
+
+
+def start_body(req: ResponsesRequest, response_id: str, created: int) -> dict[str, Any]:
+    """The response before its output (a live stream's created / in_progress)."""
+    return _response(req, response_id, created, output=[], status="in_progress")
+
+
+def _response(
+    req: ResponsesRequest, response_id: str, created: int, **fields: Any
+) -> dict[str, Any]:
+    out = ResponsesResponse(
+        id=response_id,
+        created_at=created,
+        model=req.model,
         parallel_tool_calls=bool(req.parallel_tool_calls),
         tool_choice=req.tool_choice,
         tools=req.tools,
@@ -240,45 +268,7 @@ def response_body(req: ResponsesRequest, reply: Reply) -> dict[str, Any]:
         text=req.text.model_dump(mode="json", by_alias=True) if req.text else None,
         user=req.user,
         metadata=req.metadata,
+        **fields,
     )
     result: dict[str, Any] = out.model_dump(mode="json", by_alias=True)
     return result
-
-
-def events(response: dict[str, Any]) -> list[str]:
-    """A finished response as the Responses stream's SSE events, in order: created,
-    in_progress, each output item (added, its text or arguments, done), completed
-    (or incomplete)."""
-    lines: list[str] = []
-
-    def event(kind: str, **fields: Any) -> None:
-        data = {"type": kind, "sequence_number": len(lines), **fields}
-        lines.append(f"event: {kind}\ndata: {json.dumps(data)}\n\n")
-
-    start = {**response, "status": "in_progress", "output": [], "usage": None}
-    event("response.created", response=start)
-    event("response.in_progress", response=start)
-    for i, item in enumerate(response["output"]):
-        at = {"item_id": item["id"], "output_index": i}
-        if item["type"] == "message":
-            event("response.output_item.added", output_index=i, item={**item, "content": []})
-            part = item["content"][0]
-            text = part["text"]
-            event("response.content_part.added", **at, content_index=0, part={**part, "text": ""})
-            if text:
-                event("response.output_text.delta", **at, content_index=0, delta=text, logprobs=[])
-            event("response.output_text.done", **at, content_index=0, text=text, logprobs=[])
-            event("response.content_part.done", **at, content_index=0, part=part)
-        else:
-            event("response.output_item.added", output_index=i, item={**item, "arguments": ""})
-            event("response.function_call_arguments.delta", **at, delta=item["arguments"])
-            event(
-                "response.function_call_arguments.done",
-                **at,
-                name=item["name"],
-                arguments=item["arguments"],
-            )
-        event("response.output_item.done", output_index=i, item=item)
-    done = "response.incomplete" if response["status"] == "incomplete" else "response.completed"
-    event(done, response=response)
-    return lines

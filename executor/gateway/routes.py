@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Request
@@ -25,24 +23,18 @@ from pydantic import BaseModel
 from sglang.srt.entrypoints.openai.protocol import (
     ChatCompletionResponse,
     ChatCompletionResponseChoice,
-    ChatCompletionResponseStreamChoice,
-    ChatCompletionStreamResponse,
     ChatMessage,
-    DeltaMessage,
-    FunctionResponse,
     ModelCard,
     ModelList,
-    ToolCall,
     UsageInfo,
 )
 
-from executor.gateway import responses
+from executor.gateway import responses, sse
 from executor.gateway.completions import complete
 from executor.gateway.errors import GatewayError, bad_request
 from executor.gateway.gateway import Gateway, Reply
+from executor.gateway.sse import tool_calls
 from executor.gateway.streaming import Sink
-
-log = logging.getLogger(__name__)
 
 # bodies bounded by the gateway's own limit
 PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/responses")
@@ -136,18 +128,10 @@ RESPONSES_BODY = _body(
 )
 
 
-def _calls(reply: Reply) -> list[ToolCall] | None:
-    calls = reply.parsed.openai_calls()
-    if not calls:
-        return None
-    return [
-        ToolCall(id=c["id"], index=c["index"], function=FunctionResponse(**c["function"]))
-        for c in calls
-    ]
-
-
 def response_body(reply: Reply) -> dict[str, Any]:
-    message = ChatMessage(role="assistant", content=reply.parsed.content, tool_calls=_calls(reply))
+    message = ChatMessage(
+        role="assistant", content=reply.parsed.content, tool_calls=tool_calls(reply)
+    )
     choice = ChatCompletionResponseChoice(
         index=0, message=message, finish_reason=reply.finish_reason
     )
@@ -162,95 +146,9 @@ def response_body(reply: Reply) -> dict[str, Any]:
     return body
 
 
-@dataclass
-class Chunks:
-    """SSE ``data:`` lines of one chat completion's stream."""
-
-    id: str
-    created: int
-    model: str
-
-    def chunk(
-        self,
-        delta: DeltaMessage | None,
-        finish: str | None = None,
-        usage: dict[str, Any] | None = None,
-    ) -> str:
-        choices = (
-            []
-            if delta is None
-            else [ChatCompletionResponseStreamChoice(index=0, delta=delta, finish_reason=finish)]
-        )
-        c = ChatCompletionStreamResponse(
-            id=self.id,
-            created=self.created,
-            model=self.model,
-            choices=choices,
-            usage=UsageInfo(**usage) if usage is not None else None,
-        )
-        return f"data: {json.dumps(c.model_dump(mode='json', exclude_none=True))}\n\n"
-
-    def head(self) -> str:
-        return self.chunk(DeltaMessage(role="assistant", content=""))
-
-    def text(self, text: str) -> str:
-        return self.chunk(DeltaMessage(content=text))
-
-    def tail(self, reply: Reply, include_usage: bool, rest: str | None) -> list[str]:
-        """After the text: what is left of it, tool calls, finish, usage, [DONE]."""
-        out = [self.text(rest)] if rest else []
-        for call in _calls(reply) or []:
-            out.append(self.chunk(DeltaMessage(tool_calls=[call])))
-        out.append(self.chunk(DeltaMessage(), reply.finish_reason))
-        if include_usage:
-            out.append(self.chunk(None, usage=reply.usage()))
-        out.append("data: [DONE]\n\n")
-        return out
-
-
-def chunks(reply: Reply, include_usage: bool) -> list[str]:
-    """A finished reply as SSE ``data:`` lines: role, text, tool calls, finish, usage,
-    [DONE]."""
-    c = Chunks(reply.id, reply.created, reply.model)
-    return [c.head(), *c.tail(reply, include_usage, reply.parsed.content)]
-
-
 async def _stream(lines: list[str]) -> AsyncIterator[str]:
     for line in lines:
         yield line
-
-
-async def _live(
-    gateway: Gateway, call: asyncio.Future[Reply], sink: Sink, include_usage: bool
-) -> AsyncIterator[str]:
-    """A chat completion's SSE lines as it decodes: the role, each piece of text the
-    reply stream lets through, then the rest from the whole reply. An error after the
-    first line is an ``error`` event (OpenAI's shape; the client raises it)."""
-    c = Chunks(sink.id, sink.created, gateway.model)
-    try:
-        yield c.head()
-        while True:
-            text = asyncio.ensure_future(sink.texts.get())
-            waiting: set[asyncio.Future[Any]] = {text, call}
-            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-            if not text.done():
-                text.cancel()
-                break
-            yield c.text(text.result())
-        while not sink.texts.empty():
-            yield c.text(sink.texts.get_nowait())
-        reply = call.result()
-        rest = reply.stream.rest(reply.parsed.content) if reply.stream else None
-        for line in c.tail(reply, include_usage, rest):
-            yield line
-    except GatewayError as exc:
-        yield f"data: {json.dumps(exc.body())}\n\n"
-    except Exception:
-        log.exception("a chat completion's stream failed")
-        yield f"data: {json.dumps(GatewayError(500, 'the stream failed').body())}\n\n"
-    finally:
-        if not call.done():
-            call.cancel()
 
 
 # what the generating routes answer (a stream with "stream": true)
@@ -263,6 +161,12 @@ GENERATES: dict[int | str, dict[str, Any]] = {
 def _include_usage(body: dict[str, Any]) -> bool:
     options = body.get("stream_options") or {}
     return bool(isinstance(options, dict) and options.get("include_usage"))
+
+
+def _live(lines: AsyncIterator[str], sink: Sink) -> Response:
+    return StreamingResponse(
+        lines, media_type="text/event-stream", headers={**sink.headers, "Cache-Control": "no-cache"}
+    )
 
 
 def _answer(
@@ -328,12 +232,17 @@ def install(app: FastAPI, gateway: Gateway, token: str | None) -> None:
     async def chat(request: Request) -> Response:
         body = await json_body(request)
         if isinstance(body, dict) and body.get("stream"):
-            return await stream_chat(body, request.headers)
+            call, sink = await first_token(body, request.headers)
+            lines = sse.live_chat(gateway.model, call, sink, _include_usage(body))
+            return _live(lines, sink)
         reply = await gateway.chat(body, request.headers)
         return _answer(None, lambda: response_body(reply), reply.headers)
 
-    async def stream_chat(body: dict[str, Any], headers: Mapping[str, str]) -> Response:
-        """Errors before the first token are HTTP errors; from it on, the stream."""
+    async def first_token(
+        body: dict[str, Any], headers: Mapping[str, str]
+    ) -> tuple[asyncio.Future[Reply], Sink]:
+        """A streamed call, once its first token is out (or it is done): errors before
+        it are HTTP errors; from it on, the stream's."""
         sink = Sink()
         call = asyncio.ensure_future(gateway.chat(body, headers, sink))
         started = asyncio.ensure_future(sink.started.wait())
@@ -345,11 +254,7 @@ def install(app: FastAPI, gateway: Gateway, token: str | None) -> None:
                 call.cancel()
         if call.done():
             call.result()  # (its error, as an HTTP error)
-        return StreamingResponse(
-            _live(gateway, call, sink, _include_usage(body)),
-            media_type="text/event-stream",
-            headers={**sink.headers, "Cache-Control": "no-cache"},
-        )
+        return call, sink
 
     @router.post(
         "/v1/completions", responses=GENERATES, openapi_extra={"requestBody": COMPLETION_BODY}
@@ -366,9 +271,21 @@ def install(app: FastAPI, gateway: Gateway, token: str | None) -> None:
     async def create_response(request: Request) -> Response:
         body = await json_body(request)
         req = responses.parse(body)
-        reply = await gateway.chat(responses.chat_body(req, body), request.headers)
+        chat_body = responses.chat_body(req, body)
+        if req.stream:
+            call, sink = await first_token(chat_body, request.headers)
+            ids = responses.new_ids()
+            lines = sse.live_response(
+                responses.start_body(req, ids[0], sink.created),
+                ids[1],
+                lambda reply, sent: responses.response_body(req, reply, ids, sent),
+                call,
+                sink,
+            )
+            return _live(lines, sink)
+        reply = await gateway.chat(chat_body, request.headers)
         out = responses.response_body(req, reply)
-        return _answer(responses.events(out) if req.stream else None, lambda: out, reply.headers)
+        return _answer(None, lambda: out, reply.headers)
 
     @router.get("/v1/sessions")
     async def sessions() -> dict[str, Any]:

@@ -39,6 +39,7 @@ class Replica:
         self.script: list[str] = []
         self.hold_at = 0
         self.streamed: list[int] = []  # the token ids it has streamed
+        self.fail: Exception | None = None  # raised by astream at its next token
 
     @property
     def context_tokens(self) -> int:
@@ -73,6 +74,8 @@ class Replica:
         for i, tok in enumerate(result.output_ids):
             if i == self.hold_at:
                 await self.gate.wait()
+            if self.fail is not None:
+                raise self.fail
             self.streamed.append(tok)
             yield TokenDelta(ids=[tok], text=self.tokenizer.decode([tok]))
         await self.gate.wait()

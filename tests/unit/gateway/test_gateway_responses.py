@@ -190,6 +190,36 @@ def test_streams_are_the_responses_event_sequence(tokenizer: Any) -> None:  # no
     asyncio.run(run())
 
 
+def test_a_live_stream_sends_text_token_by_token_then_the_call(tokenizer: Any) -> None:  # noqa: F811
+    """tool_choice auto, a reply that opens as text then calls a tool: the message item
+    opens at the first token and its text comes as one delta per token (the call's tag
+    held back), then the message closes and the call comes whole; every event valid
+    against openai's models, numbered in order; the final response carries both."""
+
+    async def run() -> None:
+        http, _client, _gw, replica, _paths = app_for(tokenizer)
+        said = "Let me look that up."
+        replica.reply = f"{said} {CALL}"
+        body = {"model": "tiny", "input": "hi", "tools": TOOLS, "stream": True}
+        async with http.stream("POST", "/v1/responses", json=body) as r:
+            events = sse_events((await r.aread()).decode())
+        assert [e.sequence_number for e in events] == list(range(len(events)))
+        kinds = [e.type for e in events]
+        deltas = [e.delta for e in events if e.type == "response.output_text.delta"]
+        assert len(deltas) > 3  # token by token, not one piece
+        assert "".join(deltas).strip() == said
+        assert kinds.index("response.output_text.done") < kinds.index(
+            "response.function_call_arguments.done"
+        )
+        final = events[-1].response
+        assert final.output[0].type == "message" and final.output[0].content[0].text.strip() == said
+        assert final.output[1].type == "function_call" and final.output[1].name == "get_weather"
+        message_ids = {e.item_id for e in events if e.type == "response.output_text.delta"}
+        assert message_ids == {final.output[0].id}
+
+    asyncio.run(run())
+
+
 def test_openai_agents_default_model_runs_a_tool_and_answers(tokenizer: Any) -> None:  # noqa: F811
     """openai-agents as the README sets it up (a default client, the model by name:
     its default API is Responses): a tool call, the tool, then the final answer, one

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from test_gateway_admission import tokenizer  # noqa: F401
 
 from executor.fleet.generation import GenerateResult, TokenDelta
 from executor.gateway.streaming import ReplyStream, Sink
@@ -140,3 +141,99 @@ def test_a_reply_at_max_tokens_when_its_replica_died_is_complete() -> None:
     whole = s.finish(None, 3, "r1")
     assert whole.text == "x" * 10 and whole.finish_reason == "length"
     assert (whole.replica_id, whole.completion_tokens, whole.prompt_tokens) == ("r1", 10, 3)
+
+
+# -- through the route, with the official client (engine-free: a stand-in replica) ----
+
+CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+TOOLS: Any = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+            },
+        },
+    }
+]
+
+
+def _client(tok: Any, reply: str) -> tuple[Any, Any]:
+    import httpx
+    import openai
+    from fastapi import FastAPI
+    from test_gateway_admission import make
+
+    from executor.gateway.routes import install
+
+    gw, replica, _ = make(tok)
+    replica.reply = reply
+    app = FastAPI()
+    install(app, gw, None)
+    http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw")
+    return openai.AsyncOpenAI(base_url="http://gw/v1", api_key="-", http_client=http), replica
+
+
+def test_chat_streams_text_per_token_then_the_call_whole(tokenizer: Any) -> None:  # noqa: F811
+    """tool_choice auto: the text before the call's tag comes a token at a time, the
+    call once, complete, with finish ``tool_calls``; no content chunk holds the tag."""
+    import asyncio
+
+    said = "Let me look that up."
+
+    async def run() -> list[Any]:
+        client, _ = _client(tokenizer, f"{said} {CALL}")
+        stream = await client.chat.completions.create(
+            model="tiny",
+            messages=[{"role": "user", "content": "weather?"}],
+            tools=TOOLS,
+            stream=True,
+        )
+        return [c async for c in stream]
+
+    chunks = asyncio.run(run())
+    texts = [t for c in chunks if c.choices and (t := c.choices[0].delta.content)]
+    assert len(texts) > 3 and "".join(texts).strip() == said
+    assert not any("<tool" in t for t in texts)
+    calls = [tc for c in chunks if c.choices for tc in c.choices[0].delta.tool_calls or []]
+    assert len(calls) == 1 and calls[0].function.name == "get_weather"
+    assert calls[0].function.arguments == '{"city": "Paris"}'
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
+
+
+def test_an_error_after_the_first_token_is_an_error_event(tokenizer: Any) -> None:  # noqa: F811
+    """The replica refuses mid-reply (an engine abort): the client, already reading the
+    stream, gets OpenAI's error event, which the official client raises."""
+    import asyncio
+
+    import openai
+
+    from executor.errors import InvalidRequestError
+
+    async def run() -> list[str]:
+        client, replica = _client(tokenizer, "one two three four")
+        replica.hold_at = 2
+        replica.gate.clear()
+        got: list[str] = []
+
+        async def refuse() -> None:
+            while len(replica.streamed) < 2:
+                await asyncio.sleep(0.01)
+            replica.fail = InvalidRequestError("the engine aborted the request: test")
+            replica.gate.set()
+
+        refusing = asyncio.ensure_future(refuse())  # (ASGI: the body comes all at once)
+        stream = await client.chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+        with pytest.raises(openai.APIError, match="aborted"):
+            async for c in stream:
+                if c.choices and c.choices[0].delta.content:
+                    got.append(c.choices[0].delta.content)
+        await refusing
+        return got
+
+    assert "".join(asyncio.run(run())) == "one two"
