@@ -30,21 +30,30 @@ from scheduler import ReplicaJoined, SchedulerCore
 ASK = [{"role": "user", "content": "hello"}]
 
 
+def two_replicas(
+    tokenizer: Any,  # noqa: F811
+) -> tuple[Dispatcher, Replica, Replica, Gateway, openai.AsyncOpenAI]:
+    """The gateway on the real core with r0 joined (r1 registered, joining later),
+    and the official client over ASGI."""
+    d = Dispatcher(SchedulerCore())
+    registry = ReplicaRegistry()
+    doomed, spare = Replica("r0", tokenizer), Replica("r1", tokenizer)
+    for r in (doomed, spare):
+        registry.add(r)  # type: ignore[arg-type]
+    d.send(ReplicaJoined(d.now(), "r0", 8192, max_running_calls=8))
+    services = Services("tiny", d, registry, Chat(tokenizer), Telemetry("none"))
+    gw = Gateway(lambda: services, GatewayConfig(queue_wait_s=20))
+    app = FastAPI()
+    install(app, gw, None)
+    http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw")
+    client = openai.AsyncOpenAI(base_url="http://gw/v1", api_key="-", http_client=http)
+    return d, doomed, spare, gw, client
+
+
 def test_four_sessions_survive_a_lost_replica(tokenizer: Any) -> None:  # noqa: F811
     async def run() -> None:
-        d = Dispatcher(SchedulerCore())
-        registry = ReplicaRegistry()
-        doomed, spare = Replica("r0", tokenizer), Replica("r1", tokenizer)
-        for r in (doomed, spare):
-            registry.add(r)  # type: ignore[arg-type]
-        d.send(ReplicaJoined(d.now(), "r0", 8192, max_running_calls=8))
+        d, doomed, spare, gw, client = two_replicas(tokenizer)
         doomed.gate.clear()  # r0 holds every call it gets, as a dying engine would
-        services = Services("tiny", d, registry, Chat(tokenizer), Telemetry("none"))
-        gw = Gateway(lambda: services, GatewayConfig(queue_wait_s=20))
-        app = FastAPI()
-        install(app, gw, None)
-        http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw")
-        client = openai.AsyncOpenAI(base_url="http://gw/v1", api_key="-", http_client=http)
 
         async def plain(key: str) -> str:
             out = await client.chat.completions.create(
@@ -88,21 +97,10 @@ def test_four_sessions_survive_a_lost_replica(tokenizer: Any) -> None:  # noqa: 
 
 def test_a_stream_cut_mid_reply_goes_on_from_its_sent_tokens(tokenizer: Any) -> None:  # noqa: F811
     async def run() -> None:
-        d = Dispatcher(SchedulerCore())
-        registry = ReplicaRegistry()
-        doomed, spare = Replica("r0", tokenizer), Replica("r1", tokenizer)
-        for r in (doomed, spare):
-            registry.add(r)  # type: ignore[arg-type]
-        d.send(ReplicaJoined(d.now(), "r0", 8192, max_running_calls=8))
+        d, doomed, spare, gw, client = two_replicas(tokenizer)
         doomed.reply, doomed.hold_at = "one two three four five six", 3
         doomed.gate.clear()  # r0 streams three tokens, then hangs: a dying engine
         spare.reply = " four five six"  # the survivor's continuation
-        services = Services("tiny", d, registry, Chat(tokenizer), Telemetry("none"))
-        gw = Gateway(lambda: services, GatewayConfig(queue_wait_s=20))
-        app = FastAPI()
-        install(app, gw, None)
-        http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw")
-        client = openai.AsyncOpenAI(base_url="http://gw/v1", api_key="-", http_client=http)
 
         async def streamed() -> tuple[Any, list[Any]]:
             raw = await client.chat.completions.with_raw_response.create(
