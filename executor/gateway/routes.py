@@ -248,10 +248,11 @@ def install(app: FastAPI, gateway: Gateway, token: str | None) -> None:
         started = asyncio.ensure_future(sink.started.wait())
         try:
             await asyncio.wait({call, started}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:  # the client went away before the first token
+            call.cancel()
+            raise
         finally:
             started.cancel()
-            if not call.done() and not sink.started.is_set():
-                call.cancel()
         if call.done():
             call.result()  # (its error, as an HTTP error)
         return call, sink
