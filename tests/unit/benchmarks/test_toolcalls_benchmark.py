@@ -51,6 +51,6 @@ def test_bad_calls_get_errors_the_model_can_read() -> None:
 
 def test_the_cli_refuses_unknown_frameworks_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
-        main(["--frameworks", "openai,smolagents"])
+        main(["--frameworks", "openai,crewai"])
     assert exc.value.code == 2
-    assert "unknown framework or server: smolagents" in capsys.readouterr().err
+    assert "unknown framework or server: crewai" in capsys.readouterr().err
