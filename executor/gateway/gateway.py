@@ -351,7 +351,7 @@ class Gateway:
                 "auto",
                 sink,
                 self.tools.triggers(req.tools),
-                self.tools.continuation(req.tools, bool(req.parallel_tool_calls)),
+                lambda: self.tools.continuation(req.tools, bool(req.parallel_tool_calls)),
             )
         return ReplyStream("whole" if calling or constrained else "free", sink)
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any, Literal
 
 from executor.fleet.generation import GenerateResult, TokenDelta
@@ -67,12 +68,12 @@ class ReplyStream:
         form: Form,
         sink: Sink,
         triggers: tuple[str, ...] = (),
-        continuation: tuple[str, str] | None = None,
+        continuation: Callable[[], tuple[str, str] | None] | None = None,
     ) -> None:
         self.form = form
         self.sink = sink
         self.triggers = triggers
-        self.continuation = continuation  # the constraint a survivor continues under
+        self.continuation = continuation  # builds the constraint a survivor continues under
         self.state: State = _START[form]
         self.ids: list[int] = []  # received output ids (across attempts)
         self.text = ""  # their text
@@ -118,8 +119,9 @@ class ReplyStream:
             return None
         for key in CONSTRAINTS:
             sampling.pop(key, None)
-        if self.continuation is not None:
-            sampling[self.continuation[0]] = self.continuation[1]
+        constraint = self.continuation() if self.continuation is not None else None
+        if constraint is not None:
+            sampling[constraint[0]] = constraint[1]
         return {**request, "input_ids": [*request["input_ids"], *self.ids], "sampling": sampling}
 
     def finish(

@@ -144,3 +144,50 @@ def test_engine_process_death_kills_the_replica(pool) -> None:
     with pytest.raises(ReplicaUnavailableError):
         handle.generate({"text": "x"})
     pool._handles.pop(rid)
+
+
+def test_a_streamed_call_is_the_same_call_token_by_token(pool) -> None:
+    """``ReplicaHandle.astream`` (a Ray streaming generator over SGLang's stream): the
+    deltas, in order, are the result's ids and text; greedy, the same as ``generate``."""
+    import asyncio
+
+    from executor.fleet.generation import TokenDelta
+
+    request = {"text": "def add(a, b):", "sampling": {"max_new_tokens": 12}}
+
+    async def run() -> list[object]:
+        return [item async for item in pool["r0"].astream(request)]
+
+    items = asyncio.run(run())
+    *deltas, result = items
+    assert isinstance(result, GenerateResult) and len(deltas) > 1
+    assert all(isinstance(d, TokenDelta) for d in deltas)
+    assert [t for d in deltas for t in d.ids] == result.output_ids  # type: ignore[union-attr]
+    assert "".join(d.text for d in deltas) == result.text  # type: ignore[union-attr]
+    assert result.output_ids == pool["r0"].generate(request).output_ids
+
+
+def test_the_continuation_grammar_of_auto_text_is_one_the_engine_takes(pool) -> None:
+    """What a survivor decodes under when an ``auto`` reply that began as text is
+    continued (``ToolCalls.continuation``): the engine compiles it and decodes."""
+    import json
+
+    from sglang.srt.entrypoints.openai.protocol import Tool
+
+    from executor.gateway.toolcalls import ToolCalls
+
+    tool = Tool.model_validate(
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+            },
+        }
+    )
+    kind, value = ToolCalls("qwen25").continuation([tool], False) or ("", "")
+    assert kind == "structural_tag" and json.loads(value)["format"]["type"] == "triggered_tags"
+    r = pool["r0"].generate(
+        {"text": "Let me see", "sampling": {"max_new_tokens": 8, "structural_tag": value}}
+    )
+    assert r.completion_tokens > 0

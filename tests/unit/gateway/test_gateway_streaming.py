@@ -92,7 +92,7 @@ def result(text: str, ids: list[int], prompt: int, cached: int = 0) -> GenerateR
 
 
 def test_a_survivor_continues_after_the_safe_ids_under_the_continuation() -> None:
-    s = ReplyStream("auto", Sink(), (TRIGGER,), ("structural_tag", "TRIGGERED"))
+    s = ReplyStream("auto", Sink(), (TRIGGER,), lambda: ("structural_tag", "TRIGGERED"))
     feed(s, "Hi", " there", " <to")  # the third is held: not safe
     nxt = s.resume(request(structural_tag="FULL", temperature=0.0))
     assert nxt is not None
