@@ -55,6 +55,17 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes], what: str, timeout_s: f
     raise ExecutorError(f"{what} not ready after {timeout_s:.0f} s ({url})")
 
 
+def exit_on_sigterm() -> None:
+    """A SIGTERM (``kill``, ``timeout``) unwinds like an exception, so the servers this
+    process started are stopped by their ``finally`` blocks instead of left running
+    (Python's default SIGTERM ends the process without unwinding)."""
+
+    def _exit(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _exit)
+
+
 def _stop(proc: subprocess.Popen[bytes]) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGTERM)

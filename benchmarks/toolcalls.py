@@ -184,4 +184,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from benchmarks.sglang_http import exit_on_sigterm
+
+    exit_on_sigterm()
     raise SystemExit(main())
