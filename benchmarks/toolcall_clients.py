@@ -137,7 +137,9 @@ def _smolagents(at: Endpoint, model: str, task: Task, run: Run) -> str:
         class FactTool(Tool):  # type: ignore[misc]  # (a class per tool, built per task)
             name = spec["name"]
             description = spec["description"]
-            inputs = {k: {"type": v["type"], "description": k} for k, v in props.items()}
+            # the same schema as the other clients get (smolagents passes extra keys
+            # of an input, such as enum and pattern, through to the tool's JSON schema)
+            inputs = {k: {**v, "description": k} for k, v in props.items()}
             output_type = "string"
             skip_forward_signature_validation = True
 
