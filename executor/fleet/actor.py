@@ -202,10 +202,14 @@ class ReplicaActor:
             try:
                 chunks = await self._engine.async_generate(stream=True, **kwargs)
                 async for out in chunks:
-                    ids, text = out["output_ids"], out.get("text") or ""
-                    if len(ids) > n_ids or len(text) > n_text:
-                        yield TokenDelta(ids=list(ids[n_ids:]), text=text[n_text:])
-                        n_ids, n_text = len(ids), len(text)
+                    # (a chunk's output_ids may be the engine's own list, which grows
+                    # while this generator waits at its yield: take the new ids first)
+                    new_ids = list(out["output_ids"][n_ids:])
+                    text = out.get("text") or ""
+                    if new_ids or len(text) > n_text:
+                        delta = TokenDelta(ids=new_ids, text=text[n_text:])
+                        n_ids, n_text = n_ids + len(new_ids), len(text)
+                        yield delta
             except ValueError as exc:
                 raise InvalidRequestError(f"the engine refused the request: {exc}") from None
             finished = True
