@@ -198,19 +198,16 @@ def new_ids() -> tuple[str, str]:
 
 
 def response_body(
-    req: ResponsesRequest,
-    reply: Reply,
-    ids: tuple[str, str] | None = None,
-    sent: str | None = None,
+    req: ResponsesRequest, reply: Reply, ids: tuple[str, str] | None = None
 ) -> dict[str, Any]:
-    """The finished response, in the Responses shape. ``sent``: the text a live stream
-    has already sent (the message's text is it and the rest of the reply's)."""
+    """The finished response, in the Responses shape (a streamed reply's message text:
+    what the stream sent, then the rest of the reply's)."""
     response_id, message_id = ids or new_ids()
     output: list[Any] = []
     calls = reply.parsed.openai_calls()
     content = reply.parsed.content or ""
-    if sent is not None and reply.stream is not None:
-        content = sent + reply.stream.rest(reply.parsed.content)
+    if reply.stream is not None and reply.stream.sent:
+        content = reply.stream.sent + reply.stream.rest(reply.parsed.content)
     if content or not calls:
         text = ResponseOutputText(type="output_text", text=content, annotations=[])
         output.append(

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Request
@@ -163,23 +163,11 @@ def _include_usage(body: dict[str, Any]) -> bool:
     return bool(isinstance(options, dict) and options.get("include_usage"))
 
 
-def _live(lines: AsyncIterator[str], sink: Sink) -> Response:
+def _sse(lines: AsyncIterator[str], headers: dict[str, str]) -> Response:
+    """SSE ``lines`` as a streamed response."""
     return StreamingResponse(
-        lines, media_type="text/event-stream", headers={**sink.headers, "Cache-Control": "no-cache"}
+        lines, media_type="text/event-stream", headers={**headers, "Cache-Control": "no-cache"}
     )
-
-
-def _answer(
-    lines: list[str] | None, body: Callable[[], dict[str, Any]], headers: dict[str, str]
-) -> Response:
-    """The SSE ``lines`` as a stream, else ``body()`` as JSON."""
-    if lines is not None:
-        return StreamingResponse(
-            _stream(lines),
-            media_type="text/event-stream",
-            headers={**headers, "Cache-Control": "no-cache"},
-        )
-    return JSONResponse(body(), headers=headers)
 
 
 def install(app: FastAPI, gateway: Gateway, token: str | None) -> None:
@@ -234,9 +222,9 @@ def install(app: FastAPI, gateway: Gateway, token: str | None) -> None:
         if isinstance(body, dict) and body.get("stream"):
             call, sink = await first_token(body, request.headers)
             lines = sse.live_chat(gateway.model, call, sink, _include_usage(body))
-            return _live(lines, sink)
+            return _sse(lines, sink.headers)
         reply = await gateway.chat(body, request.headers)
-        return _answer(None, lambda: response_body(reply), reply.headers)
+        return JSONResponse(response_body(reply), headers=reply.headers)
 
     async def first_token(
         body: dict[str, Any], headers: Mapping[str, str]
@@ -263,8 +251,9 @@ def install(app: FastAPI, gateway: Gateway, token: str | None) -> None:
     async def completions(request: Request) -> Response:
         body = await json_body(request)
         done = await complete(gateway, body, request.headers)
-        lines = done.chunks(_include_usage(body)) if body.get("stream") else None
-        return _answer(lines, done.body, done.headers)
+        if body.get("stream"):
+            return _sse(_stream(done.chunks(_include_usage(body))), done.headers)
+        return JSONResponse(done.body(), headers=done.headers)
 
     @router.post(
         "/v1/responses", responses=GENERATES, openapi_extra={"requestBody": RESPONSES_BODY}
@@ -279,14 +268,13 @@ def install(app: FastAPI, gateway: Gateway, token: str | None) -> None:
             lines = sse.live_response(
                 responses.start_body(req, ids[0], sink.created),
                 ids[1],
-                lambda reply, sent: responses.response_body(req, reply, ids, sent),
+                lambda reply: responses.response_body(req, reply, ids),
                 call,
                 sink,
             )
-            return _live(lines, sink)
+            return _sse(lines, sink.headers)
         reply = await gateway.chat(chat_body, request.headers)
-        out = responses.response_body(req, reply)
-        return _answer(None, lambda: out, reply.headers)
+        return JSONResponse(responses.response_body(req, reply), headers=reply.headers)
 
     @router.get("/v1/sessions")
     async def sessions() -> dict[str, Any]:

@@ -220,33 +220,22 @@ class Events:
         )
 
 
-def events(response: dict[str, Any]) -> list[str]:
-    """A finished response as the Responses stream's SSE events, in order: created,
-    in_progress, each output item (added, its text or arguments, done), completed
-    (or incomplete)."""
-    ev = Events()
-    lines = ev.start(response)
-    for i, item in enumerate(response["output"]):
-        lines += ev.item(i, item)
-    return [*lines, ev.end(response)]
-
-
 def live_response(
     start: dict[str, Any],
     message_id: str,
-    finish: Callable[[Reply, str | None], dict[str, Any]],
+    finish: Callable[[Reply], dict[str, Any]],
     call: asyncio.Future[Reply],
     sink: Sink,
 ) -> AsyncIterator[str]:
     """The Responses events as the reply decodes. ``start``: the response before any
-    output; ``finish(reply, sent)``: the finished response, whose message item (first,
-    ``message_id``) carries the text ``sent`` (None: none was) and the rest of it."""
+    output; ``finish(reply)``: the finished response, whose message item (first,
+    ``message_id``) carries the text the stream sent and the rest of it."""
     ev = Events()
 
     async def lines() -> AsyncIterator[str]:
         for line in ev.start(start):
             yield line
-        sent: str | None = None
+        opened = False
         message: dict[str, Any] = {
             "id": message_id,
             "type": "message",
@@ -255,18 +244,18 @@ def live_response(
             "content": [{"type": "output_text", "text": "", "annotations": []}],
         }
         async for piece in _pieces(call, sink):
-            if sent is None:
-                sent = ""
+            if not opened:
+                opened = True
                 for line in ev.open_message(0, message):
                     yield line
-            sent += piece
             yield ev.delta(0, message_id, piece)
-        response = finish(call.result(), sent)
+        reply = call.result()
+        response = finish(reply)
         for i, item in enumerate(response["output"]):
-            if i == 0 and sent is not None:
-                text = item["content"][0]["text"]
-                if len(text) > len(sent):
-                    yield ev.delta(0, item["id"], text[len(sent) :])
+            if i == 0 and opened:
+                rest = reply.stream.rest(reply.parsed.content) if reply.stream else ""
+                if rest:
+                    yield ev.delta(0, item["id"], rest)
                 for line in ev.close_message(0, item):
                     yield line
             else:
